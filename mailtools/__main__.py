@@ -1,0 +1,79 @@
+"""Entry point: argv[0] dispatch (sendmail, mailq), global options, fast fronts, then typer.
+
+Nothing heavy is imported here: typer only loads for commands that have no fast front, or for
+`--help` of a single command.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from mailtools.core import exitcodes
+
+
+def _load(spec: str):
+    module, _, func = spec.partition(":")
+    import importlib
+
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    prog = os.path.basename(argv[0]) if argv else "mailtools"
+    if prog in ("sendmail", "mailq"):
+        front = _load("mailtools.submit.front:sendmail_main")
+        return front(argv[1:], prog)
+    return dispatch(argv[1:])
+
+
+def dispatch(args: list[str]) -> int:
+    from mailtools import commands
+    from mailtools.core import config
+
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        arg = args[i]
+        if arg == "--version":
+            from mailtools import __version__
+
+            sys.stdout.write(f"mailtools {__version__}\n")
+            return exitcodes.OK
+        if arg in ("--help", "-h"):
+            sys.stdout.write(commands.help_text())
+            return exitcodes.OK
+        if arg == "--config" or arg.startswith("--config="):
+            if "=" in arg:
+                value = arg.split("=", 1)[1]
+                i += 1
+            elif i + 1 < len(args):
+                value = args[i + 1]
+                i += 2
+            else:
+                exitcodes.error("mailtools", "--config needs a FILE")
+                return exitcodes.USAGE
+            config.set_path(value)
+            continue
+        exitcodes.error("mailtools", f"unknown option {arg!r} (try 'mailtools --help')")
+        return exitcodes.USAGE
+    if i >= len(args):
+        sys.stderr.write(commands.help_text())
+        return exitcodes.USAGE
+    name, rest = args[i], args[i + 1 :]
+    cmd = commands.COMMANDS.get(name)
+    if cmd is None:
+        exitcodes.error("mailtools", f"unknown command {name!r} (try 'mailtools --help')")
+        return exitcodes.USAGE
+    if cmd.fast and "--help" not in rest:
+        front = _load(cmd.fast)
+        rc = front(rest)
+        if rc is not NotImplemented:
+            return rc
+    from mailtools.cli import run_typer
+
+    return run_typer(name, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+"""CLI for `mailtools relay` (placeholder until the tool lands)."""
+
+from __future__ import annotations
+
+import typer
+
+from mailtools.core.exitcodes import Unavailable
+
+
+def register(app: typer.Typer) -> None:
+    from mailtools.commands import COMMANDS
+
+    @app.command("relay", help=COMMANDS["relay"].summary)
+    def relay_cmd() -> int:
+        raise Unavailable("not implemented yet")

@@ -1,0 +1,294 @@
+"""Configuration: one TOML file, checked against one schema, with built-in defaults.
+
+Lookup order (DESIGN.md): `--config FILE`, then `$MAILTOOLS_CONFIG`, then
+`/etc/mailtools/mailtools.toml`; with none, the defaults below apply and the data root is
+`$MAILTOOLS_HOME` or `~/.local/share/mailtools`.
+
+A key that is unknown or of the wrong type stops the program (exit 78) with a message naming
+the file, the key and what was expected. To add a key: add it to SCHEMA with its default, and
+document it in man/mailtools.toml.5 (a test checks that every key is there).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+from mailtools.core.exitcodes import ConfigError
+
+SYSTEM_CONFIG = "/etc/mailtools/mailtools.toml"
+
+# Type tags: "str", "int", "number", "bool", "list[str]", "duration" ("5m", "4h", "5d", or
+# seconds as a number), "list[duration]", "table" (free-form, checked by its user).
+# Each entry: key -> (type tag, default). Nested dicts are TOML tables.
+SCHEMA: dict[str, Any] = {
+    "hostname": ("str", None),  # None: /etc/mailname, else the host name (no DNS query)
+    "root": ("str", None),  # None: $MAILTOOLS_HOME or ~/.local/share/mailtools
+    "local_domains": ("list[str]", None),  # None: ["localhost", hostname]
+    "dns": {
+        "nameservers": ("list[str]", []),
+        "timeout": ("number", 5),
+    },
+    "relay": {
+        "listen": ("list[str]", ["0.0.0.0:25"]),
+        "remote_port": ("int", 25),
+        "smarthost": ("str", ""),
+        "retry": ("list[duration]", ["5m", "15m", "30m", "1h", "2h", "4h"]),
+        "max_queue_time": ("duration", "5d"),
+        "delay_warning": ("duration", "4h"),
+        "concurrency": ("int", 20),
+        "require_tls": ("list[str]", []),  # recipient domains that must get TLS
+        "verify_tls": ("bool", False),  # verify certificates on opportunistic STARTTLS
+        "connect_timeout": ("duration", "30s"),
+        "command_timeout": ("duration", "5m"),
+        "data_timeout": ("duration", "10m"),
+        "claim_timeout": ("duration", "1h"),  # an entry claimed longer than this is recovered
+        "max_message_size": ("int", 50 * 1024 * 1024),
+        "max_recipients": ("int", 1000),
+        "max_connections": ("int", 100),
+        "auth": {
+            "username": ("str", ""),
+            "password": ("str", ""),
+            "password_file": ("str", ""),
+            "tls": ("str", "required"),  # "required" | "verify-none" | "none" (smarthost only)
+        },
+    },
+    "submit": {
+        "listen": ("list[str]", ["127.0.0.1:587"]),
+        "tls_listen": ("list[str]", []),
+        "max_message_size": ("int", 50 * 1024 * 1024),
+        "max_recipients": ("int", 1000),
+        "max_connections": ("int", 100),
+        "allow_plaintext_auth": ("bool", False),  # AUTH without TLS off loopback
+        "restrict_senders": ("bool", True),  # users may only send as themselves
+    },
+    "imap": {
+        "listen": ("list[str]", ["127.0.0.1:143"]),
+        "tls_listen": ("list[str]", []),
+        "allow_plaintext_auth": ("bool", False),
+        "max_connections": ("int", 200),
+    },
+    "pop3": {
+        "listen": ("list[str]", ["127.0.0.1:110"]),
+        "tls_listen": ("list[str]", []),
+        "allow_plaintext_auth": ("bool", False),
+        "max_connections": ("int", 200),
+    },
+    "tls": {
+        "cert": ("str", ""),
+        "key": ("str", ""),
+    },
+    "auth": {
+        "users": ("str", "users"),
+        "fail_delay": ("number", 2),
+    },
+}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> float:
+    """'5m' -> 300.0; numbers are seconds. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(value)
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+_EXPECT = {
+    "str": "a string",
+    "int": "an integer",
+    "number": "a number",
+    "bool": "true or false",
+    "list[str]": "a list of strings",
+    "duration": 'a duration such as "30s", "5m", "4h", "5d" or a number of seconds',
+    "list[duration]": 'a list of durations such as ["5m", "1h"]',
+    "table": "a table",
+}
+
+
+def _check(tag: str, value: Any) -> Any:
+    """Return the value converted for its tag, or raise ValueError."""
+    if tag == "str" and isinstance(value, str):
+        return value
+    if tag == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tag == "number" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if tag == "bool" and isinstance(value, bool):
+        return value
+    if tag == "list[str]" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    if tag == "duration":
+        return parse_duration(value)
+    if tag == "list[duration]" and isinstance(value, list):
+        return [parse_duration(v) for v in value]
+    if tag == "table" and isinstance(value, dict):
+        return value
+    raise ValueError(value)
+
+
+class Section:
+    """Attribute access over one table of checked values: cfg.relay.remote_port."""
+
+    def __init__(self, values: dict[str, Any]):
+        self.__dict__.update(values)
+
+    def __repr__(self) -> str:
+        return f"Section({self.__dict__!r})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (v.as_dict() if isinstance(v, Section) else v) for k, v in self.__dict__.items()}
+
+
+def _build(schema: dict, data: dict, path: str, source: str) -> Section:
+    for key in data:
+        if key not in schema:
+            where = f"{path}{key}"
+            known = ", ".join(sorted(schema))
+            raise ConfigError(f"{source}: unknown key '{where}' (known here: {known})")
+    values: dict[str, Any] = {}
+    for key, spec in schema.items():
+        where = f"{path}{key}"
+        if isinstance(spec, dict):
+            sub = data.get(key, {})
+            if not isinstance(sub, dict):
+                raise ConfigError(f"{source}: '{where}' must be a table ([{where}])")
+            values[key] = _build(spec, sub, where + ".", source)
+            continue
+        tag, default = spec
+        if key in data:
+            try:
+                values[key] = _check(tag, data[key])
+            except ValueError:
+                raise ConfigError(
+                    f"{source}: '{where}' must be {_EXPECT[tag]}, not {data[key]!r}"
+                ) from None
+        else:
+            values[key] = _check(tag, default) if default is not None else None
+    return Section(values)
+
+
+def default_root() -> Path:
+    home = os.environ.get("MAILTOOLS_HOME")
+    if home:
+        return Path(home)
+    return Path.home() / ".local" / "share" / "mailtools"
+
+
+def default_hostname() -> str:
+    """/etc/mailname if present, else the kernel's host name; never a DNS query."""
+    try:
+        with open("/etc/mailname", encoding="ascii", errors="replace") as f:
+            name = f.readline().strip()
+            if name:
+                return name.lower()
+    except OSError:
+        pass
+    return (socket.gethostname() or "localhost").lower()
+
+
+class Config(Section):
+    """The whole configuration, plus the paths everything derives from the data root."""
+
+    source: str | None
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.root / "queue"
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.root / "mail"
+
+    @property
+    def users_file(self) -> Path:
+        p = Path(self.auth.users)
+        return p if p.is_absolute() else self.root / p
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower().rstrip(".") in self.local_domains
+
+    def maildir_for(self, address: str) -> Path:
+        """root/mail/DOMAIN/LOCALPART for a full address; refuses names that could escape."""
+        from mailtools.core.address import split_address
+
+        local, domain = split_address(address)
+        for part in (local, domain):
+            if not part or part in (".", "..") or "/" in part or "\0" in part:
+                raise ValueError(f"unsafe mailbox name: {address!r}")
+        return self.mail_dir / domain.lower() / local
+
+
+def from_dict(data: dict, source: str = "<config>", base: Path | None = None) -> Config:
+    section = _build(SCHEMA, data, "", source)
+    cfg = Config(section.__dict__)
+    cfg.source = source
+    if cfg.hostname is None:
+        cfg.hostname = default_hostname()
+    if cfg.root is None:
+        cfg.root = default_root()
+    else:
+        root = Path(os.path.expanduser(cfg.root))
+        cfg.root = root if root.is_absolute() or base is None else base / root
+    if cfg.local_domains is None:
+        cfg.local_domains = sorted({"localhost", cfg.hostname})
+    cfg.local_domains = [d.lower().rstrip(".") for d in cfg.local_domains]
+    return cfg
+
+
+_explicit_path: str | None = None
+_cached: Config | None = None
+
+
+def set_path(path: str | None) -> None:
+    """Record the global `--config FILE` (called by the CLI front before any command runs)."""
+    global _explicit_path, _cached
+    _explicit_path = path
+    _cached = None
+
+
+def find_path() -> str | None:
+    if _explicit_path:
+        return _explicit_path
+    env = os.environ.get("MAILTOOLS_CONFIG")
+    if env:
+        return env
+    if os.path.exists(SYSTEM_CONFIG):
+        return SYSTEM_CONFIG
+    return None
+
+
+def load(path: str | None = None, *, reload: bool = False) -> Config:
+    """Load (once per process) and check the configuration."""
+    global _cached
+    if _cached is not None and path is None and not reload:
+        return _cached
+    path = path or find_path()
+    if path is None:
+        cfg = from_dict({}, "<built-in defaults>")
+    else:
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
+        try:
+            import tomllib  # type: ignore[import-not-found]
+        except ModuleNotFoundError:  # Python < 3.11
+            import tomli as tomllib  # type: ignore[no-redef]
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        cfg = from_dict(data, path, Path(path).resolve().parent)
+    _cached = cfg
+    return cfg

@@ -1,0 +1,76 @@
+"""Shared fixtures: a private data root and config per test, free loopback ports, and running
+the real `mailtools` program as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0, proc=None) -> None:
+    """Wait until something accepts connections on host:port (or the process died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def mailtools_cmd() -> list[str]:
+    return [sys.executable, "-m", "mailtools"]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A fresh data root and config file; MAILTOOLS_CONFIG points at it for subprocesses."""
+    root = tmp_path / "root"
+    root.mkdir()
+    cfg = tmp_path / "mailtools.toml"
+    cfg.write_text(
+        f'hostname = "mx.example.test"\nroot = "{root}"\nlocal_domains = ["example.test"]\n'
+    )
+    monkeypatch.setenv("MAILTOOLS_CONFIG", str(cfg))
+    monkeypatch.setenv("MAILTOOLS_HOME", str(root))
+    from mailtools.core import config
+
+    config.set_path(None)
+    return root
+
+
+@pytest.fixture
+def run():
+    """Run `mailtools ARGS...` as a real process; returns CompletedProcess (bytes)."""
+
+    def _run(*args, input=b"", env=None, timeout=60, **kw):
+        e = dict(os.environ)
+        if env:
+            e.update(env)
+        return subprocess.run(
+            [*mailtools_cmd(), *map(str, args)],
+            input=input,
+            capture_output=True,
+            env=e,
+            timeout=timeout,
+            **kw,
+        )
+
+    return _run
