@@ -74,3 +74,27 @@ def run():
         )
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def tls_ca(tmp_path_factory):
+    """A trustme CA and a server certificate for localhost / 127.0.0.1 / mx.example.test.
+
+    Returns an object with .ca (trustme.CA), .cert_file, .key_file, .ca_file (paths as str).
+    """
+    import trustme
+
+    d = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1", "mx.example.test", "smtp.example.test")
+    cert_file, key_file, ca_file = d / "cert.pem", d / "key.pem", d / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    class TLS:
+        pass
+
+    t = TLS()
+    t.ca, t.cert_file, t.key_file, t.ca_file = ca, str(cert_file), str(key_file), str(ca_file)
+    return t
