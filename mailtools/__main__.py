@@ -23,8 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     prog = os.path.basename(argv[0]) if argv else "mailtools"
     if prog in ("sendmail", "mailq"):
-        front = _load("mailtools.submit.front:sendmail_main")
-        return front(argv[1:], prog)
+        return exitcodes.run(prog, lambda: _load("mailtools.submit.front:sendmail_main")(argv[1:], prog))
     return dispatch(argv[1:])
 
 
@@ -66,8 +65,7 @@ def dispatch(args: list[str]) -> int:
         exitcodes.error("mailtools", f"unknown command {name!r} (try 'mailtools --help')")
         return exitcodes.USAGE
     if cmd.fast and "--help" not in rest:
-        front = _load(cmd.fast)
-        rc = front(rest)
+        rc = exitcodes.run(f"mailtools {name}", lambda: _load(cmd.fast)(rest))
         if rc is not NotImplemented:
             return rc
     from mailtools.cli import run_typer

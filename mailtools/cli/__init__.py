@@ -53,23 +53,21 @@ def build_app(only: str | None = None) -> typer.Typer:
 
 def run_typer(name: str, args: list[str]) -> int:
     """Run one command through typer/click and return its exit code."""
-    import click
-
     app = build_app(only=name)
 
     def call() -> int:
         try:
             rv = app(args=[name, *args], prog_name="mailtools", standalone_mode=False)
-        except click.exceptions.Exit as exc:
-            return exc.exit_code
-        except click.exceptions.Abort:
-            return 130
-        except click.exceptions.UsageError as exc:
-            exc.show()
-            return exitcodes.USAGE
-        except click.exceptions.ClickException as exc:
-            exc.show()
-            return exitcodes.USAGE
+        except Exception as exc:  # typer's own click: match its exceptions by kind
+            kind = type(exc).__name__
+            if hasattr(exc, "exit_code") and kind == "Exit":
+                return exc.exit_code
+            if kind == "Abort":
+                return 130
+            if hasattr(exc, "show") and hasattr(exc, "format_message"):
+                exc.show()
+                return exitcodes.USAGE
+            raise
         return rv if isinstance(rv, int) else exitcodes.OK
 
     return exitcodes.run(f"mailtools {name}", call)

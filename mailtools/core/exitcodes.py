@@ -119,6 +119,8 @@ def run(name: str, fn, *args, **kwargs) -> int:
             sys.stdout.flush()
         except BrokenPipeError:
             _quiet_stdout()
+        if rc is NotImplemented:  # a fast front handing over to typer
+            return rc
         return OK if rc is None else int(rc)
     except MailtoolsError as exc:
         error(name, str(exc))
