@@ -1,0 +1,71 @@
+"""core/config: lookup order, defaults, and exit 78 naming file, key and expectation."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailtools.core import config
+from mailtools.core.exitcodes import CONFIG, ConfigError
+
+
+def test_defaults_without_a_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("MAILTOOLS_CONFIG", raising=False)
+    monkeypatch.setenv("MAILTOOLS_HOME", str(tmp_path))
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", str(tmp_path / "nope.toml"))
+    config.set_path(None)
+    cfg = config.load(reload=True)
+    assert cfg.root == tmp_path
+    assert cfg.relay.remote_port == 25
+    assert cfg.relay.retry == [300, 900, 1800, 3600, 7200, 14400]
+    assert cfg.relay.max_queue_time == 5 * 86400
+    assert "localhost" in cfg.local_domains and cfg.hostname in cfg.local_domains
+    assert cfg.queue_dir == tmp_path / "queue"
+    assert cfg.users_file == tmp_path / "users"
+
+
+def test_file_values_and_relative_root(tmp_path):
+    p = tmp_path / "m.toml"
+    p.write_text('root = "data"\nlocal_domains = ["Example.TEST."]\n[dns]\nnameservers = ["127.0.0.1:5353"]\n[relay]\nretry = ["1s", 2]\n')
+    cfg = config.load(str(p))
+    assert cfg.root == tmp_path / "data"
+    assert cfg.local_domains == ["example.test"]
+    assert cfg.dns.nameservers == ["127.0.0.1:5353"]
+    assert cfg.relay.retry == [1.0, 2.0]
+    assert cfg.maildir_for("Alice@Example.Test") == tmp_path / "data" / "mail" / "example.test" / "Alice"
+    with pytest.raises(ValueError):
+        cfg.maildir_for("../x@example.test")
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("hostnam = 'x'\n", "unknown key 'hostnam'"),
+        ("[relay]\nremote_prot = 25\n", "unknown key 'relay.remote_prot'"),
+        ("[relay]\nremote_port = '25'\n", "'relay.remote_port' must be an integer"),
+        ("local_domains = 'example.test'\n", "'local_domains' must be a list of strings"),
+        ("[relay]\nmax_queue_time = 'soon'\n", "'relay.max_queue_time' must be a duration"),
+        ("relay = 3\n", "'relay' must be a table"),
+        ("this is not toml\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_is_exit_78_naming_file_and_key(tmp_path, text, needle):
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        config.load(str(p))
+    assert e.value.code == CONFIG == 78
+    assert str(p) in str(e.value) and needle in str(e.value)
+
+
+def test_bad_config_from_the_command_line(tmp_path, run):
+    p = tmp_path / "bad.toml"
+    p.write_text("[relay]\nremote_port = 'x'\n")
+    r = run("--config", p, "relay", "--list")
+    assert r.returncode == 78, r.stderr
+    assert f"{p}: 'relay.remote_port' must be an integer".encode() in r.stderr
+    assert b"Traceback" not in r.stderr
+
+
+def test_missing_config_file(tmp_path, run):
+    r = run("--config", tmp_path / "none.toml", "relay", "--list")
+    assert r.returncode == 78 and b"cannot read configuration" in r.stderr
