@@ -81,7 +81,7 @@ def test_main_man_page_lists_commands_and_config_page_lists_keys():
     main = (REPO / "man" / "mailtools.1").read_text().replace("\\-", "-")
     for name in COMMANDS:
         assert f"mailtools-{name}" in main
-    conf = (REPO / "man" / "mailtools.toml.5").read_text().replace("\\-", "-").replace("\\_", "_")
+    conf = re.sub(r"\\f[BIRP]", "", (REPO / "man" / "mailtools.toml.5").read_text()).replace("\\-", "-")
     from mailtools.core.config import SCHEMA
 
     def keys(schema, prefix=""):
