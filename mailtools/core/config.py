@@ -1,8 +1,9 @@
 """Configuration: one TOML file, checked against one schema, with built-in defaults.
 
 Lookup order (DESIGN.md): `--config FILE`, then `$MAILTOOLS_CONFIG`, then
-`/etc/mailtools/mailtools.toml`; with none, the defaults below apply and the data root is
-`$MAILTOOLS_HOME` or `~/.local/share/mailtools`.
+`/etc/mailtools/mailtools.toml`, then `mailtools.toml` in the default data root (written there by
+`mailtools serve`); with none, the defaults below apply and the data root is `$MAILTOOLS_HOME`
+or `~/.local/share/mailtools`.
 
 A key that is unknown or of the wrong type stops the program (exit 78) with a message naming
 the file, the key and what was expected. To add a key: add it to SCHEMA with its default, and
@@ -239,6 +240,11 @@ def from_dict(data: dict, source: str = "<config>", base: Path | None = None) ->
     else:
         root = Path(os.path.expanduser(cfg.root))
         cfg.root = root if root.is_absolute() or base is None else base / root
+    if base is not None:  # relative certificate paths are relative to the config file
+        for attr in ("cert", "key"):
+            value = getattr(cfg.tls, attr)
+            if value and not os.path.isabs(os.path.expanduser(value)):
+                setattr(cfg.tls, attr, str(base / value))
     if cfg.local_domains is None:
         cfg.local_domains = sorted({"localhost", cfg.hostname})
     cfg.local_domains = [d.lower().rstrip(".") for d in cfg.local_domains]
@@ -264,6 +270,11 @@ def find_path() -> str | None:
         return env
     if os.path.exists(SYSTEM_CONFIG):
         return SYSTEM_CONFIG
+    # The data root's own file, as `mailtools serve` writes it on a fresh root: so
+    # `MAILTOOLS_HOME=DIR mailtools ...` talks about the same system that `serve --root DIR` runs.
+    local = default_root() / "mailtools.toml"
+    if local.exists():
+        return str(local)
     return None
 
 
