@@ -21,6 +21,7 @@ _mailtools() {
             "relay")
                 ;;
             "serve")
+                case "$w" in --root|--hostname|--smtp|--submission|--submissions|--imap|--imaps|--pop3|--pop3s) skip=1; continue;; esac
                 ;;
             "submit")
                 ;;
@@ -50,8 +51,8 @@ _mailtools() {
             opts="--help"; words=""
             valopts=""; fileopts=""; files=0;;
         "serve")
-            opts="--help"; words=""
-            valopts=""; fileopts=""; files=0;;
+            opts="--root --hostname --smtp --submission --submissions --imap --imaps --pop3 --pop3s --help"; words=""
+            valopts="--root --hostname --smtp --submission --submissions --imap --imaps --pop3 --pop3s"; fileopts="--root"; files=0;;
         "submit")
             opts="--help"; words=""
             valopts=""; fileopts=""; files=0;;

@@ -1,0 +1,261 @@
+"""`mailtools serve`: the whole mail flow in one process, on an embedded default.
+
+A fresh data root gets a commented mailtools.toml, a self-signed certificate and the standard
+folders; then one asyncio loop hosts every listener (inbound SMTP, submission with STARTTLS and
+implicit TLS, IMAP and POP3 with and without TLS) and the relay queue runner. Each piece is the
+same code its own subcommand runs: this module only wires them together.
+
+Signals: SIGTERM/SIGINT stop accepting, let in-flight sessions finish (bounded), stop the queue
+runner after its current delivery, and exit 0; a second one exits at once (accepted mail is
+already fsynced in the queue or a Maildir, and a claimed queue entry is recovered on the next
+start). SIGHUP reloads the configuration and the users file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailtools.core import config as cfgmod
+from mailtools.core.exitcodes import Unavailable
+
+# The embedded default: unprivileged ports on loopback (DESIGN.md, `serve`).
+DEFAULT_LISTENERS = {
+    "smtp": "127.0.0.1:2525",
+    "submission": "127.0.0.1:5870",
+    "submissions": "127.0.0.1:4650",
+    "imap": "127.0.0.1:1143",
+    "imaps": "127.0.0.1:9930",
+    "pop3": "127.0.0.1:1100",
+    "pop3s": "127.0.0.1:9950",
+}
+
+CONFIG_TEMPLATE = """\
+# mailtools configuration, written by `mailtools serve` for a fresh data root.
+# Every key is documented in mailtools.toml(5); delete a line to get the built-in default.
+# Other commands find this file through MAILTOOLS_HOME={root} (or --config {root}/mailtools.toml).
+
+hostname = "{hostname}"            # banners, Received headers, Message-IDs
+root = "."                          # this directory: queue/, mail/DOMAIN/USER/, users
+local_domains = {local_domains}     # delivered here; everything else is relayed
+
+[dns]
+nameservers = []                    # empty: the system resolver; or ["127.0.0.1:53"]
+timeout = 5
+
+[relay]
+listen = ["{smtp}"]                 # inbound SMTP for local_domains (25 on a real server)
+remote_port = 25                    # port used on remote MX hosts
+smarthost = ""                      # "host:port" to send everything through one relay
+retry = ["5m", "15m", "30m", "1h", "2h", "4h"]
+max_queue_time = "5d"
+
+[submit]
+listen = ["{submission}"]           # submission with STARTTLS + AUTH (587 on a real server)
+tls_listen = ["{submissions}"]      # submission over implicit TLS (465 on a real server)
+
+[imap]
+listen = ["{imap}"]                 # IMAP with STARTTLS (143)
+tls_listen = ["{imaps}"]            # IMAP over TLS (993)
+
+[pop3]
+listen = ["{pop3}"]                 # POP3 with STLS (110)
+tls_listen = ["{pop3s}"]            # POP3 over TLS (995)
+
+[tls]
+cert = "tls/cert.pem"               # self-signed for {hostname}; replace with a real one
+key = "tls/key.pem"
+
+[auth]
+users = "users"                     # `mailtools user add me@localhost` writes it
+"""
+
+
+def init_root(root: Path, hostname: str | None = None) -> Path:
+    """Create a data root with its config, certificate and folders; returns the config path.
+
+    Existing files are never overwritten, so running serve again keeps the admin's edits.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    for sub in ("queue", "mail", "tls"):
+        (root / sub).mkdir(exist_ok=True)
+    hostname = hostname or cfgmod.default_hostname()
+    conf = root / "mailtools.toml"
+    if not conf.exists():
+        domains = sorted({"localhost", hostname})
+        text = CONFIG_TEMPLATE.format(
+            root=root, hostname=hostname, local_domains="[" + ", ".join(f'"{d}"' for d in domains) + "]",
+            **DEFAULT_LISTENERS,
+        )
+        tmp = conf.with_suffix(".toml.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, conf)
+    cert, key = root / "tls" / "cert.pem", root / "tls" / "key.pem"
+    if not cert.exists() or not key.exists():
+        from mailtools.core.tls import make_self_signed
+
+        make_self_signed(hostname, cert, key)
+    return conf
+
+
+def resolve_config(root: str | None) -> cfgmod.Config:
+    """The configuration serve runs with (see mailtools-serve(1) for the rules)."""
+    explicit = cfgmod._explicit_path or os.environ.get("MAILTOOLS_CONFIG")
+    if root is not None:
+        os.environ["MAILTOOLS_HOME"] = str(Path(root).resolve())
+    if explicit:
+        return cfgmod.load(explicit, reload=True)
+    if root is None:
+        found = cfgmod.find_path()
+        if found:
+            return cfgmod.load(found, reload=True)
+    path = init_root(Path(root).resolve() if root else cfgmod.default_root())
+    return cfgmod.load(str(path), reload=True)
+
+
+@dataclass
+class Component:
+    label: str  # what the banner calls it
+    start: str  # "module:function" -> async start(cfg, listen=, tls_listen=) -> list[Server]
+    listen: list[str]
+    tls_listen: list[str]
+    note: str
+    tls_note: str
+
+
+def components(cfg) -> list[Component]:
+    return [
+        Component("smtp", "mailtools.relay.inbound:start", cfg.relay.listen, [],
+                  "inbound SMTP for " + ", ".join(cfg.local_domains), ""),
+        Component("submission", "mailtools.submit.msa:start", cfg.submit.listen, cfg.submit.tls_listen,
+                  "submission, STARTTLS + AUTH", "submission, implicit TLS + AUTH"),
+        Component("imap", "mailtools.imap.server:start", cfg.imap.listen, cfg.imap.tls_listen,
+                  "IMAP, STARTTLS", "IMAP over TLS"),
+        Component("pop3", "mailtools.pop3.server:start", cfg.pop3.listen, cfg.pop3.tls_listen,
+                  "POP3, STLS", "POP3 over TLS"),
+    ]
+
+
+def _load(spec: str):
+    module, _, func = spec.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _users_exist(cfg) -> bool:
+    try:
+        with open(cfg.users_file, encoding="utf-8", errors="replace") as f:
+            return any(line.strip() and not line.startswith("#") for line in f)
+    except OSError:
+        return False
+
+
+class Server:
+    """The running system: listeners + queue runner in one loop."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.servers: list = []
+        self.runner_task: asyncio.Task | None = None
+        self.stop_event = asyncio.Event()
+        self.signals = 0
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        lines = [f"mailtools serve: data root {cfg.root}, hostname {cfg.hostname}"]
+        for comp in components(cfg):
+            if not comp.listen and not comp.tls_listen:
+                continue
+            start = _load(comp.start)
+            try:
+                servers = await start(cfg, listen=comp.listen, tls_listen=comp.tls_listen)
+            except OSError as exc:
+                await self.close()
+                raise Unavailable(f"cannot listen for {comp.label}: {exc.strerror or exc}") from None
+            self.servers.extend(servers)
+            for addr in comp.listen:
+                lines.append(f"  {comp.label:<12} {addr:<22} {comp.note}")
+            for addr in comp.tls_listen:
+                lines.append(f"  {comp.label + 's':<12} {addr:<22} {comp.tls_note}")
+        daemon = _load("mailtools.relay.runner:daemon")
+        self.runner_task = asyncio.create_task(daemon(cfg, self.stop_event))
+        route = f"smarthost {cfg.relay.smarthost}" if cfg.relay.smarthost else "MX lookup"
+        lines.append(f"  {'relay':<12} {'queue ' + str(cfg.queue_dir):<22} outbound via {route}")
+        if not _users_exist(cfg):
+            lines += [
+                "No users yet. Create one (it asks for a password) with:",
+                f"  MAILTOOLS_HOME={cfg.root} mailtools user add me@localhost",
+            ]
+        lines.append("Ready. Stop with Ctrl-C (SIGTERM); reload config and users with SIGHUP.")
+        _say("\n".join(lines))
+
+    async def close(self, grace: float = 10.0) -> None:
+        for s in self.servers:
+            s.close()
+        self.stop_event.set()
+        waits = [s.wait_closed() for s in self.servers]
+        if self.runner_task is not None:
+            waits.append(self.runner_task)
+        if waits:
+            try:
+                await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), grace)
+            except asyncio.TimeoutError:
+                pass
+
+    def on_stop_signal(self, signum: int) -> None:
+        self.signals += 1
+        if self.signals > 1:
+            # Accepted mail is already durable; a claimed entry is recovered on the next start.
+            _say("mailtools serve: second signal, exiting now")
+            os._exit(0)
+        _say(f"mailtools serve: {signal.Signals(signum).name}, finishing in-flight work")
+        self.stop_event.set()
+
+    def on_hup(self) -> None:
+        try:
+            new = cfgmod.load(self.cfg.source, reload=True)
+        except Exception as exc:  # noqa: BLE001 - keep serving with the old config
+            _say(f"mailtools serve: reload failed, keeping the old configuration: {exc}")
+            return
+        # Values read per message or per login (domains, limits, retry, users file) take
+        # effect at once; listener addresses need a restart.
+        self.cfg.__dict__.update({k: v for k, v in new.__dict__.items() if k not in ("root",)})
+        _say("mailtools serve: configuration and users reloaded")
+
+
+async def _main(cfg) -> int:
+    srv = Server(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, srv.on_stop_signal, sig)
+    loop.add_signal_handler(signal.SIGHUP, srv.on_hup)
+    await srv.start()
+    await srv.stop_event.wait()
+    await srv.close()
+    _say("mailtools serve: stopped")
+    return 0
+
+
+def run(root: str | None = None, overrides: dict[str, str] | None = None, hostname: str | None = None) -> int:
+    cfg = resolve_config(root)
+    if hostname:
+        cfg.hostname = hostname
+    for name, addr in (overrides or {}).items():
+        if not addr:
+            continue
+        table, key = {
+            "smtp": ("relay", "listen"), "submission": ("submit", "listen"),
+            "submissions": ("submit", "tls_listen"), "imap": ("imap", "listen"),
+            "imaps": ("imap", "tls_listen"), "pop3": ("pop3", "listen"), "pop3s": ("pop3", "tls_listen"),
+        }[name]
+        setattr(getattr(cfg, table), key, [] if addr == "off" else [addr])
+    return asyncio.run(_main(cfg))
