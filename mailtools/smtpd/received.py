@@ -1,0 +1,50 @@
+"""The Received trace header (RFC 5321 4.4) with the RFC 3848 protocol keyword.
+
+Light: no imports beyond the standard library's time, so `sendmail` can use it too.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+def protocol_keyword(esmtp: bool, tls: bool, auth: bool) -> str:
+    """RFC 3848: SMTP, ESMTP, ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA (both)."""
+    if not esmtp:
+        return "SMTP"
+    return "ESMTP" + ("S" if tls else "") + ("A" if auth else "")
+
+
+def rfc5322_date(when: float | None = None) -> str:
+    """'Sat, 28 Nov 2026 15:47:00 +0000' in local time with its numeric zone (RFC 5322 3.3)."""
+    t = time.localtime(when)
+    off = t.tm_gmtoff or 0
+    sign = "+" if off >= 0 else "-"
+    off = abs(off)
+    return time.strftime("%a, %d %b %Y %H:%M:%S ", t) + f"{sign}{off // 3600:02d}{off % 3600 // 60:02d}"
+
+
+def _clean(text: str) -> str:
+    # Nothing a client sent may break the header: no CR/LF, no parentheses that end a comment.
+    return "".join(c if c.isprintable() and c not in "()" else "?" for c in text)[:200]
+
+
+def received_value(*, helo: str | None, peer_ip: str, by_host: str, protocol: str,
+                   queue_id: str | None = None, recipient: str | None = None,
+                   tls: dict | None = None, auth_user: str | None = None,
+                   when: float | None = None) -> str:
+    """The value of a Received header, folded over several lines (CRLF + tab)."""
+    ip = f"IPv6:{peer_ip}" if ":" in peer_ip else peer_ip
+    parts = [f"from {_clean(helo or 'unknown')} ([{ip}])"]
+    extra = []
+    if tls:
+        extra.append(f"using {_clean(str(tls.get('version', '')))} with cipher "
+                     f"{_clean(str(tls.get('cipher', '')))} ({tls.get('bits', 0)} bits)")
+    if auth_user:
+        extra.append(f"authenticated sender: {_clean(auth_user)}")
+    if extra:
+        parts.append("(" + "; ".join(extra) + ")")
+    parts.append(f"by {by_host} (mailtools) with {protocol}" + (f" id {queue_id}" if queue_id else ""))
+    if recipient:
+        parts.append(f"for <{_clean(recipient)}>")
+    return "\r\n\t".join(parts) + f"; {rfc5322_date(when)}"

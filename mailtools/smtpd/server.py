@@ -1,0 +1,290 @@
+"""The thin asyncio layer around `mailtools.smtpd.session.Session`: it only moves bytes.
+
+One asyncio.Protocol per connection feeds received bytes to the session and carries out the
+events it returns: write, upgrade to TLS (STARTTLS), run a blocking hook in a thread (password
+hashing, fsync to the queue), sleep (failed AUTH), close. It also enforces what needs a clock or
+a count of sockets: the idle/DATA timeouts (421 4.4.2) and the connection limit (421 4.7.0).
+
+    servers = await start_server(factory, ["127.0.0.1:587"], ["127.0.0.1:465"], ssl_ctx,
+                                 hostname="mx.example.test", limits=Limits(...))
+
+`handler_factory()` is called once per connection and returns a `Handler`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import itertools
+import os
+import ssl
+from typing import Callable
+
+from mailtools.smtpd import replies as R
+from mailtools.smtpd.session import (
+    Call, Close, ConnInfo, Handler, Limits, Send, Session, Sleep, StartTLS)
+
+_MAX_PENDING_INPUT = 1 << 20  # pause reading when this much input waits behind a blocking hook
+_ids = itertools.count(1)
+
+
+def parse_listen(spec: str, default_host: str = "127.0.0.1") -> tuple[str | None, int]:
+    """'127.0.0.1:587' | '[::1]:587' | ':587' | '587' -> (host, port); ValueError if bad."""
+    spec = spec.strip()
+    if spec.startswith("["):
+        host, _, rest = spec[1:].partition("]")
+        if not rest.startswith(":"):
+            raise ValueError(f"listen address needs a port: {spec!r}")
+        port = rest[1:]
+    elif ":" in spec:
+        host, _, port = spec.rpartition(":")
+    else:
+        host, port = default_host, spec
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"not a port in listen address {spec!r}")
+    if host in ("", "*"):
+        host = None  # every address
+    return host, int(port)
+
+
+def tls_details(ssl_object) -> dict | None:
+    if ssl_object is None:
+        return None
+    cipher = ssl_object.cipher() or ("", "", 0)
+    return {"version": ssl_object.version(), "cipher": cipher[0], "bits": cipher[2]}
+
+
+def _is_loopback(addr) -> bool:
+    try:
+        return ipaddress.ip_address(str(addr[0]).split("%")[0]).is_loopback
+    except (ValueError, TypeError, IndexError):
+        return False
+
+
+class _Listener:
+    """What the connections of one start_server call share."""
+
+    def __init__(self, handler_factory, hostname, limits, ssl_context, max_connections,
+                 handshake_timeout):
+        self.handler_factory = handler_factory
+        self.hostname = hostname
+        self.limits = limits
+        self.ssl_context = ssl_context
+        self.max_connections = max_connections
+        self.handshake_timeout = handshake_timeout
+        self.active: set["SMTPProtocol"] = set()
+
+
+class SMTPProtocol(asyncio.Protocol):
+    def __init__(self, listener: _Listener, implicit_tls: bool):
+        self.listener = listener
+        self.implicit_tls = implicit_tls
+        self.transport: asyncio.Transport | None = None
+        self.session: Session | None = None
+        self.loop = asyncio.get_running_loop()
+        self._busy = False
+        self._last = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._paused = False
+
+    # --- asyncio callbacks -----------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        L = self.listener
+        peer = transport.get_extra_info("peername") or ("", 0)
+        local = transport.get_extra_info("sockname") or ("", 0)
+        if len(L.active) >= L.max_connections:
+            transport.write(R.TOO_MANY_CONNECTIONS.to_bytes())
+            transport.close()
+            self._closed = True
+            return
+        L.active.add(self)
+        info = ConnInfo(
+            peer=tuple(peer[:2]), local=tuple(local[:2]), hostname=L.hostname,
+            tls=tls_details(transport.get_extra_info("ssl_object")) if self.implicit_tls else None,
+            tls_available=L.ssl_context is not None, loopback=_is_loopback(local),
+            session_id=f"{os.getpid():x}.{next(_ids):x}",
+        )
+        try:
+            handler = L.handler_factory()
+        except Exception:  # noqa: BLE001 - refuse the connection, keep serving
+            transport.write(R.LOCAL_ERROR.with_text("Local error, try again later").to_bytes())
+            transport.close()
+            return
+        self.session = Session(handler, info, L.limits)
+        self._last = self.loop.time()
+        self._arm_timer()
+        self._handle(self.session.start())
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed or self.session is None:
+            return
+        self._last = self.loop.time()
+        events = self.session.feed(data)
+        if self._busy and len(self.session._buf) > _MAX_PENDING_INPUT and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+        self._handle(events)
+
+    def eof_received(self):
+        return False  # close our side too
+
+    def connection_lost(self, exc) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self.listener.active.discard(self)
+        if self.session is not None:
+            try:
+                self.session.handler.disconnect(self.session.info)
+            except Exception:  # noqa: BLE001
+                pass
+
+    # --- events ----------------------------------------------------------------------------
+    def _handle(self, events: list) -> None:
+        out: list[bytes] = []
+        for ev in events:
+            if isinstance(ev, Send):
+                out.append(ev.data)
+                continue
+            if out:
+                self._write(b"".join(out))
+                out = []
+            if isinstance(ev, Call):
+                self._busy = True
+                self.loop.create_task(self._run_call(ev.fn))
+            elif isinstance(ev, Sleep):
+                self._busy = True
+                self.loop.call_later(ev.seconds, self._resume, None)
+            elif isinstance(ev, StartTLS):
+                self._busy = True
+                self.loop.create_task(self._starttls())
+            elif isinstance(ev, Close):
+                self._close()
+        if out:
+            self._write(b"".join(out))
+
+    def _write(self, data: bytes) -> None:
+        if not self._closed and self.transport is not None:
+            self.transport.write(data)
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.transport.close()
+
+    def _resume(self, result) -> None:
+        self._busy = False
+        if self._closed:
+            return
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()
+        self._last = self.loop.time()
+        self._handle(self.session.resume(result))
+
+    async def _run_call(self, fn: Callable) -> None:
+        try:
+            result = await self.loop.run_in_executor(None, fn)
+        except Exception:  # noqa: BLE001 - a failing hook is a 451, not a dead server
+            result = R.LOCAL_ERROR
+        self._resume(result)
+
+    async def _starttls(self) -> None:
+        L = self.listener
+        try:
+            transport = await self.loop.start_tls(
+                self.transport, self, L.ssl_context, server_side=True,
+                ssl_handshake_timeout=L.handshake_timeout)
+        except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError):
+            self._closed = True
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if transport is None:
+            self._closed = True
+            return
+        self.transport = transport
+        self._busy = False
+        self._last = self.loop.time()
+        self._handle(self.session.tls_started(tls_details(transport.get_extra_info("ssl_object"))))
+
+    # --- timeouts (RFC 5321 4.5.3.2) -------------------------------------------------------
+    def _arm_timer(self) -> None:
+        self._timer = self.loop.call_at(self._last + self.session.timeout, self._check_timeout)
+
+    def _check_timeout(self) -> None:
+        if self._closed:
+            return
+        if not self._busy and self.loop.time() - self._last >= self.session.timeout:
+            self._handle(self.session.timed_out())
+            return
+        if self._busy:  # a blocking hook is running: its time does not count against the client
+            self._timer = self.loop.call_later(1.0, self._check_timeout)
+        else:
+            self._arm_timer()
+
+    def shutdown(self) -> None:
+        """Server going down: 421 to an idle client (RFC 5321 3.8)."""
+        if not self._closed and not self._busy and self.session is not None:
+            self._handle(self.session.shutdown())
+
+
+async def start_server(
+    handler_factory: Callable[[], Handler],
+    listen: list[str],
+    tls_listen: list[str],
+    ssl_context: ssl.SSLContext | None,
+    *,
+    hostname: str = "localhost",
+    limits: Limits | None = None,
+    max_connections: int = 100,
+    handshake_timeout: float = 30.0,
+) -> list[asyncio.base_events.Server]:
+    """Listen on every address; `listen` offers STARTTLS when ssl_context is set, `tls_listen`
+    is implicit TLS (RFC 8314) and needs ssl_context. Returns the asyncio servers (serving)."""
+    if tls_listen and ssl_context is None:
+        raise ValueError("implicit TLS listeners need a certificate ([tls] cert and key)")
+    loop = asyncio.get_running_loop()
+    listener = _Listener(handler_factory, hostname, limits or Limits(), ssl_context,
+                         max_connections, handshake_timeout)
+    servers = []
+    for specs, implicit in ((listen, False), (tls_listen, True)):
+        for spec in specs:
+            host, port = parse_listen(spec)
+            server = await loop.create_server(
+                lambda implicit=implicit: SMTPProtocol(listener, implicit),
+                host, port, ssl=ssl_context if implicit else None, reuse_address=True,
+                ssl_handshake_timeout=handshake_timeout if implicit else None, backlog=256)
+            server._mailtools_listener = listener  # for shutdown()
+            servers.append(server)
+    return servers
+
+
+def shutdown(servers) -> None:
+    """Stop listening and send 421 to idle sessions (busy ones finish their reply first)."""
+    for server in servers:
+        server.close()
+        listener = getattr(server, "_mailtools_listener", None)
+        if listener is not None:
+            for proto in list(listener.active):
+                proto.shutdown()
+
+
+def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server context from PEM files: TLS 1.2+, the defaults Python considers safe."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def bound_addresses(servers) -> list[str]:
+    """'host:port' for every listening socket (for 'listening on ...' lines)."""
+    out = []
+    for server in servers:
+        for sock in server.sockets:
+            host, port = sock.getsockname()[:2]
+            out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return out
