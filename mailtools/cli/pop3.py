@@ -1,15 +1,28 @@
-"""CLI for `mailtools pop3-serve` (placeholder until the tool lands)."""
+"""CLI for `mailtools pop3-serve`: options only; the work is in mailtools.pop3."""
 
 from __future__ import annotations
 
+from typing import List, Optional
+
 import typer
 
-from mailtools.core.exitcodes import Unavailable
+from mailtools.cli import CONTEXT
 
 
 def register(app: typer.Typer) -> None:
     from mailtools.commands import COMMANDS
 
-    @app.command("pop3-serve", help=COMMANDS["pop3-serve"].summary)
-    def pop3_serve_cmd() -> int:
-        raise Unavailable("not implemented yet")
+    @app.command("pop3-serve", help=COMMANDS["pop3-serve"].summary + ".", context_settings=CONTEXT)
+    def pop3_serve_cmd(
+        listen: Optional[List[str]] = typer.Option(
+            None, "--listen", metavar="HOST:PORT",
+            help="Listen for POP3 (STLS offered when [tls] has a certificate); repeatable; replaces [pop3] listen."),
+        tls_listen: Optional[List[str]] = typer.Option(
+            None, "--tls-listen", metavar="HOST:PORT",
+            help="Listen for POP3 over implicit TLS (port 995 style); repeatable; replaces [pop3] tls_listen."),
+    ) -> int:
+        from mailtools.core import config
+        from mailtools.pop3.server import run
+
+        cfg = config.load()
+        return run(cfg, listen or None, tls_listen or None)

@@ -77,6 +77,7 @@ SCHEMA: dict[str, Any] = {
         "tls_listen": ("list[str]", []),
         "allow_plaintext_auth": ("bool", False),
         "max_connections": ("int", 200),
+        "idle_timeout": ("duration", "10m"),  # RFC 1939 3: autologout, at least 10 minutes
     },
     "tls": {
         "cert": ("str", ""),

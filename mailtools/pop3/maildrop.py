@@ -1,0 +1,302 @@
+"""A user's Maildir as a POP3 maildrop: locked, numbered, sized in CRLF octets, with UIDLs.
+
+- Order and UIDLs come from Dovecot's `dovecot-uidlist` (shared with imap-serve): messages are
+  numbered in UID order and the UIDL is Dovecot's default `%08Xu%08Xv` (UID, UIDVALIDITY), or the
+  `P` extension when Dovecot recorded one (a mailbox migrated with its old UIDLs), so a Maildir
+  moved between Dovecot and mailtools keeps its UIDLs and clients download nothing twice.
+- Sizes are what RETR sends: the message with bare LF turned into CRLF (RFC 1939 11). They come
+  from the `,W=` field of the file name (Dovecot writes it), the uidlist's `W` extension, or our
+  cache file `mailtools-pop3-sizes` (base name -> size, rebuilt when missing, never the only copy
+  of anything); only messages in none of these are read, once.
+- The maildrop lock (RFC 1939 8 "exclusive-access lock") is `mailtools-pop3.lock` in the Maildir,
+  held with flock(2) for the whole session, so it excludes other pop3-serve processes on the same
+  tree and dies with its holder; the holder's pid is written into it for people. flock alone does
+  not exclude two sessions of one process on every file system, so a per-process set does that.
+- Deletions happen only in `commit` (QUIT, RFC 1939 6): each file is unlinked and the directory
+  fsynced. imap-serve sees the missing files as expunges at its next uidlist sync. Messages
+  retrieved (RETR) and kept get the Seen flag, as Dovecot's POP3 does.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+
+from mailtools.core.maildir import MessageFile, UidList, make_dirs, name_with_flags, parse_name
+from mailtools.pop3.session import AuthFailed, InUse, MaildropError, MessageGone
+
+LOCK_FILE = "mailtools-pop3.lock"
+SIZE_CACHE = "mailtools-pop3-sizes"
+_CACHE_MAGIC = "mailtools-pop3-sizes 1"
+
+_held: set[str] = set()  # realpaths of maildrops locked by this process
+_held_mutex = threading.Lock()
+
+
+def to_crlf(data: bytes) -> bytes:
+    """Bare LF -> CRLF; CRLF and lone CR stay as they are (what Dovecot counts as vsize)."""
+    if b"\n" not in data:
+        return data
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def crlf_size(data: bytes) -> int:
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+def _field(base: str, key: str) -> int | None:
+    """The ',W=' (or other) field of a Maildir base name."""
+    for f in base.split(",")[1:]:
+        if f.startswith(key):
+            v = f[len(key):]
+            return int(v) if v.isdigit() else None
+    return None
+
+
+def _ext(fields: str, key: str) -> str | None:
+    """One field of a uidlist record's extensions ('W1234 P0001abcd' -> 'W': '1234')."""
+    for f in fields.split(" "):
+        if f.startswith(key):
+            return f[1:]
+    return None
+
+
+class Lock:
+    """The maildrop lock; see the module docstring."""
+
+    def __init__(self, path: str):
+        self.key = os.path.realpath(path)
+        self.file = os.path.join(path, LOCK_FILE)
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        with _held_mutex:
+            if self.key in _held:
+                raise InUse()
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise InUse() from None
+                raise
+            _held.add(self.key)
+            self.fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # the pid is for people; the flock is the lock
+
+    def release(self) -> None:
+        with _held_mutex:
+            if self.fd is None:
+                return
+            try:
+                os.ftruncate(self.fd, 0)
+            except OSError:
+                pass
+            os.close(self.fd)  # drops the flock
+            self.fd = None
+            _held.discard(self.key)
+
+
+class MaildirDrop:
+    """An open maildrop (the `Maildrop` protocol of session.py). Indexes are 0-based."""
+
+    def __init__(self, path: str, lock: Lock):
+        self.path = path
+        self.lock = lock
+        self.files: list[MessageFile] = []
+        self.sizes: list[int] = []
+        self.uidls: list[str] = []
+
+    @classmethod
+    def open(cls, path) -> "MaildirDrop":
+        """Lock and load the Maildir at path (created when missing). Raises InUse, MaildropError."""
+        path = os.fspath(path)
+        try:
+            if not os.path.isdir(os.path.join(path, "cur")):
+                make_dirs(path)
+            lock = Lock(path)
+            lock.acquire()
+        except OSError as exc:
+            raise MaildropError(f"Cannot open the mailbox: {exc.strerror}") from None
+        drop = cls(path, lock)
+        try:
+            drop._load()
+        except BaseException as exc:
+            lock.release()
+            if isinstance(exc, OSError):
+                raise MaildropError(f"Cannot read the mailbox: {exc.strerror or exc}") from None
+            raise
+        return drop
+
+    def _load(self) -> None:
+        ul = UidList.sync(self.path)
+        cache = self._read_cache()
+        fresh: dict[str, int] = {}
+        validity = ul.uidvalidity
+        for uid, mf in ul.files.items():
+            ext = ul.ext.get(uid, "")
+            size = _field(mf.base, "W=")
+            if size is None and ext:
+                w = _ext(ext, "W")
+                size = int(w) if w and w.isdigit() else None
+            if size is None:
+                size = cache.get(mf.base)
+                if size is None:
+                    try:
+                        with open(mf.path, "rb") as f:
+                            size = crlf_size(f.read())
+                    except FileNotFoundError:
+                        continue  # expunged since the sync: not part of this maildrop
+                fresh[mf.base] = size
+            uidl = (_ext(ext, "P") if ext else None) or f"{uid:08X}{validity:08X}"
+            self.files.append(mf)
+            self.sizes.append(size)
+            self.uidls.append(uidl)
+        if fresh.keys() != cache.keys():
+            self._write_cache(fresh)
+
+    def _read_cache(self) -> dict[str, int]:
+        try:
+            with open(os.path.join(self.path, SIZE_CACHE), encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read()
+        except OSError:
+            return {}
+        lines = text.split("\n")
+        if lines[0] != _CACHE_MAGIC:
+            return {}
+        out = {}
+        for ln in lines[1:]:
+            size, _, base = ln.partition(" ")
+            if base and size.isdigit():
+                out[base] = int(size)
+        return out
+
+    def _write_cache(self, sizes: dict[str, int]) -> None:
+        """Best effort, no fsync: a lost or stale cache is rebuilt from the messages."""
+        final = os.path.join(self.path, SIZE_CACHE)
+        tmp = f"{final}.{os.getpid()}.tmp"
+        body = "".join(f"{s} {b}\n" for b, s in sizes.items())
+        try:
+            with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(_CACHE_MAGIC + "\n" + body)
+            os.replace(tmp, final)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+    # --- the Maildrop protocol ------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def size(self, index: int) -> int:
+        return self.sizes[index]
+
+    def uidl(self, index: int) -> str:
+        return self.uidls[index]
+
+    def _relocate(self, index: int) -> MessageFile | None:
+        """The file was renamed (flags changed by IMAP) or expunged: find it by base name."""
+        base = self.files[index].base
+        for sub in ("cur", "new"):
+            d = os.path.join(self.path, sub)
+            try:
+                names = os.listdir(d)
+            except OSError:
+                continue
+            for n in names:
+                if n == base or n.startswith(base + ":"):
+                    mf = MessageFile(os.path.join(d, n), sub, n)
+                    self.files[index] = mf
+                    return mf
+        return None
+
+    def read(self, index: int) -> bytes:
+        try:
+            with open(self.files[index].path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            mf = self._relocate(index)
+            if mf is None:
+                raise MessageGone() from None
+            try:
+                with open(mf.path, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                raise MessageGone() from None
+        return to_crlf(data)
+
+    def commit(self, deleted, retrieved) -> None:
+        """RFC 1939 6: remove the deleted messages (durably), mark the retrieved ones Seen."""
+        failed: OSError | None = None
+        dirs: set[str] = set()
+        for i in deleted:
+            for attempt in (0, 1):
+                mf = self.files[i] if attempt == 0 else self._relocate(i)
+                if mf is None:
+                    break  # already gone: expunged elsewhere, which is what was asked
+                try:
+                    os.unlink(mf.path)
+                    dirs.add(os.path.dirname(mf.path))
+                    break
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    failed = exc
+                    break
+        for i in retrieved:
+            mf = self.files[i]
+            if mf.subdir == "cur" and "S" in mf.flags:
+                continue
+            base, flags = parse_name(mf.name)
+            dst = os.path.join(self.path, "cur", name_with_flags(base, flags + "S"))
+            try:
+                os.rename(mf.path, dst)
+            except OSError:
+                pass  # renamed or expunged meanwhile: the flag is a courtesy
+        for d in dirs:
+            try:
+                fd = os.open(d, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+
+    def close(self) -> None:
+        self.lock.release()
+
+
+class MaildirBackend:
+    """Logins against the users file; each user's maildrop is cfg.maildir_for(user)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def login(self, user: str, password: str) -> MaildirDrop:
+        from mailtools.core.auth import load_users
+
+        try:
+            users = load_users(self.cfg)
+        except OSError as exc:
+            raise MaildropError(f"Cannot read the users file: {exc.strerror}") from None
+        if not users.verify(user, password):
+            raise AuthFailed()
+        rec = users.get(user)
+        try:
+            path = self.cfg.maildir_for(rec.name if rec is not None else user)
+        except ValueError:
+            raise AuthFailed() from None
+        return MaildirDrop.open(path)
