@@ -1,15 +1,28 @@
-"""CLI for `mailtools trace-headers` (placeholder until the tool lands)."""
+"""CLI for `mailtools trace-headers`: options only; the work is in mailtools.trace."""
 
 from __future__ import annotations
 
-import typer
+from typing import Optional
 
-from mailtools.core.exitcodes import Unavailable
+import typer
 
 
 def register(app: typer.Typer) -> None:
+    from mailtools.cli import CONTEXT
     from mailtools.commands import COMMANDS
 
-    @app.command("trace-headers", help=COMMANDS["trace-headers"].summary)
-    def trace_headers_cmd() -> int:
-        raise Unavailable("not implemented yet")
+    @app.command("trace-headers", help=COMMANDS["trace-headers"].summary, context_settings=CONTEXT)
+    def trace_headers_cmd(
+        file: Optional[str] = typer.Argument(
+            None, metavar="[FILE|-]", help="A message or an mbox (default: standard input)."
+        ),
+        json_mode: bool = typer.Option(
+            False, "--json", help="One JSON object per message, one per line (fields: DESIGN.md)."
+        ),
+        keep_going: bool = typer.Option(
+            False, "--all", help="Keep going past input items that are not messages (exit 65 at the end)."
+        ),
+    ) -> int:
+        from mailtools.trace.command import run
+
+        return run(file, json_mode=json_mode, keep_going=keep_going)
