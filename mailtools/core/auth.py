@@ -1,0 +1,456 @@
+"""Users and passwords: Dovecot's passwd-file format, read, verified and rewritten safely.
+
+One line per user, ``user@domain:{SCHEME}hash:uid:gid:gecos:home:shell:extra`` (mailtools writes
+``user@domain:{ARGON2ID}$argon2id$...::::::``, as ``doveadm pw -s ARGON2ID`` would). Blank lines
+and lines starting with '#' are comments. User names are full addresses, matched without regard
+to case (Dovecot's ``%Lu``).
+
+Verified schemes: ARGON2ID and ARGON2I (argon2-cffi), BLF-CRYPT (bcrypt), SHA512-CRYPT and
+SHA256-CRYPT (crypt(3) "$6$"/"$5$", implemented here from the published specification because
+the stdlib crypt module is deprecated), and a bare crypt string ("$6$...", "$2y$...",
+"$argon2id$...") without a {SCHEME} prefix, as Dovecot's default CRYPT scheme reads it. Written:
+ARGON2ID (default) or BLF-CRYPT.
+
+Safety: comparisons are constant-time; an unknown user (or one whose line is broken) costs one
+dummy ARGON2ID verification, so timing does not tell which users exist. A malformed line is
+reported with its line number (Users.problems) and skipped: everyone else still logs in.
+Rewrites hold an flock on ``users.lock``, write a temporary file, fsync it, rename it over the
+file and fsync the directory, so a crash leaves the old file or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mailtools.core.exitcodes import CantCreate, DataError, NoUser
+
+WRITE_SCHEMES = ("ARGON2ID", "BLF-CRYPT")
+VERIFY_SCHEMES = ("ARGON2ID", "ARGON2I", "BLF-CRYPT", "SHA512-CRYPT", "SHA256-CRYPT")
+# Dovecot's own ARGON2 parameters (doveadm pw -s ARGON2ID): 64 MiB, 3 passes, 1 lane.
+ARGON2_PARAMS = {"time_cost": 3, "memory_cost": 65536, "parallelism": 1}
+BCRYPT_ROUNDS = 10
+
+
+# -- crypt(3) SHA-256 / SHA-512 ("$5$", "$6$"), after Ulrich Drepper's specification -----------
+
+_B64 = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# Byte order of the final encoding, three bytes to four characters (the spec's table).
+_ORDER_512 = [
+    (0, 21, 42), (22, 43, 1), (44, 2, 23), (3, 24, 45), (25, 46, 4), (47, 5, 26), (6, 27, 48),
+    (28, 49, 7), (50, 8, 29), (9, 30, 51), (31, 52, 10), (53, 11, 32), (12, 33, 54),
+    (34, 55, 13), (56, 14, 35), (15, 36, 57), (37, 58, 16), (59, 17, 38), (18, 39, 60),
+    (40, 61, 19), (62, 20, 41),
+]
+_ORDER_256 = [
+    (0, 10, 20), (21, 1, 11), (12, 22, 2), (3, 13, 23), (24, 4, 14), (15, 25, 5), (6, 16, 26),
+    (27, 7, 17), (18, 28, 8), (9, 19, 29),
+]
+ROUNDS_DEFAULT, ROUNDS_MIN, ROUNDS_MAX = 5000, 1000, 999_999_999
+
+
+def _b64_24(b2: int, b1: int, b0: int, n: int) -> str:
+    w = (b2 << 16) | (b1 << 8) | b0
+    out = []
+    for _ in range(n):
+        out.append(_B64[w & 0x3F])
+        w >>= 6
+    return "".join(out)
+
+
+def _repeat_to(block: bytes, length: int) -> bytes:
+    return (block * (length // len(block) + 1))[:length]
+
+
+def sha_crypt(password: bytes, setting: str) -> str:
+    """crypt(3) for "$5$[rounds=N$]salt" and "$6$[rounds=N$]salt"; returns the full string."""
+    import hashlib
+
+    if setting.startswith("$6$"):
+        new, size, prefix = hashlib.sha512, 64, "$6$"
+    elif setting.startswith("$5$"):
+        new, size, prefix = hashlib.sha256, 32, "$5$"
+    else:
+        raise ValueError("not a SHA-crypt setting")
+    rest = setting[3:]
+    rounds, custom = ROUNDS_DEFAULT, False
+    if rest.startswith("rounds="):
+        num, sep, rest2 = rest[7:].partition("$")
+        if sep and num.isdigit():
+            rounds = min(max(int(num), ROUNDS_MIN), ROUNDS_MAX)
+            custom, rest = True, rest2
+    salt = rest.split("$", 1)[0][:16].encode("utf-8", "surrogateescape")
+    p, s, plen = password, salt, len(password)
+
+    b = new(p + s + p).digest()
+    a = new(p + s)
+    n = plen
+    while n > size:
+        a.update(b)
+        n -= size
+    a.update(b[:n])
+    n = plen
+    while n > 0:
+        a.update(b if n & 1 else p)
+        n >>= 1
+    a_sum = a.digest()
+
+    dp = new(p * plen).digest() if plen else new(b"").digest()
+    p_seq = _repeat_to(dp, plen) if plen else b""
+    ds = new(s * (16 + a_sum[0])).digest()
+    s_seq = _repeat_to(ds, len(s)) if s else b""
+
+    c = a_sum
+    for i in range(rounds):
+        h = new(p_seq if i & 1 else c)
+        if i % 3:
+            h.update(s_seq)
+        if i % 7:
+            h.update(p_seq)
+        h.update(c if i & 1 else p_seq)
+        c = h.digest()
+
+    if size == 64:
+        enc = "".join(_b64_24(c[x], c[y], c[z], 4) for x, y, z in _ORDER_512)
+        enc += _b64_24(0, 0, c[63], 2)
+    else:
+        enc = "".join(_b64_24(c[x], c[y], c[z], 4) for x, y, z in _ORDER_256)
+        enc += _b64_24(0, c[31], c[30], 3)
+    head = prefix + (f"rounds={rounds}$" if custom else "")
+    return f"{head}{salt.decode('utf-8', 'surrogateescape')}${enc}"
+
+
+# -- hashing and verifying ----------------------------------------------------------------
+
+
+def _argon2():
+    from argon2 import PasswordHasher
+
+    return PasswordHasher(**ARGON2_PARAMS)
+
+
+def hash_password(password: str, scheme: str = "ARGON2ID") -> str:
+    """'{SCHEME}hash' ready for the users file."""
+    scheme = scheme.upper()
+    if scheme == "ARGON2ID":
+        return "{ARGON2ID}" + _argon2().hash(password)
+    if scheme == "BLF-CRYPT":
+        import bcrypt
+
+        raw = bcrypt.hashpw(_bcrypt_secret(password.encode("utf-8")), bcrypt.gensalt(BCRYPT_ROUNDS, b"2b"))
+        # $2b$ and $2y$ are the same algorithm; "$2y$" is what doveadm writes and every reader takes.
+        return "{BLF-CRYPT}$2y$" + raw.decode("ascii")[4:]
+    raise ValueError(f"cannot write scheme {scheme} (use one of {', '.join(WRITE_SCHEMES)})")
+
+
+def _bcrypt_secret(secret: bytes) -> bytes:
+    # bcrypt uses the first 72 bytes of a password (crypt_blowfish, hence doveadm, cut there);
+    # the bcrypt module refuses longer ones instead, so cut them the same way.
+    return secret[:72]
+
+
+def split_scheme(stored: str) -> tuple[str, str]:
+    """'{SHA512-CRYPT}$6$..' -> ('SHA512-CRYPT', '$6$..'); a bare crypt string gets its scheme
+    from its prefix (Dovecot's CRYPT). ('', stored) when unknown."""
+    if stored.startswith("{"):
+        end = stored.find("}")
+        if end > 1:
+            return stored[1:end].upper(), stored[end + 1 :]
+        return "", stored
+    for prefix, scheme in (("$argon2id$", "ARGON2ID"), ("$argon2i$", "ARGON2I"), ("$6$", "SHA512-CRYPT"),
+                           ("$5$", "SHA256-CRYPT"), ("$2y$", "BLF-CRYPT"), ("$2b$", "BLF-CRYPT"),
+                           ("$2a$", "BLF-CRYPT")):
+        if stored.startswith(prefix):
+            return scheme, stored
+    return "", stored
+
+
+def check_password(stored: str, password: str) -> bool:
+    """Verify `password` against a '{SCHEME}hash' value; False for a wrong password or an
+    unknown/broken hash (never raises for bad data)."""
+    import hmac
+
+    scheme, value = split_scheme(stored)
+    secret = password.encode("utf-8", "surrogatepass")
+    try:
+        if scheme in ("ARGON2ID", "ARGON2I"):
+            from argon2.exceptions import Argon2Error, InvalidHashError
+
+            expect = "$argon2id$" if scheme == "ARGON2ID" else "$argon2i$"
+            if not value.startswith(expect):
+                return False
+            try:
+                return _argon2().verify(value, secret)
+            except (Argon2Error, InvalidHashError, ValueError):
+                return False
+        if scheme == "BLF-CRYPT":
+            import bcrypt
+
+            if not value.startswith(("$2y$", "$2b$", "$2a$")):
+                return False
+            return bcrypt.checkpw(_bcrypt_secret(secret), value.encode("ascii"))
+        if scheme in ("SHA512-CRYPT", "SHA256-CRYPT"):
+            want = "$6$" if scheme == "SHA512-CRYPT" else "$5$"
+            if not value.startswith(want):
+                return False
+            return hmac.compare_digest(sha_crypt(secret, value).encode(), value.encode())
+    except (ValueError, UnicodeError, TypeError):
+        return False
+    return False
+
+
+_dummy_hash: str | None = None
+
+
+def dummy_verify(password: str) -> None:
+    """Spend what verifying a real ARGON2ID hash costs, so an unknown user takes as long."""
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = hash_password(os.urandom(12).hex())
+    check_password(_dummy_hash, password)
+
+
+# -- the users file -----------------------------------------------------------------------
+
+
+class UserRecord:
+    __slots__ = ("name", "password", "rest", "lineno")
+
+    def __init__(self, name: str, password: str, rest: str, lineno: int):
+        self.name = name  # as written in the file
+        self.password = password  # '{SCHEME}hash'
+        self.rest = rest  # ':uid:gid:gecos:home:shell:extra' kept as it was
+        self.lineno = lineno
+
+    @property
+    def scheme(self) -> str:
+        return split_scheme(self.password)[0] or "UNKNOWN"
+
+    def line(self) -> str:
+        return f"{self.name}:{self.password}{self.rest}"
+
+
+def _key(user: str) -> str:
+    return user.strip().lower()
+
+
+def check_username(user: str) -> str:
+    """The canonical (lower-case) user name for an address; raises DataError (65)."""
+    from mailtools.core.address import split_address
+
+    user = user.strip()
+    if not user or any(c in user for c in ":\r\n\0\t ") or any(ord(c) < 32 for c in user):
+        raise DataError(f"not a usable user name: {user!r}")
+    try:
+        local, domain = split_address(user)
+    except ValueError:
+        raise DataError(f"not a full address (user@domain): {user!r}") from None
+    if user.startswith("<") or "/" in local or "/" in domain or local in (".", "..") \
+            or domain in (".", "..") or "." not in domain and domain != "localhost" \
+            or local.startswith("-") or "@" in domain:
+        raise DataError(f"not a usable address for a mailbox: {user!r}")
+    return f"{local}@{domain}".lower()
+
+
+class Users:
+    """The users file at `path`, read when created. Missing file: no users."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.lines: list[str] = []
+        self.records: dict[str, UserRecord] = {}
+        self.problems: list[str] = []
+        self.stamp = None
+        self._read()
+
+    def _read(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                raw = f.read()
+        except FileNotFoundError:
+            self.stamp = None
+            self.lines, self.records, self.problems = [], {}, []
+            return
+        self.stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        self._parse(raw.decode("utf-8", "surrogateescape"))
+
+    def _parse(self, text: str) -> None:
+        self.lines = text.splitlines()
+        self.records, self.problems = {}, []
+        for n, line in enumerate(self.lines, start=1):
+            stripped = line.strip()
+            if not stripped or stripped.startswith("#"):
+                continue
+            name, sep, rest = line.partition(":")
+            password, colon, tail = rest.partition(":")
+            tail = colon + tail
+            why = None
+            if not sep or not name or name != name.strip():
+                why = "malformed line (expected user@domain:{SCHEME}hash::::::)"
+            elif "@" not in name:
+                why = f"user name {name!r} is not a full address"
+            elif not password:
+                why = f"no password for {name}"
+            elif not split_scheme(password)[0]:
+                why = f"unknown password scheme for {name}"
+            elif _key(name) in self.records:
+                why = f"duplicate user {name} (the first one, line {self.records[_key(name)].lineno}, is used)"
+            if why:
+                self.problems.append(f"{self.path}:{n}: {why}")
+                continue
+            rec = UserRecord(name, password, tail, n)
+            if rec.scheme not in VERIFY_SCHEMES:
+                # kept (so `user passwd` can fix it), but it cannot log in
+                self.problems.append(f"{self.path}:{n}: password scheme {rec.scheme} of {name} is not supported")
+            self.records[_key(name)] = rec
+
+    # reading ---------------------------------------------------------------------------
+
+    def exists(self, user: str) -> bool:
+        return _key(user) in self.records
+
+    def list(self) -> list[str]:
+        """User names in file order."""
+        return [r.name for r in sorted(self.records.values(), key=lambda r: r.lineno)]
+
+    def get(self, user: str) -> UserRecord | None:
+        return self.records.get(_key(user))
+
+    def verify(self, user: str, password: str) -> bool:
+        """True when `password` is right for `user`. Unknown users and broken or unsupported
+        hashes cost one dummy ARGON2ID verification and give False."""
+        rec = self.records.get(_key(user)) if isinstance(user, str) else None
+        if rec is None or not isinstance(password, str) or not password:
+            dummy_verify(password if isinstance(password, str) else "")
+            return False
+        scheme = rec.scheme
+        if scheme not in VERIFY_SCHEMES:
+            dummy_verify(password)
+            return False
+        return check_password(rec.password, password)
+
+    # writing (each call re-reads under the lock, changes one line, writes atomically) ---------
+
+    def add(self, user: str, password: str, scheme: str = "ARGON2ID") -> str:
+        """Add a user (canonical name returned); raises CantCreate (73) if it exists."""
+        name = check_username(user)
+        stored = hash_password(password, scheme)
+
+        def change() -> None:
+            if _key(name) in self.records:
+                raise CantCreate(f"user {name} already exists")
+            self.lines.append(f"{name}:{stored}::::::")
+
+        self._rewrite(change)
+        return name
+
+    def set_password(self, user: str, password: str, scheme: str = "ARGON2ID") -> None:
+        """Change a user's password; raises NoUser (67) if there is no such user."""
+        stored = hash_password(password, scheme)
+
+        def change() -> None:
+            rec = self.records.get(_key(user))
+            if rec is None:
+                raise NoUser(f"no such user: {user}")
+            rec.password = stored
+            self.lines[rec.lineno - 1] = rec.line()
+
+        self._rewrite(change)
+
+    def delete(self, user: str) -> None:
+        """Remove a user's line; raises NoUser (67) if there is no such user."""
+
+        def change() -> None:
+            rec = self.records.get(_key(user))
+            if rec is None:
+                raise NoUser(f"no such user: {user}")
+            del self.lines[rec.lineno - 1]
+
+        self._rewrite(change)
+
+    def _rewrite(self, change) -> None:
+        import fcntl
+
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            self._read()  # someone may have changed it since we read it
+            change()
+            try:
+                mode = os.stat(self.path).st_mode & 0o7777
+            except FileNotFoundError:
+                mode = 0o600
+            tmp = f"{self.path}.tmp.{os.getpid()}"
+            data = ("\n".join(self.lines) + "\n").encode("utf-8", "surrogateescape") if self.lines else b""
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+            try:
+                os.fchmod(fd, mode)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                os.unlink(tmp)
+                raise
+            os.close(fd)
+            os.rename(tmp, self.path)
+            dfd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+            self._read()
+        finally:
+            os.close(lock_fd)
+
+
+_cache: dict[str, Users] = {}
+
+
+def load_users(cfg) -> Users:
+    """The users file of this configuration, re-read whenever it changed on disk (cheap stat
+    on every call, so a server sees `mailtools user add` at the next login). New problems are
+    logged once per reading."""
+    path = os.fspath(cfg.users_file)
+    users = _cache.get(path)
+    try:
+        st = os.stat(path)
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    except FileNotFoundError:
+        stamp = None
+    if users is None or users.stamp != stamp:
+        users = Users(path)
+        _cache[path] = users
+        if users.problems:
+            import logging
+
+            log = logging.getLogger("mailtools.auth")
+            for p in users.problems:
+                log.warning("%s", p)
+    return users
+
+
+def decode_sasl_plain(b64: str) -> tuple[str, str, str]:
+    """RFC 4616 PLAIN: base64 of authzid NUL authcid NUL passwd -> (authzid, authcid, passwd).
+    Raises ValueError for bad base64, a wrong shape, an empty user or password, or non-UTF-8."""
+    import binascii
+
+    try:
+        raw = binascii.a2b_base64(b64.strip().encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeError, ValueError):
+        raise ValueError("not valid base64") from None
+    parts = raw.split(b"\0")
+    if len(parts) != 3:
+        raise ValueError("PLAIN needs authzid NUL authcid NUL password")
+    if any(len(p) > 255 for p in parts):
+        raise ValueError("credentials too long")  # RFC 4616 2: at most 255 octets each
+    try:
+        authzid, authcid, password = (p.decode("utf-8") for p in parts)
+    except UnicodeDecodeError:
+        raise ValueError("PLAIN credentials are not UTF-8") from None
+    if not authcid or not password:
+        raise ValueError("empty user name or password")
+    return authzid, authcid, password

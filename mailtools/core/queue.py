@@ -1,0 +1,842 @@
+"""The mail queue: a Maildir-shaped spool of entries, each a directory holding the message and a
+plain-text envelope, moved between state directories by atomic rename(2).
+
+Layout under the queue directory (cfg.queue_dir)::
+
+    tmp/QID/              an entry being written by enqueue()
+    new/QID/              queued: waiting for a runner (the only place claim() takes from)
+    active/QID.PID.HOST.N/  claimed by runner PID on HOST, its claim number N (the name says
+                          who, the directory's mtime says since when)
+    hold/QID/             held by the operator: no runner takes it until release_hold()
+    trash/QID.RANDOM/     being removed (delivered to every recipient, or deleted)
+    nudge                 a FIFO: a byte written here wakes a relay daemon (see nudge())
+
+Each entry directory holds ``message`` (the bytes as submitted) and ``envelope`` (see
+Envelope format below). A queue id is 13 hex digits of microseconds since the epoch then 10
+random hex digits: ids sort by arrival and two hosts sharing the spool never pick the same one
+(mkdir in tmp/ is the tie-breaker if they ever did).
+
+Durability (STYLE.md practice 8; qmail's INTERNALS is the model). enqueue() writes message and
+envelope into tmp/QID/, fsyncs both files and the entry directory, renames the entry into new/
+and fsyncs new/; only then does it return the id (and only then may SMTP say 250 or submit exit
+0). What a crash leaves behind, state by state:
+
+- during enqueue, before the rename: a (possibly partial) entry in tmp/. No runner ever looks
+  in tmp/, the submitter was not told "accepted", so nothing is lost; recover() removes tmp/
+  entries older than a day and a half.
+- after the rename, before new/ is fsynced (power loss): the entry is whole either in tmp/
+  (the submitter saw no success and retries) or in new/. Never half in new/: the files were
+  fsynced before the rename that makes them visible.
+- claimed (active/): the runner died mid-delivery. recover() renames the entry back into new/
+  at once when the claimer was on this host and its PID is gone, else when the claim is older
+  than the timeout. Delivery is at-least-once: a recipient may get a duplicate, none is lost.
+- update() while claimed: the new envelope is written to envelope.tmp, fsynced, renamed over
+  envelope and the directory fsynced. A crash leaves the old or the new envelope, whole.
+- release(): a rename back into new/, or, when every recipient is final, a rename into trash/
+  followed by unlinking. A crash leaves the entry in new/ (delivered again to recipients not yet
+  final) or a leftover in trash/ (removed by recover()).
+- hold/release_hold/delete: one rename each (delete then empties trash/), so an entry is always
+  whole in exactly one state directory.
+
+Two runners (processes, or hosts on NFS) claim with rename(new/QID, active/QID.PID.HOST): the
+kernel (or NFS server) lets exactly one rename succeed; the other gets ENOENT and moves on.
+
+Envelope format (``cat`` it)::
+
+    mailtools-envelope 1
+    id: 0005F4E3A2B1C7D3E9F0A1B2C
+    queued-at: 2026-11-28T15:47:01.123456Z
+    sender: alice@example.test          (empty for the null sender <>)
+    size: 1234
+    body: 8BITMIME                      (optional: 7BIT | 8BITMIME | BINARYMIME)
+    smtputf8: yes                       (optional)
+    ret: HDRS                           (optional DSN RET: FULL | HDRS)
+    envid: QQ123                        (optional DSN ENVID, xtext as given)
+    warned: yes                         (optional: a delay warning was sent)
+    rcpt: queued attempts=0 next=- notify=- orcpt=- to=bob@example.net reply=
+    rcpt: deferred attempts=2 next=2026-11-28T16:17:01Z notify=- orcpt=- to=c@x.test reply=451 4.7.1 later
+
+One ``rcpt:`` line per recipient; ``reply=`` is always last and takes the rest of the line.
+Values escape '%', whitespace and control characters as %XX, so a line is always one line.
+Unknown ``key: value`` lines are kept (Entry.meta) and written back unchanged.
+
+Import cost matters: submit (the sendmail path) imports this module, so only os, errno and time
+are imported at the top; anything heavier is imported where it is used.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+FORMAT_VERSION = 1
+STATES = ("queued", "deferred", "sent", "bounced")
+FINAL_STATES = ("sent", "bounced")
+TMP_MAX_AGE = 36 * 3600  # qmail's rule: a tmp/ file this old belongs to nobody
+
+_HEX = "0123456789ABCDEF"
+_SUBDIRS = ("tmp", "new", "active", "hold", "trash")
+_HOST = os.uname().nodename.replace("/", "_").replace(".", "_") or "localhost"
+_claims = 0
+
+
+class QueueError(Exception):
+    """A queue operation that cannot be done (unknown id, entry busy)."""
+
+
+class ClaimLost(QueueError):
+    """The entry this runner claimed was recovered by someone else (it took too long)."""
+
+
+# -- small helpers ------------------------------------------------------------------------
+
+
+def new_id(now: float | None = None) -> str:
+    """13 hex digits of microseconds since the epoch + 10 random hex digits (sortable, unique)."""
+    usec = int((time.time() if now is None else now) * 1_000_000)
+    return f"{usec:013X}{os.urandom(5).hex().upper()}"
+
+
+def valid_id(qid: str) -> bool:
+    return 16 <= len(qid) <= 40 and all(c in _HEX for c in qid)
+
+
+def _escape(value: str, keep_space: bool = False) -> str:
+    out = []
+    for ch in value:
+        o = ord(ch)
+        if ch == "%" or o < 0x21 and not (keep_space and ch == " ") or o == 0x7F:
+            out.append(f"%{o:02X}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _unescape(value: str) -> str:
+    if "%" not in value:
+        return value
+    out, i = [], 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "%" and _ishex(value[i + 1 : i + 3]):
+            out.append(chr(int(value[i + 1 : i + 3], 16)))
+            i += 3
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def _ishex(s: str) -> bool:
+    return len(s) == 2 and all(c in "0123456789abcdefABCDEF" for c in s)
+
+
+def format_time(t: float, fraction: bool = False) -> str:
+    """Epoch seconds -> '2026-11-28T15:47:01Z' (UTC)."""
+    tm = time.gmtime(t)
+    s = f"{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d}T{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}"
+    if fraction:
+        s += f".{int((t % 1) * 1_000_000):06d}"
+    return s + "Z"
+
+
+def parse_time(s: str) -> float:
+    """'2026-11-28T15:47:01[.123456]Z' -> epoch seconds. Raises ValueError."""
+    if not s.endswith("Z") or len(s) < 20 or s[4] != "-" or s[7] != "-" or s[10] != "T":
+        raise ValueError(f"not a UTC time: {s!r}")
+    y, mo, d = int(s[0:4]), int(s[5:7]), int(s[8:10])
+    hh, mm, ss = int(s[11:13]), int(s[14:16]), int(s[17:19])
+    frac = float("0" + s[19:-1]) if len(s) > 20 else 0.0
+    # days from civil (Howard Hinnant's algorithm), proleptic Gregorian
+    y2 = y - (mo <= 2)
+    era = y2 // 400
+    yoe = y2 - era * 400
+    doy = (153 * (mo + (-3 if mo > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    days = era * 146097 + doe - 719468
+    return days * 86400 + hh * 3600 + mm * 60 + ss + frac
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: str, data: bytes, exclusive: bool = True) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(path: str) -> None:
+    """Remove an entry directory (flat: files only); tolerant of a concurrent remover."""
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:
+        return
+    for name in names:
+        try:
+            os.unlink(os.path.join(path, name))
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            _remove_tree(os.path.join(path, name))
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+
+
+# -- envelope objects -----------------------------------------------------------------------
+
+
+class Recipient:
+    """One recipient with its own delivery state."""
+
+    __slots__ = ("address", "state", "attempts", "next_attempt", "last_reply", "notify", "orcpt")
+
+    def __init__(self, address: str, state: str = "queued", attempts: int = 0,
+                 next_attempt: float | None = None, last_reply: str = "",
+                 notify: str | None = None, orcpt: str | None = None):
+        self.address = address
+        self.state = state
+        self.attempts = attempts
+        self.next_attempt = next_attempt
+        self.last_reply = last_reply
+        self.notify = notify  # DSN NOTIFY (e.g. "SUCCESS,FAILURE", "NEVER") or None
+        self.orcpt = orcpt  # DSN ORCPT ("rfc822;addr") or None
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def to_json(self) -> dict:
+        return {
+            "address": self.address,
+            "state": self.state,
+            "attempts": self.attempts,
+            "next_attempt": None if self.next_attempt is None else int(self.next_attempt),
+            "last_reply": self.last_reply or None,
+        }
+
+    def _line(self) -> str:
+        nxt = "-" if self.next_attempt is None else format_time(self.next_attempt)
+        return (
+            f"rcpt: {self.state} attempts={self.attempts} next={nxt}"
+            f" notify={_escape(self.notify) if self.notify else '-'}"
+            f" orcpt={_escape(self.orcpt) if self.orcpt else '-'}"
+            f" to={_escape(self.address)} reply={_escape(self.last_reply, keep_space=True)}"
+        )
+
+    @classmethod
+    def _parse(cls, value: str) -> "Recipient":
+        head, sep, reply = value.partition(" reply=")
+        if not sep:
+            raise ValueError("rcpt line without reply=")
+        parts = head.split()
+        if not parts or parts[0] not in STATES:
+            raise ValueError(f"bad recipient state in {value!r}")
+        fields = {}
+        for p in parts[1:]:
+            k, eq, v = p.partition("=")
+            if not eq:
+                raise ValueError(f"bad recipient field {p!r}")
+            fields[k] = v
+        if "to" not in fields:
+            raise ValueError("rcpt line without to=")
+        nxt = fields.get("next", "-")
+        notify = fields.get("notify", "-")
+        orcpt = fields.get("orcpt", "-")
+        return cls(
+            _unescape(fields["to"]),
+            parts[0],
+            int(fields.get("attempts", "0")),
+            None if nxt == "-" else parse_time(nxt),
+            _unescape(reply),
+            None if notify == "-" else _unescape(notify),
+            None if orcpt == "-" else _unescape(orcpt),
+        )
+
+    def __repr__(self) -> str:
+        return f"Recipient({self.address!r}, {self.state!r}, attempts={self.attempts})"
+
+
+_DSN_KEYS = ("body", "smtputf8", "ret", "envid")
+
+
+class Entry:
+    """A queue entry: the envelope plus where it lives now.
+
+    `.dsn` is a dict with any of: "ret" ("FULL"|"HDRS"), "envid" (str), "body" ("7BIT"|
+    "8BITMIME"|"BINARYMIME"), "smtputf8" (bool). Per-recipient NOTIFY/ORCPT live on Recipient.
+    `.state_dir` is "new", "active" or "hold"; `.held` is true in hold/.
+    """
+
+    __slots__ = ("id", "sender", "recipients", "queued_at", "size", "dsn", "warned", "meta",
+                 "state_dir", "path", "claimed_by")
+
+    def __init__(self, qid: str, sender: str, recipients: list[Recipient], queued_at: float,
+                 size: int, dsn: dict | None = None, warned: bool = False):
+        self.id = qid
+        self.sender = sender
+        self.recipients = recipients
+        self.queued_at = queued_at
+        self.size = size
+        self.dsn = dict(dsn or {})
+        self.warned = warned
+        self.meta: dict[str, str] = {}
+        self.state_dir = "new"
+        self.path: str | None = None  # the entry directory, as last seen
+        self.claimed_by: str | None = None  # "PID.HOST" in active/
+
+    @property
+    def held(self) -> bool:
+        return self.state_dir == "hold"
+
+    def pending(self) -> list[Recipient]:
+        """Recipients still to deliver (queued or deferred)."""
+        return [r for r in self.recipients if not r.final]
+
+    def due(self, now: float | None = None) -> list[Recipient]:
+        """Pending recipients whose next attempt has come."""
+        now = time.time() if now is None else now
+        return [r for r in self.pending() if r.next_attempt is None or r.next_attempt <= now]
+
+    @property
+    def done(self) -> bool:
+        return all(r.final for r in self.recipients)
+
+    def to_json(self) -> dict:
+        """The queue listing object of DESIGN.md (times as integer epoch seconds)."""
+        return {
+            "id": self.id,
+            "sender": self.sender,
+            "size": self.size,
+            "queued_at": int(self.queued_at),
+            "recipients": [r.to_json() for r in self.recipients],
+        }
+
+    def serialise(self) -> bytes:
+        lines = [
+            f"mailtools-envelope {FORMAT_VERSION}",
+            f"id: {self.id}",
+            f"queued-at: {format_time(self.queued_at, fraction=True)}",
+            f"sender: {_escape(self.sender)}",
+            f"size: {self.size}",
+        ]
+        for key in _DSN_KEYS:
+            value = self.dsn.get(key)
+            if value is None or value is False:
+                continue
+            if value is True:
+                value = "yes"
+            lines.append(f"{key}: {_escape(str(value))}")
+        if self.warned:
+            lines.append("warned: yes")
+        for key, value in self.meta.items():
+            lines.append(f"{key}: {value}")
+        lines.extend(r._line() for r in self.recipients)
+        return ("\n".join(lines) + "\n").encode("utf-8")
+
+    @classmethod
+    def parse(cls, data: bytes, where: str = "envelope") -> "Entry":
+        """Parse an envelope file; raises ValueError naming the line that is wrong."""
+        text = data.decode("utf-8", errors="surrogateescape")
+        lines = text.split("\n")
+        if not lines or not lines[0].startswith("mailtools-envelope "):
+            raise ValueError(f"{where}: not a mailtools envelope")
+        version = lines[0].split(" ", 1)[1].strip()
+        if version != str(FORMAT_VERSION):
+            raise ValueError(f"{where}: envelope version {version} not understood")
+        fields: dict[str, str] = {}
+        meta: dict[str, str] = {}
+        rcpts: list[Recipient] = []
+        for n, line in enumerate(lines[1:], start=2):
+            if not line:
+                continue
+            key, sep, value = line.partition(": ")
+            if not sep:
+                key, sep, value = line.partition(":")
+                if not sep:
+                    raise ValueError(f"{where}:{n}: not 'key: value'")
+            try:
+                if key == "rcpt":
+                    rcpts.append(Recipient._parse(value))
+                elif key in ("id", "queued-at", "sender", "size", "warned", *_DSN_KEYS):
+                    fields[key] = value
+                else:
+                    meta[key] = value
+            except ValueError as exc:
+                raise ValueError(f"{where}:{n}: {exc}") from None
+        try:
+            entry = cls(
+                fields["id"],
+                _unescape(fields.get("sender", "")),
+                rcpts,
+                parse_time(fields["queued-at"]),
+                int(fields.get("size", "0")),
+                warned=fields.get("warned") == "yes",
+            )
+        except KeyError as exc:
+            raise ValueError(f"{where}: missing {exc.args[0]!r}") from None
+        for key in _DSN_KEYS:
+            if key in fields:
+                v = _unescape(fields[key])
+                entry.dsn[key] = (v == "yes") if key == "smtputf8" else v
+        entry.meta = meta
+        return entry
+
+    def __repr__(self) -> str:
+        return f"Entry({self.id!r}, {self.sender!r}, {self.recipients!r}, {self.state_dir})"
+
+
+# -- the queue ------------------------------------------------------------------------------
+
+
+class Queue:
+    """The spool at `path` (cfg.queue_dir). Directories are created on first use."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self._ready = False
+
+    def _dir(self, sub: str) -> str:
+        return os.path.join(self.path, sub)
+
+    def _ensure(self) -> None:
+        if self._ready:
+            return
+        created = False
+        for sub in _SUBDIRS:
+            d = self._dir(sub)
+            try:
+                os.makedirs(d, mode=0o700)
+                created = True
+            except FileExistsError:
+                pass
+        if created:
+            _fsync_dir(self.path)
+            parent = os.path.dirname(os.path.abspath(self.path))
+            if parent:
+                _fsync_dir(parent)
+        self._ready = True
+
+    # writing --------------------------------------------------------------------------
+
+    def enqueue(self, sender: str, recipients, data: bytes, *, dsn: dict | None = None) -> str:
+        """Write the message and its envelope durably and return the queue id.
+
+        `recipients`: addresses (str) or Recipient objects (to carry DSN NOTIFY/ORCPT). `dsn`:
+        see Entry. Returns only after files and directories are fsynced (see module docstring).
+        Raises OSError when the disk cannot take it (the caller answers 4xx / exits 75).
+        """
+        self._ensure()
+        rcpts = [r if isinstance(r, Recipient) else Recipient(r) for r in recipients]
+        if not rcpts:
+            raise ValueError("no recipients")
+        for r in rcpts:
+            if "\n" in r.address or "\r" in r.address:
+                raise ValueError(f"unsafe recipient address {r.address!r}")
+        if "\n" in sender or "\r" in sender:
+            raise ValueError(f"unsafe sender address {sender!r}")
+        tmp_root = self._dir("tmp")
+        while True:
+            now = time.time()
+            qid = new_id(now)
+            tmp = os.path.join(tmp_root, qid)
+            try:
+                os.mkdir(tmp, 0o700)
+                break
+            except FileExistsError:
+                continue
+        entry = Entry(qid, sender, rcpts, now, len(data), dsn)
+        _write_file(os.path.join(tmp, "message"), data)
+        _write_file(os.path.join(tmp, "envelope"), entry.serialise())
+        _fsync_dir(tmp)
+        final_dir = self._dir("new")
+        os.rename(tmp, os.path.join(final_dir, qid))
+        _fsync_dir(final_dir)
+        return qid
+
+    # reading --------------------------------------------------------------------------
+
+    def _load(self, entry_path: str, state_dir: str, name: str) -> Entry:
+        with open(os.path.join(entry_path, "envelope"), "rb") as f:
+            entry = Entry.parse(f.read(), os.path.join(entry_path, "envelope"))
+        entry.state_dir = state_dir
+        entry.path = entry_path
+        if state_dir == "active":
+            parts = name.split(".")
+            entry.claimed_by = ".".join(parts[1:3]) if len(parts) >= 3 else None
+        return entry
+
+    def entries(self, include: tuple[str, ...] = ("new", "active", "hold")) -> list[Entry]:
+        """Every entry (queued, claimed and held), oldest first. Unreadable envelopes are
+        skipped (an entry that moved while listing is simply read where it went, or missed)."""
+        out = []
+        for state_dir in include:
+            d = self._dir(state_dir)
+            try:
+                names = os.listdir(d)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                try:
+                    out.append(self._load(os.path.join(d, name), state_dir, name))
+                except (OSError, ValueError):
+                    continue
+        out.sort(key=lambda e: e.id)
+        return out
+
+    def ids(self, state_dir: str = "new") -> list[str]:
+        """Queue ids in one state directory, oldest first (cheap: no envelope is read)."""
+        try:
+            names = os.listdir(self._dir(state_dir))
+        except FileNotFoundError:
+            return []
+        return sorted(n.split(".", 1)[0] for n in names)
+
+    def _find(self, qid: str) -> tuple[str, str, str]:
+        if not valid_id(qid):
+            raise QueueError(f"not a queue id: {qid!r}")
+        for state_dir in ("new", "hold"):
+            p = os.path.join(self._dir(state_dir), qid)
+            if os.path.isdir(p):
+                return p, state_dir, qid
+        try:
+            for name in os.listdir(self._dir("active")):
+                if name.split(".", 1)[0] == qid:
+                    return os.path.join(self._dir("active"), name), "active", name
+        except FileNotFoundError:
+            pass
+        raise QueueError(f"no such queue entry: {qid}")
+
+    def get(self, qid: str) -> Entry:
+        """The entry with this id wherever it is; raises QueueError when there is none."""
+        for _ in range(3):  # it may move between finding and reading
+            p, state_dir, name = self._find(qid)
+            try:
+                return self._load(p, state_dir, name)
+            except FileNotFoundError:
+                continue
+        raise QueueError(f"no such queue entry: {qid}")
+
+    def message_path(self, entry: Entry) -> str:
+        """Path of the message file (valid while the entry stays where it was seen)."""
+        if entry.path is None:
+            entry.path = self._find(entry.id)[0]
+        return os.path.join(entry.path, "message")
+
+    def read_message(self, entry: Entry) -> bytes:
+        with open(self.message_path(entry), "rb") as f:
+            return f.read()
+
+    # claiming -------------------------------------------------------------------------
+
+    def claim(self, qid: str) -> Entry | None:
+        """Take an entry in new/ for delivery (atomic rename into active/); None if another
+        runner has it, it is held, or it is gone."""
+        self._ensure()
+        if not valid_id(qid):
+            raise QueueError(f"not a queue id: {qid!r}")
+        global _claims
+        _claims += 1
+        # A unique name per claim: two tasks of one process never both win, and an NFS
+        # retransmitted rename can be told apart from someone else's claim.
+        name = f"{qid}.{os.getpid()}.{_HOST}.{_claims:x}{os.urandom(2).hex()}"
+        src = os.path.join(self._dir("new"), qid)
+        dst = os.path.join(self._dir("active"), name)
+        try:
+            os.rename(src, dst)
+        except FileNotFoundError:
+            # NFS: a retransmitted rename that did succeed reports ENOENT; check it is ours.
+            if not os.path.isdir(dst):
+                return None
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                return None
+            raise
+        try:
+            os.utime(dst)  # the claim's age is the directory's mtime
+        except OSError:
+            pass
+        try:
+            return self._load(dst, "active", name)
+        except ValueError:
+            # A broken envelope: park it in hold/ for the operator rather than retry forever.
+            os.rename(dst, os.path.join(self._dir("hold"), qid))
+            return None
+
+    def _check_claim(self, entry: Entry) -> str:
+        if entry.state_dir != "active" or not entry.path:
+            raise QueueError(f"{entry.id}: not claimed")
+        if not os.path.isdir(entry.path):
+            raise ClaimLost(f"{entry.id}: claim lost (recovered by another runner)")
+        return entry.path
+
+    def update(self, entry: Entry) -> None:
+        """Write the envelope of a claimed entry durably (tmp + fsync + rename + fsync dir).
+        Raises ClaimLost when the claim was recovered by someone else meanwhile."""
+        p = self._check_claim(entry)
+        tmp = os.path.join(p, "envelope.tmp")
+        try:
+            _write_file(tmp, entry.serialise(), exclusive=False)
+        except FileNotFoundError:
+            raise ClaimLost(f"{entry.id}: claim lost (recovered by another runner)") from None
+        os.rename(tmp, os.path.join(p, "envelope"))
+        _fsync_dir(p)
+        try:
+            os.utime(p)  # still alive: keep the claim fresh
+        except OSError:
+            pass
+
+    def release(self, entry: Entry) -> bool:
+        """Give a claimed entry back: into new/ if any recipient is pending, else removed.
+        Call update() first to keep state changes. Returns False if the claim was lost."""
+        try:
+            p = self._check_claim(entry)
+        except ClaimLost:
+            return False
+        if entry.done:
+            self._discard(p, entry.id)
+        else:
+            dst = os.path.join(self._dir("new"), entry.id)
+            try:
+                os.rename(p, dst)
+            except FileNotFoundError:
+                return False
+            _fsync_dir(self._dir("new"))
+            entry.path, entry.state_dir, entry.claimed_by = dst, "new", None
+        return True
+
+    def _discard(self, p: str, qid: str) -> None:
+        trash = os.path.join(self._dir("trash"), f"{qid}.{os.urandom(4).hex()}")
+        os.rename(p, trash)
+        _fsync_dir(os.path.dirname(p))
+        _remove_tree(trash)
+
+    def recover(self, older_than_s: float, tmp_older_than_s: float = TMP_MAX_AGE) -> list[str]:
+        """Put entries claimed by dead runners back into new/; clean tmp/ and trash/.
+
+        A claim from this host whose PID is gone is recovered at once; any other claim when
+        its directory's mtime is older than `older_than_s`. Returns the recovered ids."""
+        self._ensure()
+        now = time.time()
+        recovered = []
+        active = self._dir("active")
+        for name in os.listdir(active):
+            qid, pid_s, host = (name.split(".") + ["", ""])[:3]
+            p = os.path.join(active, name)
+            try:
+                age = now - os.stat(p).st_mtime
+            except FileNotFoundError:
+                continue
+            mine = host == _HOST and pid_s.isdigit()
+            if mine and int(pid_s) == os.getpid():
+                continue
+            dead = mine and not _pid_alive(int(pid_s))
+            if not (dead or age > older_than_s):
+                continue
+            try:
+                os.rename(p, os.path.join(self._dir("new"), qid))
+            except OSError:
+                continue
+            recovered.append(qid)
+        if recovered:
+            _fsync_dir(self._dir("new"))
+        for sub, limit in (("tmp", tmp_older_than_s), ("trash", 0)):
+            d = self._dir(sub)
+            for name in os.listdir(d):
+                p = os.path.join(d, name)
+                try:
+                    if now - os.stat(p).st_mtime >= limit:
+                        _remove_tree(p)
+                except FileNotFoundError:
+                    continue
+        return sorted(recovered)
+
+    # the operator ---------------------------------------------------------------------
+
+    def hold(self, qid: str) -> None:
+        """Move a waiting entry to hold/ (raises QueueError if it is claimed or unknown)."""
+        self._ensure()
+        p, state_dir, _ = self._find(qid)
+        if state_dir == "hold":
+            return
+        if state_dir == "active":
+            raise QueueError(f"{qid}: being delivered right now; try again")
+        try:
+            os.rename(p, os.path.join(self._dir("hold"), qid))
+        except FileNotFoundError:
+            raise QueueError(f"{qid}: was claimed meanwhile; try again") from None
+        _fsync_dir(self._dir("hold"))
+
+    def release_hold(self, qid: str) -> None:
+        """Move a held entry back to new/ (raises QueueError if it is not held)."""
+        self._ensure()
+        p, state_dir, _ = self._find(qid)
+        if state_dir != "hold":
+            raise QueueError(f"{qid}: not held")
+        os.rename(p, os.path.join(self._dir("new"), qid))
+        _fsync_dir(self._dir("new"))
+
+    def delete(self, qid: str) -> None:
+        """Remove a waiting or held entry for good (raises QueueError if claimed or unknown)."""
+        self._ensure()
+        p, state_dir, _ = self._find(qid)
+        if state_dir == "active":
+            raise QueueError(f"{qid}: being delivered right now; try again")
+        try:
+            self._discard(p, qid)
+        except FileNotFoundError:
+            raise QueueError(f"{qid}: was claimed meanwhile; try again") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- waking a relay daemon ------------------------------------------------------------------
+
+NUDGE = "nudge"
+
+
+def nudge(queue_dir) -> bool:
+    """Wake a relay daemon on this host that waits on the queue (best effort, never blocks).
+
+    Writes one byte to the FIFO queue_dir/nudge when a reader has it open; with no daemon (no
+    FIFO, or no reader: ENXIO) or a full pipe (EAGAIN: it is awake already) nothing happens.
+    Returns True when a byte was written."""
+    path = os.path.join(os.fspath(queue_dir), NUDGE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        import stat
+
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+        os.write(fd, b"!")
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+class NudgeListener:
+    """The daemon side of nudge(): owns the FIFO, wakes waiters when a byte arrives.
+
+    Synchronous: ``listener.wait(timeout) -> bool``. asyncio: ``await listener.wait_async(t)``
+    (registers a reader on the running loop). Several nudges while busy count as one.
+    Use as a context manager, or call close()."""
+
+    def __init__(self, queue_dir):
+        import stat
+
+        path = os.path.join(os.fspath(queue_dir), NUDGE)
+        os.makedirs(os.fspath(queue_dir), exist_ok=True)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISFIFO(st.st_mode):
+                os.unlink(path)
+                raise FileNotFoundError
+        except FileNotFoundError:
+            try:
+                os.mkfifo(path, 0o622)
+            except FileExistsError:
+                pass
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        # Hold a writer open ourselves so the reader never sees end-of-file between nudges.
+        self._keep = os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        self._event = None
+        self._loop = None
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def drain(self) -> bool:
+        """Read every pending byte; True if there was a nudge."""
+        got = False
+        while True:
+            try:
+                chunk = os.read(self.fd, 4096)
+            except BlockingIOError:
+                return got
+            except OSError:
+                return got
+            if not chunk:
+                return got
+            got = True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until nudged (True) or `timeout` seconds pass (False)."""
+        import select
+
+        if self.drain():
+            return True
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        return bool(ready) and self.drain()
+
+    async def wait_async(self, timeout: float | None = None) -> bool:
+        """Await a nudge (True) or the timeout (False) without blocking the event loop."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None:
+                self._loop.remove_reader(self.fd)
+            self._event = asyncio.Event()
+            self._loop = loop
+            loop.add_reader(self.fd, self._on_readable)
+        if self.drain():
+            self._event.clear()
+            return True
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        self._event.clear()
+        return True
+
+    def _on_readable(self) -> None:
+        if self.drain() and self._event is not None:
+            self._event.set()
+
+    def close(self) -> None:
+        if self._loop is not None:
+            try:
+                self._loop.remove_reader(self.fd)
+            except Exception:  # noqa: BLE001 - loop already closed
+                pass
+            self._loop = None
+        for fd in (self.fd, self._keep):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __enter__(self) -> "NudgeListener":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

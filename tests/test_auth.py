@@ -1,0 +1,185 @@
+"""core/auth: passwd-file parsing, hashes made by Dovecot's doveadm, SHA-crypt, SASL PLAIN."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailtools.core import auth
+from mailtools.core.auth import Users, check_password, decode_sasl_plain, sha_crypt
+
+DOVEADM = shutil.which("doveadm")
+needs_doveadm = pytest.mark.skipif(DOVEADM is None, reason="doveadm (dovecot-core) not installed")
+
+
+def doveadm_pw(scheme: str, password: str, *extra: str) -> str:
+    out = subprocess.run([DOVEADM, "pw", "-s", scheme, "-p", password, *extra],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+@needs_doveadm
+@pytest.mark.parametrize("scheme", ["SHA512-CRYPT", "SHA256-CRYPT", "BLF-CRYPT", "ARGON2ID", "ARGON2I"])
+@pytest.mark.parametrize("password", ["x", "correct horse battery staple", "pässwörd€"])
+def test_doveadm_hashes_verify(scheme, password):
+    stored = doveadm_pw(scheme, password)
+    assert stored.startswith("{" + scheme + "}")
+    assert check_password(stored, password)
+    assert not check_password(stored, password + "!")
+    assert not check_password(stored, password[:-1] or "y")
+
+
+@needs_doveadm
+def test_doveadm_sha512_crypt_with_rounds():
+    stored = doveadm_pw("SHA512-CRYPT", "hunter2", "-r", "7000")
+    assert "$rounds=7000$" in stored
+    assert check_password(stored, "hunter2") and not check_password(stored, "hunter3")
+
+
+@needs_doveadm
+@pytest.mark.parametrize("scheme", ["ARGON2ID", "BLF-CRYPT"])
+def test_our_hashes_verify_in_doveadm(scheme):
+    stored = auth.hash_password("sekrit 42", scheme)
+    assert stored.startswith("{" + scheme + "}")
+    ok = subprocess.run([DOVEADM, "pw", "-t", stored, "-p", "sekrit 42"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "verified" in ok.stdout
+    bad = subprocess.run([DOVEADM, "pw", "-t", stored, "-p", "sekrit 43"], capture_output=True, text=True)
+    assert bad.returncode != 0
+
+
+def test_sha512_crypt_known_vectors():
+    # From Ulrich Drepper's specification (SHA-crypt.txt), test vectors for SHA-512.
+    assert sha_crypt(b"Hello world!", "$6$saltstring") == (
+        "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJu"
+        "esI68u4OTLiBFdcbYEdFCoEOfaS35inz1")
+    assert sha_crypt(b"Hello world!", "$6$rounds=10000$saltstringsaltstring") == (
+        "$6$rounds=10000$saltstringsaltst$OW1/O6BYHV6BcXZu8QVeXbDWra3Oeqh0sbHbbMCVNSnCM/UrjmM0Dp8vOuZ"
+        "eHBy/YTBmSK6H9qs/y3RnOaw5v.")
+    assert sha_crypt(b"we have a short salt string but not a short password", "$6$rounds=77777$short") == (
+        "$6$rounds=77777$short$WuQyW2YR.hBNpjjRhpYD/ifIw05xdfeEyQoMxIXbkvr0gge1a1x3yRULJ5CCaUeOxFmtlcGZ"
+        "elFl5CxtgfiAc0")
+    assert sha_crypt(b"the minimum number is still observed", "$6$rounds=10$roundstoolow") == (
+        "$6$rounds=1000$roundstoolow$kUMsbe306n21p9R.FRkW3IGn.S9NPN0x50YhH1xhLsPuWGsUSklZt58jaTfF4ZEQ"
+        "pyUNGc0dqbpBYYBaHHrsX.")
+
+
+def test_sha256_crypt_known_vector():
+    # glibc crypt(3) output for the specification's first SHA-256 input.
+    assert sha_crypt(b"Hello world!", "$5$saltstring") == (
+        "$5$saltstring$5B8vYYiY.CVt1RlTTf8KbXBH3hsxY/GNooZaBBGWEc5")
+
+
+def _system_crypt():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import crypt
+        except ImportError:
+            return None
+    return crypt.crypt
+
+
+@pytest.mark.skipif(_system_crypt() is None, reason="no stdlib crypt module to compare with")
+@settings(max_examples=60, deadline=None)
+@given(password=st.text(min_size=1, max_size=100).filter(lambda s: "\0" not in s),
+       salt=st.text(alphabet="./0123456789abcdefXYZ", max_size=20),
+       prefix=st.sampled_from(["$5$", "$6$", "$6$rounds=1000$", "$5$rounds=1234$"]))
+def test_sha_crypt_matches_glibc(password, salt, prefix):
+    assert sha_crypt(password.encode("utf-8"), prefix + salt) == _system_crypt()(password, prefix + salt)
+
+
+def test_sasl_plain():
+    enc = base64.b64encode(b"\0alice@example.test\0s3cret").decode()
+    assert decode_sasl_plain(enc) == ("", "alice@example.test", "s3cret")
+    enc = base64.b64encode("admin\0bob@example.test\0pässword".encode()).decode()
+    assert decode_sasl_plain(enc) == ("admin", "bob@example.test", "pässword")
+    for bad in ("!!!", "", "=", base64.b64encode(b"a\0b").decode(),
+                base64.b64encode(b"\0\0pw").decode(), base64.b64encode(b"\0u\0").decode(),
+                base64.b64encode(b"\0u\0\xff\xfe").decode(), base64.b64encode(b"\0u\0p\0q").decode()):
+        with pytest.raises(ValueError):
+            decode_sasl_plain(bad)
+
+
+def test_users_file_malformed_line_does_not_lock_everyone_out(tmp_path):
+    good = auth.hash_password("pw-alice", "BLF-CRYPT")
+    p = tmp_path / "users"
+    p.write_text(
+        "# comment\n\n"
+        "this line is junk\n"
+        f"alice@example.test:{good}::::::\n"
+        "bob@example.test:::::::\n"
+        "carol@example.test:{NOPE}xyz::::::\n"
+        f"Alice@Example.test:{good}::::::\n"
+    )
+    users = Users(p)
+    assert users.list() == ["alice@example.test", "carol@example.test"]
+    assert [x.split(": ", 1)[0] for x in users.problems] == [f"{p}:3", f"{p}:5", f"{p}:6", f"{p}:7"]
+    assert users.verify("alice@example.test", "pw-alice")
+    assert users.verify("ALICE@example.TEST", "pw-alice")
+    assert not users.verify("alice@example.test", "wrong")
+    assert not users.verify("bob@example.test", "")
+    assert not users.verify("carol@example.test", "xyz")
+
+
+def test_unknown_user_costs_a_dummy_verification(tmp_path):
+    p = tmp_path / "users"
+    Users(p).add("alice@example.test", "pw")
+    users = Users(p)
+    auth.dummy_verify("warm-up")
+    t = time.perf_counter()
+    assert users.verify("alice@example.test", "nope") is False
+    known = time.perf_counter() - t
+    t = time.perf_counter()
+    assert users.verify("nobody@example.test", "nope") is False
+    unknown = time.perf_counter() - t
+    assert unknown > known / 4  # same order of magnitude (argon2 both ways), not ~0
+
+
+def test_add_set_password_delete_rewrite_atomically(tmp_path):
+    p = tmp_path / "users"
+    p.write_text("# keep me\njunk line\n")
+    users = Users(p)
+    assert users.add("Alice@Example.test", "one", "BLF-CRYPT") == "alice@example.test"
+    assert p.read_text().startswith("# keep me\njunk line\nalice@example.test:{BLF-CRYPT}$2y$")
+    assert p.read_text().endswith("::::::\n")
+    with pytest.raises(auth.CantCreate):
+        users.add("alice@example.test", "again", "BLF-CRYPT")
+    users.set_password("alice@example.test", "two", "BLF-CRYPT")
+    assert Users(p).verify("alice@example.test", "two")
+    assert not Users(p).verify("alice@example.test", "one")
+    with pytest.raises(auth.NoUser):
+        users.set_password("nobody@example.test", "x")
+    users.delete("alice@example.test")
+    assert p.read_text() == "# keep me\njunk line\n"
+    with pytest.raises(auth.NoUser):
+        users.delete("alice@example.test")
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["users", "users.lock"]
+
+
+@pytest.mark.parametrize("bad", ["alice", "@example.test", "alice@", "a:b@example.test",
+                                 "a b@example.test", "../x@example.test", "a@ex/ample.test",
+                                 "a@..", "-a@example.test"])
+def test_bad_user_names_refused(tmp_path, bad):
+    with pytest.raises(auth.DataError):
+        Users(tmp_path / "users").add(bad, "pw", "BLF-CRYPT")
+
+
+def test_load_users_rereads_when_changed(tmp_path):
+    from mailtools.core.config import from_dict
+
+    cfg = from_dict({"root": str(tmp_path)})
+    first = auth.load_users(cfg)
+    assert first.list() == []
+    assert auth.load_users(cfg) is first
+    Users(cfg.users_file).add("alice@example.test", "pw", "BLF-CRYPT")
+    again = auth.load_users(cfg)
+    assert again.list() == ["alice@example.test"]
+    assert again.verify("alice@example.test", "pw")

@@ -1,0 +1,219 @@
+"""core/queue: the spool's write path, claim-by-rename, recovery, operator actions, nudges."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from mailtools.core.queue import (
+    ClaimLost, Entry, NudgeListener, Queue, QueueError, Recipient, format_time, new_id, nudge,
+    parse_time,
+)
+
+MSG = b"From: a@example.test\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nbody\r\n"
+
+
+@pytest.fixture
+def q(tmp_path):
+    return Queue(tmp_path / "queue")
+
+
+def test_enqueue_writes_whole_entry_readable_with_cat(q, tmp_path):
+    qid = q.enqueue("a@example.test", ["b@example.net", "c@example.net"], MSG)
+    entry_dir = tmp_path / "queue" / "new" / qid
+    assert (entry_dir / "message").read_bytes() == MSG
+    env = (entry_dir / "envelope").read_text()
+    assert env.startswith("mailtools-envelope 1\n")
+    assert f"id: {qid}\n" in env
+    assert "sender: a@example.test\n" in env
+    assert "rcpt: queued attempts=0 next=- notify=- orcpt=- to=b@example.net reply=\n" in env
+    assert os.listdir(tmp_path / "queue" / "tmp") == []
+
+
+def test_ids_sort_by_time_and_are_unique():
+    ids = [new_id(1_700_000_000 + i) for i in range(50)]
+    assert ids == sorted(ids)
+    assert len({new_id() for _ in range(1000)}) == 1000
+
+
+def test_to_json_has_the_design_fields(q):
+    qid = q.enqueue("", ["b@example.net"], MSG)
+    j = q.get(qid).to_json()
+    assert set(j) == {"id", "sender", "size", "queued_at", "recipients"}
+    assert j["id"] == qid and j["sender"] == "" and j["size"] == len(MSG)
+    assert abs(j["queued_at"] - time.time()) < 5
+    assert j["recipients"] == [{"address": "b@example.net", "state": "queued", "attempts": 0,
+                                "next_attempt": None, "last_reply": None}]
+
+
+def test_envelope_round_trips_dsn_and_odd_values(q):
+    odd = Recipient('"john doe"@example.net', notify="SUCCESS,DELAY", orcpt="rfc822;john%doe")
+    dsn = {"ret": "HDRS", "envid": "id 1+2", "body": "8BITMIME", "smtputf8": True}
+    qid = q.enqueue("ålice@example.test", [odd, "x@example.net"], MSG, dsn=dsn)
+    e = q.claim(qid)
+    e.recipients[1].state = "deferred"
+    e.recipients[1].attempts = 3
+    e.recipients[1].next_attempt = 1_900_000_000.0
+    e.recipients[1].last_reply = "451-4.7.1 first\r\n451 4.7.1 second line"
+    e.meta["x-custom"] = "kept"
+    q.update(e)
+    again = Entry.parse(open(os.path.join(e.path, "envelope"), "rb").read())
+    assert again.sender == "ålice@example.test"
+    assert again.dsn == dsn
+    assert again.recipients[0].address == '"john doe"@example.net'
+    assert again.recipients[0].notify == "SUCCESS,DELAY"
+    assert again.recipients[0].orcpt == "rfc822;john%doe"
+    r = again.recipients[1]
+    assert (r.state, r.attempts, r.next_attempt) == ("deferred", 3, 1_900_000_000.0)
+    assert r.last_reply == "451-4.7.1 first\r\n451 4.7.1 second line"
+    assert again.meta == {"x-custom": "kept"}
+    # every envelope line stays one line
+    assert all(line.count("rcpt:") <= 1 for line in open(os.path.join(e.path, "envelope")))
+
+
+def test_time_format_round_trip():
+    for t in (0, 951868800, 1_700_000_000, 4_102_444_800):
+        assert parse_time(format_time(t)) == t
+    assert parse_time(format_time(1_700_000_000.25, fraction=True)) == 1_700_000_000.25
+
+
+def test_claim_is_exclusive_and_release_requeues_or_removes(q, tmp_path):
+    qid = q.enqueue("a@example.test", ["b@example.net", "c@example.net"], MSG)
+    e = q.claim(qid)
+    assert e is not None and e.state_dir == "active"
+    assert q.claim(qid) is None  # same process, second task: not twice
+    assert q.read_message(e) == MSG
+    e.recipients[0].state = "sent"
+    q.update(e)
+    assert q.release(e)
+    assert q.ids("new") == [qid]
+    e = q.claim(qid)
+    assert [r.state for r in e.recipients] == ["sent", "queued"]
+    e.recipients[1].state = "bounced"
+    q.update(e)
+    q.release(e)
+    assert q.entries() == []
+    with pytest.raises(QueueError):
+        q.get(qid)
+    for sub in ("tmp", "new", "active", "hold", "trash"):
+        assert os.listdir(tmp_path / "queue" / sub) == []
+
+
+def test_hold_release_delete(q):
+    a = q.enqueue("a@example.test", ["b@example.net"], MSG)
+    b = q.enqueue("a@example.test", ["b@example.net"], MSG)
+    q.hold(a)
+    assert q.get(a).held
+    assert q.claim(a) is None
+    assert [e.id for e in q.entries()] == [a, b]
+    q.release_hold(a)
+    assert not q.get(a).held and q.claim(a) is not None
+    with pytest.raises(QueueError):
+        q.hold(a)  # being delivered
+    q.delete(b)
+    with pytest.raises(QueueError):
+        q.get(b)
+    with pytest.raises(QueueError):
+        q.delete("../../etc")
+
+
+def test_recover_dead_claim_and_old_tmp(q, tmp_path):
+    qid = q.enqueue("a@example.test", ["b@example.net"], MSG)
+    # A runner claims and dies (SIGKILL) without releasing.
+    code = textwrap.dedent(f"""
+        import os, sys
+        from mailtools.core.queue import Queue
+        e = Queue({str(tmp_path / 'queue')!r}).claim({qid!r})
+        print(e.id, flush=True)
+        os.kill(os.getpid(), 9)
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == -signal.SIGKILL and p.stdout.strip() == qid
+    assert q.get(qid).state_dir == "active"
+    stale = tmp_path / "queue" / "tmp" / "0000000000000DEADBEEF00"
+    stale.mkdir()
+    (stale / "message").write_bytes(b"half")
+    os.utime(stale, (0, 0))
+    assert q.recover(3600) == [qid]
+    assert q.get(qid).state_dir == "new"
+    assert not stale.exists()
+
+
+def test_recover_does_not_steal_live_claim_until_timeout(q):
+    qid = q.enqueue("a@example.test", ["b@example.net"], MSG)
+    e = q.claim(qid)
+    other = Queue(q.path)
+    assert other.recover(3600) == []  # our own live claim
+    # pretend the claim belongs to a live process on another host, claimed long ago
+    foreign = os.path.join(q.path, "active", f"{qid}.1.otherhost.1")
+    os.rename(e.path, foreign)
+    assert other.recover(3600) == []
+    os.utime(foreign, (time.time() - 7200, time.time() - 7200))
+    assert other.recover(3600) == [qid]
+    with pytest.raises(ClaimLost):
+        q.update(e)
+    assert q.release(e) is False
+
+
+def test_concurrent_runners_never_take_the_same_entry(q, tmp_path):
+    ids = [q.enqueue("a@example.test", [f"r{i}@example.net"], MSG) for i in range(60)]
+    code = textwrap.dedent(f"""
+        from mailtools.core.queue import Queue
+        q = Queue({str(tmp_path / 'queue')!r})
+        got = [qid for qid in q.ids('new') if q.claim(qid) is not None]
+        print(' '.join(got))
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    taken = []
+    for p in procs:
+        out, _ = p.communicate(timeout=60)
+        taken.extend(out.split())
+    assert sorted(taken) == sorted(ids)  # each exactly once
+
+
+def test_enqueue_refuses_line_breaks_in_addresses(q):
+    with pytest.raises(ValueError):
+        q.enqueue("a@example.test", ["b@example.net\nrcpt: sent"], MSG)
+    with pytest.raises(ValueError):
+        q.enqueue("a@example.test\r", ["b@example.net"], MSG)
+    with pytest.raises(ValueError):
+        q.enqueue("a@example.test", [], MSG)
+
+
+def test_nudge_without_daemon_is_harmless(tmp_path):
+    assert nudge(tmp_path / "nothing-here") is False
+    Queue(tmp_path / "q").enqueue("a@example.test", ["b@example.net"], MSG)
+    t = time.monotonic()
+    assert nudge(tmp_path / "q") is False
+    assert time.monotonic() - t < 0.5
+
+
+def test_nudge_wakes_listener(tmp_path):
+    with NudgeListener(tmp_path) as listener:
+        assert listener.wait(0.05) is False
+        assert nudge(tmp_path) is True
+        assert nudge(tmp_path) is True
+        assert listener.wait(1) is True
+        assert listener.wait(0.05) is False  # two nudges while busy count as one
+
+
+def test_nudge_wakes_asyncio_waiter(tmp_path):
+    import asyncio
+
+    async def main():
+        with NudgeListener(tmp_path) as listener:
+            assert await listener.wait_async(0.05) is False
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.05, nudge, tmp_path)
+            t = time.monotonic()
+            assert await listener.wait_async(5) is True
+            assert time.monotonic() - t < 2
+
+    asyncio.run(main())
