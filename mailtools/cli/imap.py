@@ -1,15 +1,31 @@
-"""CLI for `mailtools imap-serve` (placeholder until the tool lands)."""
+"""CLI for `mailtools imap-serve`: parse options, run mailtools.imap.server."""
 
 from __future__ import annotations
 
+from typing import List, Optional
+
 import typer
 
-from mailtools.core.exitcodes import Unavailable
+import mailtools.cli
 
 
 def register(app: typer.Typer) -> None:
     from mailtools.commands import COMMANDS
 
-    @app.command("imap-serve", help=COMMANDS["imap-serve"].summary)
-    def imap_serve_cmd() -> int:
-        raise Unavailable("not implemented yet")
+    @app.command("imap-serve", help=COMMANDS["imap-serve"].summary, context_settings=mailtools.cli.CONTEXT)
+    def imap_serve_cmd(
+        listen: Optional[List[str]] = typer.Option(
+            None, "--listen", metavar="HOST:PORT",
+            help="Plain IMAP (STARTTLS offered when [tls] is set); repeatable; replaces [imap] listen."),
+        tls_listen: Optional[List[str]] = typer.Option(
+            None, "--tls-listen", metavar="HOST:PORT",
+            help="IMAP over implicit TLS; repeatable; replaces [imap] tls_listen."),
+    ) -> int:
+        import sys
+
+        from mailtools.core import config
+        from mailtools.imap import server
+
+        cfg = config.load()
+        return server.run(cfg, listen or None, tls_listen or None,
+                          announce=lambda s: print(s, file=sys.stderr, flush=True))

@@ -1,0 +1,291 @@
+"""ENVELOPE and BODYSTRUCTURE (RFC 3501 section 7.4.2) from a message's bytes, and sections.
+
+A small MIME walker of our own rather than the email package: it never recurses deeper than
+MAX_DEPTH, looks at no more than MAX_PARTS parts and MAX_HEADERS header lines, so hostile
+messages (deep nesting, 100k header lines) cost time linear in their size and nothing more.
+All input is CRLF-normalised first (sizes and offsets are in CRLF octets, RFC 3501 2.3.4).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+
+from mailtools.imap.parser import quote
+
+MAX_DEPTH = 20
+MAX_PARTS = 2000
+MAX_HEADERS = 5000
+
+
+def to_crlf(data: bytes) -> bytes:
+    """Bare LF -> CRLF (Maildir files usually hold LF line ends)."""
+    if data.count(b"\n") == data.count(b"\r\n"):
+        return data
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def crlf_size(data: bytes) -> int:
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+def split(data: bytes) -> tuple[bytes, bytes]:
+    """(header including the blank line, body) of CRLF data."""
+    if data.startswith(b"\r\n"):
+        return b"\r\n", data[2:]
+    i = data.find(b"\r\n\r\n")
+    if i < 0:
+        return data, b""
+    return data[: i + 4], data[i + 4 :]
+
+
+def headers(header: bytes) -> list[tuple[str, bytes]]:
+    """[(lower-case name, unfolded raw value)] of a CRLF header block, at most MAX_HEADERS."""
+    out: list[tuple[str, bytes]] = []
+    for line in header.split(b"\r\n"):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t"):
+            if out:
+                n, v = out[-1]
+                out[-1] = (n, v + b" " + line.strip())
+            continue
+        if len(out) >= MAX_HEADERS:
+            break
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        out.append((name.strip().decode("latin-1").lower(), value.strip()))
+    return out
+
+
+def get(hdrs: list[tuple[str, bytes]], name: str) -> bytes | None:
+    for n, v in hdrs:
+        if n == name:
+            return v
+    return None
+
+
+def header_fields(header: bytes, names: set[str], negate: bool) -> bytes:
+    """BODY[HEADER.FIELDS (...)] / .NOT: the matching raw lines (folding kept) + blank line."""
+    out = []
+    keep = False
+    for line in header.split(b"\r\n"):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t"):
+            if keep:
+                out.append(line)
+            continue
+        name = line.partition(b":")[0].strip().decode("latin-1").lower()
+        keep = (name in names) != negate
+        if keep:
+            out.append(line)
+    return b"\r\n".join(out) + (b"\r\n\r\n" if out else b"\r\n")
+
+
+# --- ENVELOPE --------------------------------------------------------------------------------
+
+
+def _addresses(value: bytes | None) -> bytes:
+    if value is None:
+        return b"NIL"
+    text = value.decode("utf-8", "surrogateescape")
+    items = []
+    for name, addr in email.utils.getaddresses([text]):
+        if not addr and not name:
+            continue
+        local, at, host = addr.rpartition("@")
+        if not at:
+            local, host = addr or "MISSING_MAILBOX", "MISSING_DOMAIN"
+        items.append(b"(%s NIL %s %s)" % (quote(name or None), quote(local), quote(host)))
+    if not items:
+        return b"NIL"
+    return b"(" + b"".join(items) + b")"
+
+
+def envelope(header: bytes) -> bytes:
+    h = headers(header)
+    frm = get(h, "from")
+    sender = get(h, "sender") or frm
+    reply_to = get(h, "reply-to") or frm
+    parts = [
+        quote(get(h, "date")),
+        quote(get(h, "subject")),
+        _addresses(frm),
+        _addresses(sender),
+        _addresses(reply_to),
+        _addresses(get(h, "to")),
+        _addresses(get(h, "cc")),
+        _addresses(get(h, "bcc")),
+        quote(get(h, "in-reply-to")),
+        quote(get(h, "message-id")),
+    ]
+    return b"(" + b" ".join(parts) + b")"
+
+
+# --- MIME tree -------------------------------------------------------------------------------
+
+_TOKEN = rb'[^\s()<>@,;:\\"/\[\]?=]+'
+_ctype_re = re.compile(rb"\s*(" + _TOKEN + rb")\s*/\s*(" + _TOKEN + rb")\s*")
+_param_re = re.compile(rb'\s*;\s*(' + _TOKEN + rb')\s*=\s*("(?:[^"\\]|\\.)*"|' + _TOKEN + rb")", re.S)
+
+
+def _params(rest: bytes) -> list[tuple[bytes, bytes]]:
+    out = []
+    for m in _param_re.finditer(rest):
+        v = m.group(2)
+        if v.startswith(b'"'):
+            v = re.sub(rb"\\(.)", rb"\1", v[1:-1])
+        out.append((m.group(1), v))
+        if len(out) >= 50:
+            break
+    return out
+
+
+def _ptype(hdrs, default=(b"text", b"plain")) -> tuple[bytes, bytes, list]:
+    v = get(hdrs, "content-type")
+    if v is None:
+        return default[0], default[1], []
+    m = _ctype_re.match(v)
+    if not m:
+        return b"text", b"plain", []
+    return m.group(1).lower(), m.group(2).lower(), _params(v[m.end() :])
+
+
+class Part:
+    __slots__ = ("header", "body", "hdrs", "type", "subtype", "params", "children", "message")
+
+    def __init__(self, header: bytes, body: bytes, default=(b"text", b"plain"), depth: int = 0, budget=None):
+        self.header, self.body = header, body
+        self.hdrs = headers(header)
+        self.type, self.subtype, self.params = _ptype(self.hdrs, default)
+        self.children: list[Part] = []
+        self.message: Part | None = None
+        budget = budget if budget is not None else [MAX_PARTS]
+        budget[0] -= 1
+        if depth >= MAX_DEPTH or budget[0] <= 0:
+            if self.type == b"multipart" or (self.type, self.subtype) == (b"message", b"rfc822"):
+                self.type, self.subtype, self.params = b"application", b"octet-stream", []
+            return
+        if self.type == b"multipart":
+            boundary = dict((k.lower(), v) for k, v in self.params).get(b"boundary")
+            sub_default = (b"message", b"rfc822") if self.subtype == b"digest" else (b"text", b"plain")
+            if boundary:
+                for chunk in _split_multipart(body, boundary):
+                    h, b = split(chunk)
+                    if h == chunk and not chunk.endswith(b"\r\n\r\n"):
+                        h, b = b"", chunk  # a part with no header at all
+                    self.children.append(Part(h, b, sub_default, depth + 1, budget))
+                    if budget[0] <= 0:
+                        break
+            if not self.children:
+                self.children.append(Part(b"", b"", (b"text", b"plain"), depth + 1, budget))
+        elif (self.type, self.subtype) == (b"message", b"rfc822"):
+            h, b = split(body)
+            self.message = Part(h, b, (b"text", b"plain"), depth + 1, budget)
+
+
+def _split_multipart(body: bytes, boundary: bytes) -> list[bytes]:
+    delim = b"--" + boundary
+    out: list[bytes] = []
+    start = None
+    pos = 0
+    while True:
+        i = body.find(delim, pos)
+        if i < 0:
+            break
+        if i != 0 and body[i - 2 : i] != b"\r\n":
+            pos = i + 1
+            continue
+        after = body[i + len(delim) : i + len(delim) + 2]
+        if start is not None:
+            end = i - 2 if i >= 2 else i
+            out.append(body[start:end])
+        if after == b"--":
+            return out
+        eol = body.find(b"\r\n", i)
+        if eol < 0:
+            return out
+        start = eol + 2
+        pos = start
+    if start is not None:
+        out.append(body[start:])
+    return out
+
+
+def _plist(params) -> bytes:
+    if not params:
+        return b"NIL"
+    return b"(" + b" ".join(quote(k.upper() if k.lower() == b"charset" and False else k) + b" " + quote(v) for k, v in params) + b")"
+
+
+def _disposition(p: Part) -> bytes:
+    v = get(p.hdrs, "content-disposition")
+    if not v:
+        return b"NIL"
+    m = re.match(rb"\s*(" + _TOKEN + rb")", v)
+    if not m:
+        return b"NIL"
+    return b"(" + quote(m.group(1)) + b" " + _plist(_params(v[m.end() :])) + b")"
+
+
+def _lang(p: Part) -> bytes:
+    v = get(p.hdrs, "content-language")
+    return quote(v) if v else b"NIL"
+
+
+def structure(p: Part, extended: bool) -> bytes:
+    if p.type == b"multipart":
+        kids = b"".join(structure(c, extended) for c in p.children)
+        out = kids + b" " + quote(p.subtype.upper())
+        if extended:
+            out += b" %s %s %s %s" % (_plist(p.params), _disposition(p), _lang(p), quote(get(p.hdrs, "content-location")))
+        return b"(" + out + b")"
+    params = p.params
+    if p.type == b"text" and not any(k.lower() == b"charset" for k, _ in params):
+        params = [(b"charset", b"us-ascii"), *params]
+    enc = get(p.hdrs, "content-transfer-encoding")
+    fields = [
+        quote(p.type.upper()),
+        quote(p.subtype.upper()),
+        _plist(params),
+        quote(get(p.hdrs, "content-id")),
+        quote(get(p.hdrs, "content-description")),
+        quote(enc.upper() if enc else b"7BIT"),
+        b"%d" % len(p.body),
+    ]
+    if p.message is not None:
+        m = p.message
+        fields += [envelope(m.header), structure(m, extended), b"%d" % p.body.count(b"\r\n")]
+    elif p.type == b"text":
+        fields.append(b"%d" % p.body.count(b"\r\n"))
+    if extended:
+        fields += [quote(get(p.hdrs, "content-md5")), _disposition(p), _lang(p), quote(get(p.hdrs, "content-location"))]
+    return b"(" + b" ".join(fields) + b")"
+
+
+def parse(data: bytes) -> Part:
+    h, b = split(data)
+    return Part(h, b)
+
+
+def bodystructure(data: bytes, extended: bool = True) -> bytes:
+    return structure(parse(data), extended)
+
+
+def find_part(root: Part, numbers: list[int]) -> Part | None:
+    """Part for section numbers like [1, 2] (RFC 3501 6.4.5); None when it does not exist."""
+    p = root
+    for n in numbers:
+        if p.message is not None and p.type == b"message":
+            p = p.message
+        if p.type == b"multipart":
+            if n < 1 or n > len(p.children):
+                return None
+            p = p.children[n - 1]
+        elif n == 1:
+            continue  # a single-part message: part 1 is its body
+        else:
+            return None
+    return p

@@ -1,0 +1,183 @@
+"""The thin asyncio transport around `mailtools.imap.session.Session`: it only moves bytes.
+
+It owns what needs a clock or a socket: STARTTLS and implicit TLS, the delay after a failed
+login, the autologout timer (RFC 3501 5.4: at least 30 minutes), the IDLE wake-up (a cheap
+poll of the selected folder's directory mtimes every IDLE_POLL seconds, so a delivery by
+`deliver` or `relay` is pushed within a second), and the connection limit.
+
+    servers = await start(cfg, listen=["127.0.0.1:1143"], tls_listen=["127.0.0.1:9930"])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+
+from mailtools.imap.session import SELECTED, Close, Delay, Session, StartTLS
+
+log = logging.getLogger("mailtools.imap")
+AUTOLOGOUT = 30 * 60.0
+IDLE_POLL = 0.5
+HANDSHAKE_TIMEOUT = 30.0
+
+
+def parse_listen(spec: str) -> tuple[str | None, int]:
+    """'127.0.0.1:143' | '[::1]:143' | ':143' -> (host, port); raises ValueError."""
+    spec = spec.strip()
+    if spec.startswith("["):
+        host, _, rest = spec[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = spec.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"listen address needs HOST:PORT, not {spec!r}")
+    return (host or None) if host != "*" else None, int(port)
+
+
+def _is_loopback(sockname) -> bool:
+    try:
+        return ipaddress.ip_address(str(sockname[0]).split("%")[0]).is_loopback
+    except (ValueError, TypeError, IndexError):
+        return False
+
+
+class _Shared:
+    def __init__(self, cfg, ssl_context):
+        self.cfg = cfg
+        self.ssl_context = ssl_context
+        self.active = 0
+
+
+async def _connection(shared: _Shared, implicit_tls: bool, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+    cfg = shared.cfg
+    if shared.active >= cfg.imap.max_connections:
+        writer.write(b"* BYE [UNAVAILABLE] Too many connections\r\n")
+        writer.close()
+        return
+    shared.active += 1
+    sess = Session(
+        cfg,
+        secure=implicit_tls,
+        loopback=_is_loopback(writer.get_extra_info("sockname")),
+        tls_available=shared.ssl_context is not None and not implicit_tls,
+    )
+    try:
+        writer.write(sess.greeting())
+        while not sess.closed:
+            idling = sess.idle_tag is not None and sess.state == SELECTED
+            try:
+                data = await asyncio.wait_for(reader.read(262144), IDLE_POLL if idling else AUTOLOGOUT)
+            except asyncio.TimeoutError:
+                if idling:
+                    out = sess.poll()
+                    if out:
+                        await _emit(out, writer, sess, shared, reader)
+                    continue
+                writer.write(b"* BYE Autologout; idle for too long\r\n")
+                break
+            if not data:
+                break
+            out = sess.feed(data)
+            if await _emit(out, writer, sess, shared, reader):
+                break
+    except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError, asyncio.CancelledError):
+        pass
+    except Exception:  # one broken session must never take the server down
+        log.exception("imap session failed")
+        try:
+            writer.write(b"* BYE Internal server error\r\n")
+        except Exception:
+            pass
+    finally:
+        shared.active -= 1
+        if sess.folder is not None:
+            try:
+                sess.folder.flush()
+            except Exception:
+                pass
+        try:
+            writer.close()
+            await asyncio.wait_for(writer.wait_closed(), 5)
+        except Exception:
+            pass
+
+
+async def _emit(out: list, writer, sess: Session, shared: _Shared, reader) -> bool:
+    """Carry out what the session asked for; True when the connection should close."""
+    chunk: list[bytes] = []
+    for item in out:
+        if isinstance(item, bytes):
+            chunk.append(item)
+            continue
+        if chunk:
+            writer.write(b"".join(chunk))
+            chunk = []
+        if isinstance(item, Delay):
+            await writer.drain()
+            await asyncio.sleep(item.seconds)
+        elif isinstance(item, StartTLS):
+            await writer.drain()
+            reader._buffer.clear()  # RFC 3501 6.2.1: nothing sent before TLS survives it
+            await asyncio.wait_for(writer.start_tls(shared.ssl_context), HANDSHAKE_TIMEOUT)
+            sess.tls_started()
+        elif isinstance(item, Close):
+            await writer.drain()
+            return True
+    if chunk:
+        writer.write(b"".join(chunk))
+    await writer.drain()
+    return False
+
+
+async def start(cfg, listen=None, tls_listen=None) -> list:
+    """Listen on every address (plain with STARTTLS, and implicit TLS); return the servers."""
+    from mailtools.core.exitcodes import ConfigError
+    from mailtools.core.tls import context_from_config
+
+    listen = cfg.imap.listen if listen is None else listen
+    tls_listen = cfg.imap.tls_listen if tls_listen is None else tls_listen
+    ctx = context_from_config(cfg)
+    if tls_listen and ctx is None:
+        raise ConfigError("imap: a TLS listener needs [tls] cert and key")
+    shared = _Shared(cfg, ctx)
+    servers = []
+    for specs, tls in ((listen, False), (tls_listen, True)):
+        for spec in specs:
+            try:
+                host, port = parse_listen(spec)
+            except ValueError as exc:
+                raise ConfigError(f"imap: {exc}") from None
+
+            def handler(r, w, tls=tls):
+                return _connection(shared, tls, r, w)
+
+            servers.append(await asyncio.start_server(
+                handler, host, port, ssl=ctx if tls else None, reuse_address=True,
+                limit=262144, ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls else None,
+            ))
+    return servers
+
+
+def run(cfg, listen=None, tls_listen=None, announce=print) -> int:
+    """Run imap-serve alone until SIGTERM/SIGINT."""
+    import signal
+
+    async def main():
+        servers = await start(cfg, listen, tls_listen)
+        for s in servers:
+            for sock in s.sockets:
+                host, port = sock.getsockname()[:2]
+                announce(f"imap-serve: listening on {host}:{port}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        for s in servers:
+            s.close()
+
+    asyncio.run(main())
+    return 0

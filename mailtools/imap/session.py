@@ -1,0 +1,869 @@
+"""The sans-I/O IMAP session: bytes in, replies and actions out (RFC 3501 + extensions).
+
+`Session.feed(data)` returns a list of bytes (to send, in order) and action objects for the
+transport (StartTLS, Delay, Close). Which commands each state allows is the STATE table; what
+runs them is the COMMANDS table. IDLE and AUTHENTICATE switch the reader to plain lines.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import time
+from calendar import timegm
+
+from mailtools.imap import fetch as fetchmod
+from mailtools.imap import mime, search as searchmod
+from mailtools.imap.parser import (
+    Command, CommandReader, Continue, Cursor, Limits, ParseError, Refused,
+    astring_out, in_ranges, parse_seqset, quote, tag_of,
+)
+from mailtools.imap.store import SYSTEM_FLAGS, Folder, Gone, Store
+
+
+class StartTLS:
+    """Upgrade the connection now (the OK was sent before this action)."""
+
+
+class Close:
+    """Close the connection after sending what came before."""
+
+
+class Delay:
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+
+NOT_AUTH, AUTH, SELECTED, LOGOUT = "not-authenticated", "authenticated", "selected", "logout"
+ANY = {NOT_AUTH, AUTH, SELECTED}
+AUTHED = {AUTH, SELECTED}
+
+# RFC 3501 section 3: which commands each state allows (plus the extensions we advertise).
+STATE = {
+    "CAPABILITY": ANY, "NOOP": ANY, "LOGOUT": ANY, "ID": ANY,
+    "STARTTLS": {NOT_AUTH}, "AUTHENTICATE": {NOT_AUTH}, "LOGIN": {NOT_AUTH},
+    "SELECT": AUTHED, "EXAMINE": AUTHED, "CREATE": AUTHED, "DELETE": AUTHED, "RENAME": AUTHED,
+    "SUBSCRIBE": AUTHED, "UNSUBSCRIBE": AUTHED, "LIST": AUTHED, "LSUB": AUTHED, "STATUS": AUTHED,
+    "APPEND": AUTHED, "NAMESPACE": AUTHED, "ENABLE": AUTHED, "IDLE": AUTHED,
+    "CHECK": {SELECTED}, "CLOSE": {SELECTED}, "UNSELECT": {SELECTED}, "EXPUNGE": {SELECTED},
+    "SEARCH": {SELECTED}, "FETCH": {SELECTED}, "STORE": {SELECTED}, "COPY": {SELECTED},
+    "MOVE": {SELECTED}, "UID": {SELECTED},
+}
+
+BASE_CAPS = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE"
+SPECIAL = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk", "Archive": "\\Archive"}
+SUBSCRIPTIONS = "subscriptions"
+MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+_dt_re = re.compile(r"^\s?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)$")
+
+
+class No(Exception):
+    """Ends a command with a tagged NO (text may start with a [CODE])."""
+
+
+class Bad(Exception):
+    """Ends a command with a tagged BAD."""
+
+
+def parse_datetime(s: str) -> float:
+    m = _dt_re.match(s)
+    if not m:
+        raise ParseError("bad date-time")
+    d, mon, y, hh, mm, ss, sign, oh, om = m.groups()
+    try:
+        month = MONTHS.index(mon.capitalize()) + 1
+    except ValueError:
+        raise ParseError("bad month") from None
+    t = timegm((int(y), month, int(d), int(hh), int(mm), int(ss), 0, 0, 0))
+    off = (int(oh) * 60 + int(om)) * 60
+    return t - off if sign == "+" else t + off
+
+
+def read_subscriptions(root) -> list[str]:
+    """Dovecot's `subscriptions` file: optional 'V\\t2' header and blank line, one name a line
+    (version 2 separates levels with TAB)."""
+    try:
+        with open(os.path.join(root, SUBSCRIPTIONS), "rb") as f:
+            lines = f.read().decode("utf-8", "replace").split("\n")
+    except FileNotFoundError:
+        return []
+    v2 = False
+    if lines and lines[0].startswith("V\t"):
+        v2 = True
+        lines = lines[1:]
+        if lines and lines[0] == "":
+            lines = lines[1:]
+    return [ln.replace("\t", "/") if v2 else ln for ln in lines if ln]
+
+
+def write_subscriptions(root, names: list[str]) -> None:
+    body = "V\t2\n\n" + "".join(n.replace("/", "\t") + "\n" for n in names)
+    tmp = os.path.join(root, f".{SUBSCRIPTIONS}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(body)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, os.path.join(root, SUBSCRIPTIONS))
+
+
+def pattern_re(ref: str, pat: str) -> re.Pattern:
+    """LIST reference + pattern -> regex ('*' anything, '%' anything but '/'), RFC 3501 6.3.8."""
+    full = (ref + pat) if ref.endswith("/") or not ref else ref + "/" + pat if pat else ref
+    out = []
+    for c in full:
+        out.append(".*" if c == "*" else "[^/]*" if c == "%" else re.escape(c))
+    rx = "".join(out)
+    if full.upper().startswith("INBOX"):
+        rx = "(?i:INBOX)" + "".join(out[5:])
+    return re.compile(rx + r"\Z")
+
+
+class Session:
+    def __init__(self, cfg, *, users=None, secure: bool = False, loopback: bool = False,
+                 tls_available: bool = False, limits: Limits | None = None):
+        self.cfg = cfg
+        self.users = users
+        self.secure = secure
+        self.loopback = loopback
+        self.tls_available = tls_available
+        self.limits = limits or Limits()
+        self.reader = CommandReader(self.limits)
+        self.state = NOT_AUTH
+        self.user: str | None = None
+        self.store: Store | None = None
+        self.folder: Folder | None = None
+        self.readonly = False
+        self.view: list[int] = []  # sequence number - 1 -> uid
+        self.vflags: dict[int, str] = {}
+        self.recent: set[int] = set()
+        self.auth_tag: str | None = None
+        self.idle_tag: str | None = None
+        self.out: list = []
+        self.closed = False
+        self.failures = 0
+
+    # -- plumbing -----------------------------------------------------------------------
+    def greeting(self) -> bytes:
+        return b"* OK [CAPABILITY " + self.capabilities().encode() + b"] mailtools IMAP ready\r\n"
+
+    def capabilities(self) -> str:
+        caps = BASE_CAPS
+        if self.tls_available and not self.secure and self.state == NOT_AUTH:
+            caps += " STARTTLS"
+        if self.state == NOT_AUTH:
+            caps += " AUTH=PLAIN" if self.plain_ok() else " LOGINDISABLED"
+        return caps
+
+    def plain_ok(self) -> bool:
+        # RFC 3501 6.2.3 / RFC 8314: no cleartext passwords off loopback unless configured.
+        return self.secure or self.loopback or bool(self.cfg.imap.allow_plaintext_auth)
+
+    def send(self, line) -> None:
+        self.out.append(line if isinstance(line, bytes) else line.encode("utf-8", "surrogateescape") + b"\r\n")
+
+    def feed(self, data: bytes) -> list:
+        self.out = []
+        for ev in self.reader.feed(data):
+            if self.closed:
+                break
+            if isinstance(ev, Continue):
+                self.send("+ Ready for literal data")
+            elif isinstance(ev, Refused):
+                if ev.fatal:
+                    self.send(f"* BYE {ev.text}")
+                    self.out.append(Close())
+                    self.closed = True
+                else:
+                    self.send(f"{ev.tag} BAD {ev.text}")
+            elif isinstance(ev, Command):
+                self.command(ev.data)
+                if self.out and isinstance(self.out[-1], StartTLS):
+                    self.reader.reset()  # RFC 3501 6.2.1: pipelined plaintext is discarded
+                    break
+        self._flush_folder()
+        out, self.out = self.out, []
+        return out
+
+    def _flush_folder(self):
+        if self.folder is not None:
+            self.folder.flush()
+
+    def poll(self) -> list:
+        """While idling: report changes to the selected mailbox (called by the transport)."""
+        self.out = []
+        if self.idle_tag and self.state == SELECTED:
+            self.sync(expunge_ok=True)
+        out, self.out = self.out, []
+        return out
+
+    def tls_started(self) -> None:
+        self.secure = True
+
+    # -- dispatch -----------------------------------------------------------------------
+    def command(self, data: bytes) -> None:
+        if self.auth_tag is not None:
+            return self.auth_response(data)
+        if self.idle_tag is not None:
+            tag, self.idle_tag = self.idle_tag, None
+            self.reader.raw_lines = False
+            if data.strip().upper() == b"DONE":
+                self.send(f"{tag} OK IDLE terminated")
+            else:
+                self.send(f"{tag} BAD Expected DONE")
+            return
+        tag = tag_of(data)
+        cur = Cursor(data, self.limits)
+        try:
+            tag = cur.atom()
+            if "+" in tag:
+                raise ParseError("bad tag")
+            cur.sp()
+            name = cur.atom().upper()
+        except ParseError:
+            self.send(f"{tag if tag != '*' else '*'} BAD Error in IMAP command: missing tag or command")
+            return
+        uid = False
+        if name == "UID" and self.state == SELECTED:
+            try:
+                cur.sp()
+                name = cur.atom().upper()
+            except ParseError:
+                self.send(f"{tag} BAD UID needs a command")
+                return
+            if name not in ("FETCH", "SEARCH", "STORE", "COPY", "MOVE", "EXPUNGE"):
+                self.send(f"{tag} BAD Unknown UID command")
+                return
+            uid = True
+        allowed = STATE.get(name)
+        if allowed is None:
+            self.send(f"{tag} BAD Unknown command {name[:40]}")
+            return
+        if self.state not in allowed:
+            self.send(f"{tag} BAD {name} not allowed now")
+            return
+        handler = getattr(self, "cmd_" + name.lower())
+        try:
+            text = handler(tag, cur, uid)
+        except ParseError as exc:
+            self.send(f"{tag} BAD Error in arguments: {exc}")
+            return
+        except No as exc:
+            self.send(f"{tag} NO {exc}")
+            return
+        except Bad as exc:
+            self.send(f"{tag} BAD {exc}")
+            return
+        except Gone:
+            self.send("* BYE The selected mailbox was deleted")
+            self.out.append(Close())
+            self.closed = True
+            return
+        except OSError as exc:
+            self.send(f"{tag} NO [SERVERBUG] {exc.strerror or 'I/O error'}")
+            return
+        if text is not None:
+            if self.state == SELECTED and name not in ("CLOSE", "UNSELECT", "SELECT", "EXAMINE", "LOGOUT", "IDLE"):
+                self.sync(expunge_ok=name not in ("FETCH", "STORE", "SEARCH") or uid)
+            self.send(f"{tag} OK {text}")
+
+    # -- any state ------------------------------------------------------------------------
+    def cmd_capability(self, tag, cur, uid):
+        cur.eol()
+        self.send("* CAPABILITY " + self.capabilities())
+        return "CAPABILITY completed"
+
+    def cmd_noop(self, tag, cur, uid):
+        cur.eol()
+        return "NOOP completed"
+
+    def cmd_logout(self, tag, cur, uid):
+        cur.eol()
+        self.send("* BYE Logging out")
+        self.send(f"{tag} OK LOGOUT completed")
+        self.out.append(Close())
+        self.closed = True
+        self.state = LOGOUT
+        return None
+
+    def cmd_id(self, tag, cur, uid):
+        cur.sp()
+        if not cur.take(b"NIL"):
+            cur.paren_list(lambda c: c.nstring_or_astring())
+        cur.eol()
+        self.send('* ID ("name" "mailtools")')
+        return "ID completed"
+
+    # -- not authenticated ----------------------------------------------------------------
+    def cmd_starttls(self, tag, cur, uid):
+        cur.eol()
+        if not self.tls_available or self.secure:
+            raise Bad("STARTTLS not available")
+        self.send(f"{tag} OK Begin TLS negotiation now")
+        self.out.append(StartTLS())
+        return None
+
+    def _login_checks(self):
+        if not self.plain_ok():
+            raise No("[PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure connections")
+
+    def cmd_login(self, tag, cur, uid):
+        cur.sp()
+        user = cur.astring()
+        cur.sp()
+        password = cur.astring()
+        cur.eol()
+        self._login_checks()
+        return self._authenticate(user.decode("utf-8", "replace"), password.decode("utf-8", "replace"))
+
+    def cmd_authenticate(self, tag, cur, uid):
+        cur.sp()
+        mech = cur.atom().upper()
+        initial = None
+        if cur.take(b" "):
+            initial = cur._re(re.compile(rb"[A-Za-z0-9+/=]+"), "base64").decode()
+        cur.eol()
+        if mech != "PLAIN":
+            raise No("Unsupported authentication mechanism")
+        self._login_checks()
+        if initial is None:
+            self.auth_tag = tag
+            self.reader.raw_lines = True
+            self.send("+ ")
+            return None
+        return self._sasl_plain(initial)
+
+    def auth_response(self, data: bytes) -> None:
+        tag, self.auth_tag = self.auth_tag, None
+        self.reader.raw_lines = False
+        line = data.strip().decode("ascii", "replace")
+        if line == "*":
+            self.send(f"{tag} BAD Authentication cancelled")
+            return
+        try:
+            text = self._sasl_plain(line)
+        except No as exc:
+            self.send(f"{tag} NO {exc}")
+            return
+        self.send(f"{tag} OK {text}")
+
+    def _sasl_plain(self, b64: str) -> str:
+        from mailtools.core.auth import decode_sasl_plain
+
+        try:
+            authzid, authcid, password = decode_sasl_plain(b64 if b64 != "=" else "")
+        except ValueError:
+            raise No("[AUTHENTICATIONFAILED] Malformed SASL PLAIN response") from None
+        if authzid and authzid != authcid:
+            raise No("[AUTHORIZATIONFAILED] Proxy authentication is not supported")
+        return self._authenticate(authcid, password)
+
+    def _authenticate(self, user: str, password: str) -> str:
+        users = self.users
+        if users is None:
+            from mailtools.core.auth import load_users
+
+            users = load_users(self.cfg)
+        ok = False
+        try:
+            ok = users.verify(user, password)
+            path = self.cfg.maildir_for(user) if ok else None
+        except ValueError:
+            ok = False
+        if not ok:
+            self.failures += 1
+            self.out.append(Delay(float(self.cfg.auth.fail_delay) * min(self.failures, 5)))
+            raise No("[AUTHENTICATIONFAILED] Authentication failed")
+        self.user = user
+        self.store = Store(path)
+        if self.store.ensure_inbox() or not os.path.exists(os.path.join(path, SUBSCRIPTIONS)):
+            self._new_user_folders()
+        self.state = AUTH
+        return f"[CAPABILITY {self.capabilities()}] Logged in"
+
+    def _new_user_folders(self):
+        """RFC 6154: a new user gets Sent, Drafts, Trash, Junk and Archive (subscribed)."""
+        subs = read_subscriptions(self.store.root)
+        for name in SPECIAL:
+            if not self.store.exists(name):
+                try:
+                    self.store.maildir.create_folder(name)
+                except FileExistsError:
+                    pass
+            if name not in subs:
+                subs.append(name)
+        write_subscriptions(self.store.root, subs)
+
+    # -- authenticated --------------------------------------------------------------------
+    def _mailbox_arg(self, cur) -> str:
+        cur.sp()
+        name = cur.mailbox()
+        if len(name.encode()) > 512:
+            raise No("[CANNOT] Mailbox name too long")
+        try:
+            self.store.path_of(name)
+        except ValueError as exc:
+            raise No(f"[CANNOT] Invalid mailbox name: {exc}") from None
+        return name
+
+    def cmd_select(self, tag, cur, uid, readonly=False):
+        name = self._mailbox_arg(cur)
+        cur.eol()
+        self._unselect()
+        if not self.store.exists(name):
+            raise No("[NONEXISTENT] Mailbox doesn't exist")
+        folder = self.store.open(name)
+        folder.refresh()
+        self.readonly = readonly
+        self.folder = folder
+        self.state = SELECTED
+        recent = set()
+        if not readonly:
+            for m in folder.msgs:
+                if m.subdir == "new":
+                    recent.add(m.uid)
+                    folder.set_flags(m, m.flags)  # new/ -> cur/ (the client has seen it arrive)
+        self.recent = recent
+        self.view = [m.uid for m in folder.msgs]
+        self.vflags = {m.uid: m.flags for m in folder.msgs}
+        kws = folder.keywords().names.values()
+        flags = " ".join([*SYSTEM_FLAGS, *kws])
+        self.send(f"* FLAGS ({flags})")
+        if readonly:
+            self.send("* OK [PERMANENTFLAGS ()] Read-only mailbox.")
+        else:
+            self.send(f"* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted.")
+        self.send(f"* {len(self.view)} EXISTS")
+        self.send(f"* {len(recent)} RECENT")
+        for i, m in enumerate(folder.msgs):
+            if "S" not in m.flags:
+                self.send(f"* OK [UNSEEN {i + 1}] First unseen.")
+                break
+        self.send(f"* OK [UIDVALIDITY {folder.uidvalidity}] UIDs valid")
+        self.send(f"* OK [UIDNEXT {folder.nextuid}] Predicted next UID")
+        return ("[READ-ONLY]" if readonly else "[READ-WRITE]") + (" EXAMINE" if readonly else " SELECT") + " completed"
+
+    def cmd_examine(self, tag, cur, uid):
+        return self.cmd_select(tag, cur, uid, readonly=True)
+
+    def _unselect(self):
+        if self.folder is not None:
+            self.folder.flush()
+        self.folder = None
+        self.view, self.vflags, self.recent = [], {}, set()
+        if self.state == SELECTED:
+            self.state = AUTH
+
+    def cmd_create(self, tag, cur, uid):
+        name = self._mailbox_arg(cur).rstrip("/")
+        cur.eol()
+        if name == "INBOX" or self.store.exists(name):
+            raise No("[ALREADYEXISTS] Mailbox already exists")
+        parts = name.split("/")
+        for i in range(1, len(parts) + 1):  # RFC 3501 6.3.3: create missing parents too
+            sub = "/".join(parts[:i])
+            if not self.store.exists(sub):
+                try:
+                    self.store.maildir.create_folder(sub)
+                except FileExistsError:
+                    pass
+                except ValueError as exc:
+                    raise No(f"[CANNOT] {exc}") from None
+        return "CREATE completed"
+
+    def cmd_delete(self, tag, cur, uid):
+        name = self._mailbox_arg(cur)
+        cur.eol()
+        if name == "INBOX":
+            raise No("[CANNOT] INBOX can't be deleted")
+        if not self.store.exists(name):
+            raise No("[NONEXISTENT] Mailbox doesn't exist")
+        if self.folder is not None and self.folder.path == self.store.path_of(name):
+            self._unselect()
+        self.store.forget(name)
+        self.store.maildir.delete_folder(name)
+        return "DELETE completed"
+
+    def cmd_rename(self, tag, cur, uid):
+        old = self._mailbox_arg(cur)
+        new = self._mailbox_arg(cur)
+        cur.eol()
+        if not self.store.exists(old):
+            raise No("[NONEXISTENT] Mailbox doesn't exist")
+        if new == "INBOX" or self.store.exists(new):
+            raise No("[ALREADYEXISTS] Target mailbox already exists")
+        parts = new.split("/")
+        for i in range(1, len(parts)):
+            sub = "/".join(parts[:i])
+            if not self.store.exists(sub):
+                self.store.maildir.create_folder(sub)
+        self.store.forget(old)
+        try:
+            self.store.maildir.rename_folder(old, new)
+        except ValueError as exc:
+            raise No(f"[CANNOT] {exc}") from None
+        subs = read_subscriptions(self.store.root)
+        if any(s == old or s.startswith(old + "/") for s in subs):
+            subs = [new + s[len(old):] if (s == old or s.startswith(old + "/")) else s for s in subs]
+            write_subscriptions(self.store.root, subs)
+        return "RENAME completed"
+
+    def cmd_subscribe(self, tag, cur, uid, on=True):
+        name = self._mailbox_arg(cur)
+        cur.eol()
+        subs = read_subscriptions(self.store.root)
+        if on and name not in subs:
+            write_subscriptions(self.store.root, subs + [name])
+        elif not on and name in subs:
+            write_subscriptions(self.store.root, [s for s in subs if s != name])
+        return ("SUBSCRIBE" if on else "UNSUBSCRIBE") + " completed"
+
+    def cmd_unsubscribe(self, tag, cur, uid):
+        return self.cmd_subscribe(tag, cur, uid, on=False)
+
+    def _attrs(self, name: str, names: set[str]) -> list[str]:
+        attrs = []
+        kids = any(n.startswith(name + "/") for n in names)
+        attrs.append("\\HasChildren" if kids else "\\HasNoChildren")
+        if name in SPECIAL:
+            attrs.append(SPECIAL[name])
+        return attrs
+
+    def cmd_list(self, tag, cur, uid, lsub=False):
+        cur.sp()
+        ref = cur.astring().decode("utf-8", "replace")
+        cur.sp()
+        pat = cur.list_mailbox().decode("utf-8", "replace")
+        cur.eol()
+        word = "LSUB" if lsub else "LIST"
+        if pat == "" and not lsub:
+            self.send('* LIST (\\Noselect) "/" ""')
+            return "LIST completed"
+        rx = pattern_re(ref, pat)
+        names = self.store.list()
+        nameset = set(names)
+        if lsub:
+            subs = read_subscriptions(self.store.root)
+            for s in subs:
+                if rx.match(s):
+                    attrs = [] if s in nameset or s.upper() == "INBOX" else ["\\Noselect"]
+                    self.send(f'* LSUB ({" ".join(attrs)}) "/" ' + astring_out(s).decode("utf-8", "replace"))
+            return "LSUB completed"
+        seen = set()
+        for n in names:
+            if rx.match(n):
+                seen.add(n)
+                self.send(f'* {word} ({" ".join(self._attrs(n, nameset))}) "/" ' + astring_out(n).decode("utf-8", "replace"))
+        # a '%' pattern also shows parents whose children match (RFC 3501 6.3.8)
+        if "%" in pat:
+            for n in names:
+                parts = n.split("/")
+                for i in range(1, len(parts)):
+                    p = "/".join(parts[:i])
+                    if p not in seen and p not in nameset and rx.match(p):
+                        seen.add(p)
+                        self.send(f'* LIST (\\Noselect \\HasChildren) "/" ' + astring_out(p).decode())
+        return "LIST completed"
+
+    def cmd_lsub(self, tag, cur, uid):
+        return self.cmd_list(tag, cur, uid, lsub=True)
+
+    def cmd_namespace(self, tag, cur, uid):
+        cur.eol()
+        self.send('* NAMESPACE (("" "/")) NIL NIL')
+        return "NAMESPACE completed"
+
+    def cmd_enable(self, tag, cur, uid):
+        cur.sp()
+        cur.atom()
+        while cur.take(b" "):
+            cur.atom()
+        cur.eol()
+        self.send("* ENABLED")  # nothing we could enable (CONDSTORE/UTF8=ACCEPT not offered)
+        return "ENABLE completed"
+
+    def cmd_status(self, tag, cur, uid):
+        name = self._mailbox_arg(cur)
+        cur.sp()
+        items = [x.upper() for x in cur.paren_list(lambda c: c.atom())]
+        cur.eol()
+        if not self.store.exists(name):
+            raise No("[NONEXISTENT] Mailbox doesn't exist")
+        f = self.store.open(name)
+        f.refresh()
+        vals = []
+        for it in items:
+            if it == "MESSAGES":
+                vals.append(f"MESSAGES {len(f.msgs)}")
+            elif it == "RECENT":
+                vals.append(f"RECENT {sum(1 for m in f.msgs if m.subdir == 'new')}")
+            elif it == "UIDNEXT":
+                vals.append(f"UIDNEXT {f.nextuid}")
+            elif it == "UIDVALIDITY":
+                vals.append(f"UIDVALIDITY {f.uidvalidity}")
+            elif it == "UNSEEN":
+                vals.append(f"UNSEEN {sum(1 for m in f.msgs if 'S' not in m.flags)}")
+            else:
+                raise ParseError(f"unknown status item {it}")
+        self.send(f"* STATUS {astring_out(name).decode()} ({' '.join(vals)})")
+        return "STATUS completed"
+
+    def cmd_append(self, tag, cur, uid):
+        name = self._mailbox_arg(cur)
+        cur.sp()
+        flags: list[str] = []
+        idate = None
+        if cur.peek() == b"(":
+            flags = cur.flag_list()
+            cur.sp()
+        if cur.peek() == b'"':
+            idate = parse_datetime(cur.quoted().decode("ascii", "replace"))
+            cur.sp()
+        data = cur.literal()
+        cur.eol()
+        if not self.store.exists(name):
+            raise No("[TRYCREATE] Mailbox doesn't exist")
+        if "\\recent" in [f.lower() for f in flags]:
+            flags = [f for f in flags if f.lower() != "\\recent"]
+        f = self.store.open(name)
+        f.refresh()
+        new_uid = f.append(data, f.letters(flags), idate)
+        return f"[APPENDUID {f.uidvalidity} {new_uid}] APPEND completed"
+
+    def cmd_idle(self, tag, cur, uid):
+        cur.eol()
+        self.idle_tag = tag
+        self.reader.raw_lines = True
+        self.send("+ idling")
+        if self.state == SELECTED:
+            self.sync(expunge_ok=True)
+        return None
+
+    # -- selected ---------------------------------------------------------------------------
+    def sync(self, expunge_ok: bool) -> None:
+        """Tell the client what changed (RFC 3501 5.2, 7.4.1: no EXPUNGE during FETCH/STORE/SEARCH)."""
+        f = self.folder
+        f.refresh()
+        by_uid = f.by_uid
+        if expunge_ok:
+            gone = [i for i, u in enumerate(self.view) if u not in by_uid]
+            for i in reversed(gone):
+                self.send(f"* {i + 1} EXPUNGE")
+                u = self.view.pop(i)
+                self.vflags.pop(u, None)
+                self.recent.discard(u)
+        # flag changes made by others (another session, mutt in the Maildir)
+        for seq, u in enumerate(self.view, 1):
+            m = by_uid.get(u)
+            if m is not None and m.flags != self.vflags.get(u):
+                self.vflags[u] = m.flags
+                self.send(b"* %d FETCH (UID %d FLAGS (%s))\r\n" % (seq, u, self.flag_bytes(m)))
+        top = self.view[-1] if self.view else 0
+        new = [m for m in f.msgs if m.uid > top]
+        if new:
+            for m in new:
+                self.view.append(m.uid)
+                self.vflags[m.uid] = m.flags
+                if m.subdir == "new" and not self.readonly:
+                    self.recent.add(m.uid)
+                    f.set_flags(m, m.flags)
+                    self.vflags[m.uid] = m.flags
+            self.send(f"* {len(self.view)} EXISTS")
+            self.send(f"* {len(self.recent)} RECENT")
+
+    def flag_bytes(self, m, letters: str | None = None) -> bytes:
+        names = self.folder.flag_names(m.flags if letters is None else letters)
+        if m.uid in self.recent:
+            names.append("\\Recent")
+        return " ".join(names).encode("utf-8", "surrogateescape")
+
+    def _select_msgs(self, setstr: str, uid: bool) -> list[tuple[int, object]]:
+        """[(seq, Msg)] for a sequence set (UIDs when uid), ordered by sequence number."""
+        f = self.folder
+        view = self.view
+        if not view:
+            if uid or setstr == "$":
+                return []
+            raise No("No messages")  # RFC 3501: a sequence number on an empty mailbox is invalid
+        if uid:
+            ranges = parse_seqset(setstr, view[-1])
+            if len(ranges) == 1 and ranges[0] == (ranges[0][0], view[-1]) and ranges[0][0] <= view[0]:
+                out = list(enumerate(view, 1))
+            else:
+                out = [(i, u) for i, u in enumerate(view, 1) if in_ranges(u, ranges)]
+        else:
+            ranges = parse_seqset(setstr, len(view))
+            for lo, hi in ranges:
+                if lo < 1 or hi > len(view):
+                    raise Bad("Invalid message sequence number")
+            seqs = sorted({s for lo, hi in ranges for s in range(lo, hi + 1)})
+            out = [(s, view[s - 1]) for s in seqs]
+        res = []
+        for s, u in out:
+            m = f.by_uid.get(u)
+            if m is not None:
+                res.append((s, m))
+        return res
+
+    def cmd_check(self, tag, cur, uid):
+        cur.eol()
+        return "CHECK completed"
+
+    def cmd_close(self, tag, cur, uid):
+        cur.eol()
+        if not self.readonly:
+            self._expunge(None, silent=True)
+        self._unselect()
+        return "CLOSE completed"
+
+    def cmd_unselect(self, tag, cur, uid):
+        cur.eol()
+        self._unselect()
+        return "UNSELECT completed"
+
+    def _expunge(self, uids, silent=False) -> None:
+        if self.readonly:
+            raise No("[READ-ONLY] Mailbox is read-only")
+        f = self.folder
+        f.refresh()
+        for u in self.view:
+            m = f.by_uid.get(u)
+            if m is not None and "T" in m.flags and (uids is None or in_ranges(u, uids)):
+                f.expunge(m)
+        if not silent:
+            self.sync(expunge_ok=True)
+
+    def cmd_expunge(self, tag, cur, uid):
+        uids = None
+        if uid:
+            cur.sp()
+            uids = parse_seqset(cur.seqset(), self.view[-1] if self.view else 0)
+        cur.eol()
+        self._expunge(uids)
+        return "EXPUNGE completed"
+
+    def cmd_search(self, tag, cur, uid):
+        cur.sp()
+        f = self.folder
+        try:
+            prog = searchmod.parse_program(
+                cur, self, uid_max=self.view[-1] if self.view else 0, seq_max=len(self.view),
+                keyword_letter=lambda kw: f.keywords().letter(kw),
+            )
+        except searchmod.BadCharset:
+            raise No("[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset") from None
+        hits = []
+        by_uid = f.by_uid
+        recent = self.recent
+        for seq, u in enumerate(self.view, 1):
+            m = by_uid.get(u)
+            if m is None:
+                continue
+            if prog.pred(searchmod.Ctx(f, m, seq, recent)):
+                hits.append(u if uid else seq)
+        self.send("* SEARCH" + "".join(f" {h}" for h in hits))
+        return ("UID SEARCH" if uid else "SEARCH") + " completed"
+
+    def cmd_fetch(self, tag, cur, uid):
+        cur.sp()
+        setstr = cur.seqset()
+        cur.sp()
+        atts = fetchmod.parse_atts(cur)
+        if cur.take(b" ("):  # fetch modifiers (CONDSTORE's CHANGEDSINCE): not offered
+            raise ParseError("unsupported FETCH modifier")
+        cur.eol()
+        f = self.folder
+        msgs = self._select_msgs(setstr, uid)
+        seen = not self.readonly and any(a.sets_seen for a in atts)
+        want_flags = any(a.kind == "FLAGS" for a in atts)
+        if seen and not want_flags:
+            atts = atts + [fetchmod.Att("FLAGS")]
+        render = fetchmod.render
+        out = self.out
+        fb = self.flag_bytes
+        vflags = self.vflags
+        for seq, m in msgs:
+            if seen and "S" not in m.flags:
+                f.set_flags(m, m.flags + "S")
+            vflags[m.uid] = m.flags
+            line = render(f, m, seq, atts, fb(m), uid)
+            if line is not None:
+                out.append(line)
+        return ("UID FETCH" if uid else "FETCH") + " completed"
+
+    def cmd_store(self, tag, cur, uid):
+        cur.sp()
+        setstr = cur.seqset()
+        cur.sp()
+        if cur.take(b" ("):
+            raise ParseError("unsupported STORE modifier")
+        op = cur._re(re.compile(rb"[+-]?FLAGS(?:\.SILENT)?", re.I), "+FLAGS, -FLAGS or FLAGS").decode().upper()
+        cur.sp()
+        if cur.peek() == b"(":
+            flags = cur.flag_list()
+        else:
+            flags = [cur.flag()]
+            while cur.take(b" "):
+                flags.append(cur.flag())
+        cur.eol()
+        if self.readonly:
+            raise No("[READ-ONLY] Mailbox is read-only")
+        f = self.folder
+        for fl in flags:
+            if fl.startswith("\\") and fl.lower() not in ("\\answered", "\\flagged", "\\deleted", "\\seen", "\\draft", "\\recent"):
+                raise Bad(f"Invalid system flag {fl}")
+        flags = [fl for fl in flags if fl.lower() != "\\recent"]
+        letters = f.letters(flags, create=not op.startswith("-"))
+        silent = op.endswith(".SILENT")
+        for seq, m in self._select_msgs(setstr, uid):
+            if op.startswith("+"):
+                new = "".join(sorted(set(m.flags) | set(letters)))
+            elif op.startswith("-"):
+                new = "".join(sorted(set(m.flags) - set(letters)))
+            else:
+                new = "".join(sorted(set(letters) | (set(m.flags) & set("P"))))
+            if new != m.flags:
+                f.set_flags(m, new)
+            self.vflags[m.uid] = m.flags
+            if not silent:
+                uidpart = b"UID %d " % m.uid if uid else b""
+                self.out.append(b"* %d FETCH (%sFLAGS (%s))\r\n" % (seq, uidpart, self.flag_bytes(m)))
+        return ("UID STORE" if uid else "STORE") + " completed"
+
+    def cmd_copy(self, tag, cur, uid, move=False):
+        cur.sp()
+        setstr = cur.seqset()
+        name = self._mailbox_arg(cur)
+        cur.eol()
+        if not self.store.exists(name):
+            raise No("[TRYCREATE] Mailbox doesn't exist")
+        if move and self.readonly:
+            raise No("[READ-ONLY] Mailbox is read-only")
+        src = self.folder
+        dst = self.store.open(name)
+        msgs = self._select_msgs(setstr, uid)
+        pairs = []
+        for seq, m in msgs:
+            data = src.read(m)
+            if data is None:
+                continue
+            info = src.info_for(m)
+            new_uid = dst.append(data, "".join(c for c in m.flags if c in "DFPRST") + dst.letters(
+                [k for k in src.flag_names(m.flags) if not k.startswith("\\")]), info.idate if info else None)
+            pairs.append((m.uid, new_uid))
+        dst.flush()
+        code = ""
+        if pairs:
+            code = f"[COPYUID {dst.uidvalidity} {','.join(str(a) for a, _ in pairs)} {','.join(str(b) for _, b in pairs)}] "
+        if move:
+            # RFC 6851 3.3: COPYUID in an untagged OK, then the EXPUNGEs
+            if code:
+                self.send(f"* OK {code.strip()} Moved")
+            for seq, m in msgs:
+                src.expunge(m)
+            self.sync(expunge_ok=True)
+            return "MOVE completed"
+        return code + "COPY completed"
+
+    def cmd_move(self, tag, cur, uid):
+        return self.cmd_copy(tag, cur, uid, move=True)

@@ -1,0 +1,286 @@
+"""The mailboxes as IMAP sees them: one shared, refreshable state per Maildir folder.
+
+A :class:`Folder` is shared by every session of this process that has the folder open; it
+knows each message's UID (from Dovecot's `dovecot-uidlist`, through core.maildir.UidList),
+its file and its flags. "Nothing changed" is decided from the mtimes of new/, cur/ and the
+uidlist (never trusted within DIRTY_NS of a change, since directory mtimes are coarse), so a
+100,000-message SELECT does not rescan the directory. Sessions keep their own snapshot (the
+sequence numbers the client knows) and compare it with the folder at the points where RFC 3501
+allows untagged EXISTS/EXPUNGE/FETCH.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from mailtools.core import maildir as md
+from mailtools.imap import mime
+from mailtools.imap.cache import Cache, Info
+
+# Maildir info letters <-> IMAP system flags (Dovecot's mapping; 'P' passed has no flag).
+LETTER_FLAG = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen", "T": "\\Deleted"}
+FLAG_LETTER = {v.lower(): k for k, v in LETTER_FLAG.items()}
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+DIRTY_NS = 1_000_000_000
+
+
+class Gone(Exception):
+    """The folder was deleted underneath us."""
+
+
+class Msg:
+    __slots__ = ("uid", "base", "flags", "subdir", "name")
+
+    def __init__(self, uid: int, base: str, flags: str, subdir: str, name: str):
+        self.uid, self.base, self.flags, self.subdir, self.name = uid, base, flags, subdir, name
+
+
+class Folder:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.spath = str(self.path)
+        self.sig: tuple | None = None
+        self.sig_time = 0
+        self.uidvalidity = 0
+        self.nextuid = 1
+        self.msgs: list[Msg] = []
+        self.by_uid: dict[int, Msg] = {}
+        self.cache = Cache(self.path)
+        self.info: dict[str, Info] | None = None
+        self._keywords: md.Keywords | None = None
+        self._kw_sig = None
+
+    # -- state --------------------------------------------------------------------------
+    def _signature(self) -> tuple:
+        p = self.spath
+        try:
+            n = os.stat(p + "/new").st_mtime_ns
+            c = os.stat(p + "/cur").st_mtime_ns
+        except FileNotFoundError:
+            raise Gone(p) from None
+        try:
+            u = os.stat(p + "/" + md.UIDLIST)
+            us = (u.st_mtime_ns, u.st_size, u.st_ino)
+        except FileNotFoundError:
+            us = None
+        return (n, c, us)
+
+    def refresh(self, force: bool = False) -> bool:
+        """Re-read the folder if anything may have changed; True when it was re-read."""
+        sig = self._signature()
+        newest = max(sig[0], sig[1], sig[2][0] if sig[2] else 0)
+        if not force and sig == self.sig and time.time_ns() - newest > DIRTY_NS:
+            return False
+        ul = md.UidList.sync(self.path)
+        msgs = []
+        for uid, f in ul.files.items():
+            msgs.append(Msg(uid, f.base, f.flags, f.subdir, f.name))
+        old = self.by_uid
+        self.msgs = msgs
+        self.by_uid = {m.uid: m for m in msgs}
+        if self.info is not None and old:
+            vanished = [m.base for u, m in old.items() if u not in self.by_uid]
+            for b in vanished:
+                self.info.pop(b, None)
+            self.cache.drop(vanished)
+        self.uidvalidity = ul.uidvalidity
+        self.nextuid = ul.nextuid
+        self.sig = self._signature()
+        return True
+
+    def touched(self) -> None:
+        """We changed the folder ourselves: re-read it at the next refresh."""
+        self.sig = None
+
+    # -- keywords -----------------------------------------------------------------------
+    def keywords(self) -> md.Keywords:
+        try:
+            st = os.stat(self.spath + "/" + md.KEYWORDS)
+            sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            sig = None
+        if self._keywords is None or sig != self._kw_sig:
+            self._keywords = md.Keywords(self.path)
+            self._kw_sig = sig
+        return self._keywords
+
+    def flag_names(self, letters: str) -> list[str]:
+        out = [LETTER_FLAG[c] for c in letters if c in LETTER_FLAG]
+        if any("a" <= c <= "z" for c in letters):
+            out += self.keywords().names_for(letters)
+        return out
+
+    def letters(self, flags: list[str], create: bool = True) -> str:
+        sys_letters = "".join(FLAG_LETTER[f.lower()] for f in flags if f.lower() in FLAG_LETTER)
+        kws = [f for f in flags if not f.startswith("\\")]
+        if kws:
+            kw = self.keywords()
+            sys_letters += kw.letters_for(kws, create=create)
+            self._kw_sig = None
+        return sys_letters
+
+    # -- files --------------------------------------------------------------------------
+    def file(self, m: Msg) -> str:
+        return f"{self.spath}/{m.subdir}/{m.name}"
+
+    def _locate(self, m: Msg) -> bool:
+        """The file was renamed by someone else: find it again by its base name."""
+        for sub in ("cur", "new"):
+            try:
+                for n in os.listdir(f"{self.spath}/{sub}"):
+                    if n == m.base or n.startswith(m.base + ":"):
+                        m.subdir, m.name = sub, n
+                        m.flags = md.parse_name(n)[1]
+                        return True
+            except FileNotFoundError:
+                pass
+        return False
+
+    def read(self, m: Msg) -> bytes | None:
+        """The message in CRLF form, or None when it has been expunged meanwhile."""
+        for _ in range(2):
+            try:
+                with open(self.file(m), "rb") as f:
+                    return mime.to_crlf(f.read())
+            except FileNotFoundError:
+                if not self._locate(m):
+                    return None
+        return None
+
+    def set_flags(self, m: Msg, letters: str) -> bool:
+        """Rename the file to carry exactly these flags (moving it to cur/)."""
+        letters = "".join(sorted(set(letters)))
+        if letters == m.flags and m.subdir == "cur":
+            return True
+        new = md.name_with_flags(m.base, letters)
+        for _ in range(2):
+            try:
+                os.rename(self.file(m), f"{self.spath}/cur/{new}")
+                m.subdir, m.name, m.flags = "cur", new, letters
+                self.touched()
+                return True
+            except FileNotFoundError:
+                if not self._locate(m):
+                    return False
+        return False
+
+    def expunge(self, m: Msg) -> None:
+        try:
+            os.unlink(self.file(m))
+        except FileNotFoundError:
+            if self._locate(m):
+                try:
+                    os.unlink(self.file(m))
+                except FileNotFoundError:
+                    pass
+        self.touched()
+
+    def append(self, data: bytes, letters: str, idate: float | None) -> int:
+        """Deliver data (durably, core.maildir.deliver) and return its UID."""
+        if b"\r\n" in data:
+            data = data.replace(b"\r\n", b"\n")  # Maildir files hold LF line ends, as deliver writes
+        path = md.deliver(self.path, data, flags=letters, folder_marker=self.path.name.startswith("."))
+        if idate is not None:
+            os.utime(path, (idate, idate))
+        base = md.parse_name(path.name)[0]
+        self.refresh(force=True)
+        for m in reversed(self.msgs):
+            if m.base == base:
+                return m.uid
+        return 0
+
+    # -- cached message data --------------------------------------------------------------
+    def _info_map(self) -> dict[str, Info]:
+        if self.info is None:
+            self.info = self.cache.load()
+        return self.info
+
+    def info_for(self, m: Msg) -> Info | None:
+        """Size, INTERNALDATE, header, ENVELOPE of m (computed once, then cached)."""
+        infos = self._info_map()
+        inf = infos.get(m.base)
+        if inf is not None:
+            return inf
+        for _ in range(2):
+            try:
+                path = self.file(m)
+                with open(path, "rb") as f:
+                    raw = f.read()
+                    st = os.fstat(f.fileno())
+                break
+            except FileNotFoundError:
+                if not self._locate(m):
+                    return None
+        else:
+            return None
+        data = mime.to_crlf(raw)
+        header = mime.split(data)[0]
+        inf = Info(len(data), int(st.st_mtime), header, mime.envelope(header))
+        infos[m.base] = inf
+        self.cache.put(m.base, inf)
+        return inf
+
+    def structure(self, m: Msg, extended: bool, data: bytes | None = None) -> bytes | None:
+        inf = self.info_for(m)
+        if inf is None:
+            return None
+        have = inf.bs if extended else inf.body
+        if have is not None:
+            return have
+        if data is None:
+            data = self.read(m)
+            if data is None:
+                return None
+        part = mime.parse(data)
+        inf.bs = mime.structure(part, True)
+        inf.body = mime.structure(part, False)
+        self.cache.put(m.base, inf)
+        return inf.bs if extended else inf.body
+
+    def flush(self) -> None:
+        self.cache.flush()
+
+
+class Store:
+    """One user's mailboxes: name <-> Folder, shared by all of this process's sessions."""
+
+    _folders: dict[str, Folder] = {}
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.maildir = md.Maildir(self.root)
+
+    def path_of(self, name: str) -> Path:
+        """Raises ValueError for names that could leave the Maildir."""
+        return self.maildir.folder(name).path
+
+    def open(self, name: str) -> Folder:
+        p = str(self.path_of(name))
+        f = Store._folders.get(p)
+        if f is None:
+            f = Store._folders[p] = Folder(Path(p))
+        return f
+
+    def exists(self, name: str) -> bool:
+        p = self.path_of(name)
+        return os.path.isdir(p / "cur") and os.path.isdir(p / "new")
+
+    def forget(self, name: str) -> None:
+        try:
+            p = str(self.path_of(name))
+        except ValueError:
+            return
+        for k in [k for k in Store._folders if k == p or k.startswith(p + ".")]:
+            Store._folders.pop(k).cache.close()
+
+    def ensure_inbox(self) -> bool:
+        """Create the user's Maildir if missing; True when it was new."""
+        if (self.root / "cur").is_dir():
+            return False
+        md.make_dirs(str(self.root))
+        return True
+
+    def list(self) -> list[str]:
+        return self.maildir.list_folders()
