@@ -1,0 +1,654 @@
+"""The queue runner: claim entries, route each recipient, deliver, retry, bounce.
+
+One pass (`run_pass`) lists the entries that are due, claims them one by one (an atomic rename in
+mailtools.core.queue, so another runner, on this host or another sharing the spool, never gets the
+same entry), splits each entry's pending recipients by domain and hands them to a per-destination
+pool of connection workers. A worker keeps its SMTP connection open and sends message after
+message to the same next hop; at most `relay.concurrency` connections are open at once. Local
+domains are delivered straight into the Maildirs. When every job of an entry has an outcome the
+entry's envelope is written back (or the entry removed, when every recipient is final), bounces are
+queued, and the claim is released.
+
+Crash safety (what a SIGKILL at any point leaves): the entry stays claimed; `Queue.recover()` puts
+it back after `relay.claim_timeout`; recipients whose 250 we had not yet written down are tried
+once more (at most one duplicate, never a loss). A DSN is queued (fsynced) before the entry that
+caused it is updated, so a crash between the two can duplicate a bounce but never lose one.
+
+Retry schedule (relay.retry, default 5m 15m 30m 1h 2h 4h, then the last step again and again),
+until relay.max_queue_time (default 5 days) after arrival; then the recipient bounces with the
+last temporary reason (Status 4.4.7 when we never got an answer). A DNS temporary failure
+always defers; it never bounces before max_queue_time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import fcntl
+import os
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from mailtools.core.queue import ClaimLost
+from mailtools.relay import client as smtp
+from mailtools.relay.bounce import Failure, build_dsn
+
+SENT, DEFERRED, BOUNCED = "sent", "deferred", "bounced"
+PENDING = ("queued", "deferred")
+REUSE_LIMIT = 1000  # messages per connection before a fresh one (Postfix: time-limited reuse)
+REUSE_IDLE = 1.0  # seconds a worker waits for more work for its open connection
+
+
+@dataclass
+class Outcome:
+    state: str  # SENT | DEFERRED | BOUNCED
+    reply: str  # what to log / record: "250 2.0.0 Ok" or our own reason
+    status: str  # RFC 3463 for the DSN
+    relay: str = "none"  # "host[ip]:port" | "local" | "none"
+    remote_mta: str = ""
+
+
+@dataclass
+class Job:
+    work: "EntryWork"
+    domain: str
+    rcpts: list  # Recipient objects of the entry
+    done: bool = False
+
+
+@dataclass
+class EntryWork:
+    entry: Any
+    data: bytes
+    payload: Optional[bytes] = None  # prepare_data() of Received + data, built once
+    pending: int = 0
+    outcomes: dict = field(default_factory=dict)  # recipient address -> Outcome
+    started: float = field(default_factory=time.time)
+
+
+@dataclass
+class Destination:
+    key: str
+    domain: str
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    workers: int = 0
+    routes: Optional[list] = None  # [(host, ip)] in delivery order
+    route_failure: Optional[Outcome] = None
+    dead: Optional[Outcome] = None  # every route failed this pass: same answer for the rest
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def log(line: str) -> None:
+    """A Postfix-shaped log line on stderr: `relay[PID]: QUEUEID: to=<...>, ...`."""
+    try:
+        sys.stderr.write(f"relay[{os.getpid()}]: {line}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower().rstrip(".")
+
+
+class Runner:
+    def __init__(self, cfg, queue=None, *, smarthost: Optional[str] = None):
+        from mailtools.core.queue import Queue
+
+        self.cfg = cfg
+        self.queue = queue or Queue(cfg.queue_dir)
+        rc = cfg.relay
+        self.smarthost = smarthost if smarthost is not None else (rc.smarthost or "")
+        self.concurrency = max(1, int(rc.concurrency))
+        self.timeouts = smtp.Timeouts(rc.connect_timeout, rc.command_timeout, rc.data_timeout)
+        self.retry = list(rc.retry) or [300.0]
+        self.max_queue_time = float(rc.max_queue_time)
+        self.dests: dict[str, Destination] = {}
+        self.open_workers = 0
+        self.producing = False
+        self.resolver = None
+        self.bounces_queued = 0
+        self.stats = {SENT: 0, DEFERRED: 0, BOUNCED: 0}
+        self._window: Optional[asyncio.Semaphore] = None
+        self._idle = asyncio.Event()
+        self._inflight = 0
+        self._pool = _pool()
+
+    # -- the pass ---------------------------------------------------------------------------------
+
+    def due(self, entry, now: float, flush: bool) -> bool:
+        if getattr(entry, "held", False):
+            return False
+        pend = [r for r in entry.recipients if r.state in PENDING]
+        if not pend:
+            return False
+        return flush or any(r.next_attempt is None or r.next_attempt <= now for r in pend)
+
+    async def run_pass(self, *, flush: bool = False, only: Optional[set] = None) -> int:
+        """Deliver every due entry once; returns how many entries were worked on."""
+        self.queue.recover(float(self.cfg.relay.claim_timeout))
+        now = time.time()
+        entries = [e for e in self.queue.entries() if self.due(e, now, flush)]
+        if only is not None:
+            entries = [e for e in entries if e.id in only]
+        entries.sort(key=lambda e: e.queued_at or 0)
+        self._window = asyncio.Semaphore(max(50, self.concurrency * 10))
+        self._idle.set()
+        self.producing = True
+        worked = 0
+        try:
+            for e in entries:
+                await self._window.acquire()
+                entry = self.queue.claim(e.id)
+                if entry is None:  # another runner has it
+                    self._window.release()
+                    continue
+                if not self.due(entry, time.time(), flush):  # done meanwhile by someone else
+                    self.queue.release(entry)
+                    self._window.release()
+                    continue
+                worked += 1
+                try:
+                    await self._start(entry)
+                except Exception:
+                    self.queue.release(entry)
+                    self._window.release()
+                    raise
+        finally:
+            self.producing = False
+            if self._inflight == 0:
+                self._idle.set()
+            for d in self.dests.values():  # wake idle workers so they can exit
+                d.queue.put_nowait(None)
+            await self._idle.wait()
+            for d in self.dests.values():
+                d.queue.put_nowait(None)
+            while self.open_workers:  # let every connection say QUIT
+                await asyncio.sleep(0.01)
+            self.dests.clear()
+        return worked
+
+    async def _start(self, entry) -> None:
+        try:
+            data = self.queue.read_message(entry)
+        except OSError as exc:
+            log(f"{entry.id}: cannot read message: {exc.strerror}")
+            self.queue.release(entry)
+            self._window.release()
+            return
+        work = EntryWork(entry, data)
+        groups: dict[str, list] = {}
+        for r in entry.recipients:
+            if r.state in PENDING:
+                groups.setdefault(_domain_of(r.address), []).append(r)
+        jobs = []
+        for domain, rcpts in groups.items():
+            for i in range(0, len(rcpts), smtp.MAX_RCPTS_PER_TRANSACTION):
+                jobs.append(Job(work, domain, rcpts[i : i + smtp.MAX_RCPTS_PER_TRANSACTION]))
+        work.pending = len(jobs)
+        self._inflight += 1
+        self._idle.clear()
+        for job in jobs:
+            if self.cfg.is_local_domain(job.domain):
+                asyncio.ensure_future(self._local(job))
+            else:
+                self._submit(job)
+
+    def _finish_job(self, job: Job, outcomes: dict) -> None:
+        if job.done:
+            return
+        job.done = True
+        work = job.work
+        work.outcomes.update(outcomes)
+        work.pending -= 1
+        if work.pending == 0:
+            asyncio.ensure_future(self._finalize_async(work))
+
+    async def _finalize_async(self, work: EntryWork) -> None:
+        # The spool's renames, fsyncs and unlinks run in a few threads, beside the event loop:
+        # on a slow disk they, not SMTP, would otherwise set the pace.
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._finalize, work)
+        except Exception as exc:  # noqa: BLE001 - the entry stays claimed; recover() returns it
+            log(f"{work.entry.id}: warning: could not update the queue entry: {type(exc).__name__}: {exc}")
+        finally:
+            self._window.release()
+            self._inflight -= 1
+            if self._inflight == 0 and not self.producing:
+                self._idle.set()
+
+    # -- outcomes -------------------------------------------------------------------------------
+
+    def _finalize(self, work: EntryWork) -> None:
+        entry = work.entry
+        now = time.time()
+        expired = self.max_queue_time >= 0 and now - (entry.queued_at or now) >= self.max_queue_time
+        failures = []
+        for r in entry.recipients:
+            o = work.outcomes.get(r.address)
+            if o is None or r.state not in PENDING:
+                continue
+            r.attempts = (r.attempts or 0) + 1
+            if o.state == DEFERRED and expired:
+                o = Outcome(BOUNCED, f"message expired after {now - entry.queued_at:.0f}s in the queue; "
+                            f"last error: {o.reply}", o.status if o.status.startswith("4.4.7") else "4.4.7",
+                            o.relay, o.remote_mta)
+            r.last_reply = o.reply
+            if o.state == DEFERRED:
+                step = self.retry[min(r.attempts - 1, len(self.retry) - 1)]
+                r.state, r.next_attempt = DEFERRED, now + step
+            else:
+                r.state, r.next_attempt = o.state, None
+            if o.state == BOUNCED and _notify_failure(r):
+                failures.append(Failure(r.address, _failed_status(o.status), o.reply, o.remote_mta,
+                                        last_attempt=now))
+            with _STATS_LOCK:
+                self.stats[o.state] += 1
+            log(f"{entry.id}: to=<{r.address}>, relay={o.relay}, delay={now - (entry.queued_at or now):.2f}, "
+                f"tries={r.attempts}, dsn={o.status}, status={o.state} ({o.reply})")
+        if failures:
+            if entry.sender:
+                self._queue_bounce(work, failures)
+            else:
+                log(f"{entry.id}: sender=<>, not bouncing a bounce (RFC 5321 4.5.5)")
+        final = all(r.state not in PENDING for r in entry.recipients)
+        try:
+            if not final:
+                self.queue.update(entry)
+            released = self.queue.release(entry)
+        except ClaimLost:
+            released = False
+        if not released:
+            log(f"{entry.id}: warning: claim lost (recovered by another runner while we worked)")
+        elif final:
+            log(f"{entry.id}: removed")
+
+    def _queue_bounce(self, work: EntryWork, failures: list) -> None:
+        entry = work.entry
+        dsn = build_dsn(
+            reporting_mta=self.cfg.hostname, qid=entry.id, sender=entry.sender,
+            arrival=entry.queued_at or time.time(), failures=failures, original=work.data,
+        )
+        qid = self.queue.enqueue("", [entry.sender], dsn)
+        self.bounces_queued += 1
+        log(f"{entry.id}: sender non-delivery notification: {qid}")
+
+    # -- local domains --------------------------------------------------------------------------
+
+    async def _local(self, job: Job) -> None:
+        try:
+            outcomes = await asyncio.to_thread(self._deliver_local, job)
+        except Exception as exc:  # noqa: BLE001 - an outcome for every job, always
+            outcomes = {r.address: Outcome(DEFERRED, f"local delivery failed: {exc}", "4.3.0", "local")
+                        for r in job.rcpts}
+        self._finish_job(job, outcomes)
+
+    def _deliver_local(self, job: Job) -> dict:
+        from mailtools.relay.local import deliver_local
+
+        entry = job.work.entry
+        out = {}
+        for r in job.rcpts:
+            state, status, text = deliver_local(self.cfg, entry.sender, r.address, job.work.data,
+                                                received=self._received(entry, r.address, "local"))
+            out[r.address] = Outcome(state, text, status, "local")
+        return out
+
+    # -- remote destinations ----------------------------------------------------------------------
+
+    def _received(self, entry, rcpt: Optional[str], how: str = "ESMTP") -> bytes:
+        """Our Received header (RFC 5321 4.4): where the entry came from, and its queue id."""
+        meta = getattr(entry, "meta", {}) or {}
+        origin = meta.get("received-from") or meta.get("client")
+        frm = f"from {origin}\r\n\t" if origin else ""
+        proto = meta.get("protocol") or "local"
+        forpart = f"\r\n\tfor <{rcpt}>" if rcpt else ""
+        return (
+            f"Received: {frm}by {self.cfg.hostname} (mailtools relay) with {proto}\r\n"
+            f"\tid {entry.id}{forpart}; {email.utils.formatdate(localtime=True)}\r\n"
+        ).encode("utf-8")
+
+    def _submit(self, job: Job) -> None:
+        key = "[smarthost]" if self.smarthost else job.domain
+        dest = self.dests.get(key)
+        if dest is None:
+            dest = self.dests[key] = Destination(key, job.domain)
+        dest.queue.put_nowait(job)
+        self._spawn(dest)
+
+    def _spawn(self, dest: Destination) -> None:
+        while (
+            self.open_workers < self.concurrency
+            and dest.workers < self.concurrency
+            and (dest.workers == 0 or dest.queue.qsize() > dest.workers)
+        ):
+            dest.workers += 1
+            self.open_workers += 1
+            asyncio.ensure_future(self._worker(dest))
+
+    def _respawn(self) -> None:
+        for d in self.dests.values():
+            if d.queue.qsize() and d.workers == 0:
+                self._spawn(d)
+
+    async def _next_job(self, dest: Destination, conn) -> Optional[Job]:
+        while True:
+            try:
+                job = dest.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                if not self.producing:
+                    return None
+                try:
+                    job = await asyncio.wait_for(dest.queue.get(), REUSE_IDLE if conn else 0.05)
+                except asyncio.TimeoutError:
+                    if conn is None or not self.producing:
+                        return None
+                    continue
+            if job is not None:
+                return job
+            if not self.producing and dest.queue.empty():
+                return None
+
+    async def _worker(self, dest: Destination) -> None:
+        conn: Optional[smtp.SMTPConnection] = None
+        try:
+            while True:
+                job = await self._next_job(dest, conn)
+                if job is None:
+                    break
+                try:
+                    conn = await self._deliver_job(dest, job, conn)
+                except Exception as exc:  # noqa: BLE001 - never lose a job's outcome
+                    log(f"{job.work.entry.id}: internal error: {type(exc).__name__}: {exc}")
+                    self._finish_job(job, {r.address: Outcome(DEFERRED, f"internal error: {exc}", "4.3.0")
+                                           for r in job.rcpts})
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+        finally:
+            if conn is not None:
+                await conn.quit()
+            dest.workers -= 1
+            self.open_workers -= 1
+            self._respawn()
+
+    def _payload(self, job: Job) -> bytes:
+        work = job.work
+        if work.payload is None:
+            rcpt = work.entry.recipients[0].address if len(work.entry.recipients) == 1 else None
+            work.payload = smtp.prepare_data(self._received(work.entry, rcpt) + work.data)
+        return work.payload
+
+    async def _deliver_job(self, dest: Destination, job: Job, conn):
+        entry = job.work.entry
+        addrs = [r.address for r in job.rcpts]
+        if dest.dead is not None:
+            self._finish_job(job, {a: dest.dead for a in addrs})
+            return conn
+        payload = self._payload(job)
+        utf8 = smtp.needs_smtputf8(entry.sender, addrs)
+        want_utf8 = utf8 or bool(entry.dsn.get("smtputf8"))
+        eightbit = entry.dsn.get("body") in ("8BITMIME", "BINARYMIME") or smtp.has_8bit(job.work.data)
+        for attempt in (1, 2):
+            if conn is None or not conn.alive:
+                conn, failure = await self._connect(dest, job)
+                if conn is None:
+                    self._finish_job(job, {a: failure for a in addrs})
+                    return None
+            where = f"{conn.host}[{conn.ip}]:{conn.port}"
+            if utf8 and "SMTPUTF8" not in conn.extensions:
+                # RFC 6531 3.2: an internationalised envelope cannot be downgraded
+                o = Outcome(BOUNCED, f"SMTPUTF8 is required, but was not offered by host {where}",
+                            "5.6.7", where, conn.host)
+                self._finish_job(job, {a: o for a in addrs})
+                return conn
+            if conn.max_size and len(payload) > conn.max_size:
+                o = Outcome(BOUNCED, f"message size {len(payload)} exceeds size limit {conn.max_size} "
+                            f"of server {where}", "5.3.4", where, conn.host)
+                self._finish_job(job, {a: o for a in addrs})
+                return conn
+            try:
+                result = await conn.send(entry.sender, addrs, payload, smtputf8=want_utf8,
+                                         eightbit=eightbit)
+            except smtp.SMTPClientError as exc:
+                reused = conn.messages_sent > 0
+                conn.close()
+                conn = None
+                if reused and attempt == 1:
+                    continue  # the server closed an idle connection: one fresh try
+                o = Outcome(DEFERRED, f"conversation with {where} failed: {exc}", exc.status, where)
+                self._finish_job(job, {a: o for a in addrs})
+                return None
+            outcomes = {}
+            for i, a in enumerate(addrs):
+                reply = result.outcome(i)
+                state = SENT if reply.ok else (BOUNCED if reply.code >= 500 else DEFERRED)
+                text = reply.text if reply.ok else f"host {where} said: {reply.text}"
+                outcomes[a] = Outcome(state, text, reply.status, where, conn.host)
+            self._finish_job(job, outcomes)
+            if conn.messages_sent >= REUSE_LIMIT:
+                await conn.quit()
+                conn = None
+            return conn
+        return conn
+
+    def _client_config(self, dest: Destination) -> smtp.ClientConfig:
+        rc = self.cfg.relay
+        cc = smtp.ClientConfig(helo=self.cfg.hostname, timeouts=self.timeouts,
+                               ca_file=getattr(rc, "ca_file", "") or "")
+        if self.smarthost:
+            mode = rc.auth.tls
+            cc.tls = "none" if mode == "none" else "required"
+            cc.verify = mode == "required"
+            cc.username = rc.auth.username
+            cc.password = _password(self.cfg)
+            cc.implicit_tls = mode != "none" and _split_hostport(self.smarthost)[1] == 465
+        else:
+            required = dest.domain in [d.lower() for d in rc.require_tls]
+            cc.tls = "required" if required else "opportunistic"
+            cc.verify = bool(rc.verify_tls)
+        return cc
+
+    async def _routes(self, dest: Destination) -> None:
+        async with dest.lock:
+            if dest.routes is not None or dest.route_failure is not None:
+                return
+            if self.smarthost:
+                host, port = _split_hostport(self.smarthost)
+                try:
+                    infos = await asyncio.get_running_loop().getaddrinfo(
+                        host, port, type=socket.SOCK_STREAM)
+                    ips = list(dict.fromkeys(i[4][0] for i in infos))
+                    dest.routes = [(host, ip, port) for ip in ips]
+                except OSError as exc:
+                    dest.route_failure = Outcome(DEFERRED, f"smarthost {host}: {exc}", "4.4.3")
+                return
+            from mailtools.core import dns
+
+            if self.resolver is None:
+                self.resolver = dns.make_resolver(list(self.cfg.dns.nameservers), self.cfg.dns.timeout)
+            res = await dns.lookup(dest.domain, self.resolver, shuffle=True)
+            port = int(self.cfg.relay.remote_port)
+            if res.status in ("ok", "implicit"):
+                dest.routes = [(ex.host, ip, port) for ex in res.exchangers for ip in ex.addresses]
+                if not dest.routes:
+                    dest.route_failure = Outcome(BOUNCED, f"no address for the mail exchangers of {dest.domain}", "5.4.4")
+            elif res.status == "null-mx":
+                # RFC 7505 3.2: a null MX means the domain accepts no mail
+                dest.route_failure = Outcome(BOUNCED, f"domain {dest.domain} does not accept mail (null MX)", "5.1.10")
+            elif res.status == "nxdomain":
+                dest.route_failure = Outcome(BOUNCED, f"Host or domain name not found: {dest.domain}", "5.1.2")
+            elif res.status == "no-address":
+                dest.route_failure = Outcome(BOUNCED, f"no address for the mail exchangers of {dest.domain}", "5.4.4")
+            else:  # tempfail: never a bounce
+                dest.route_failure = Outcome(DEFERRED, f"DNS lookup for {dest.domain} failed temporarily", "4.4.3")
+
+    async def _connect(self, dest: Destination, job: Job):
+        """Try each exchanger's addresses in turn (RFC 5321 5.1); (connection, None) or (None, Outcome)."""
+        await self._routes(dest)
+        if dest.route_failure is not None:
+            return None, dest.route_failure
+        cc = self._client_config(dest)
+        last: Optional[Outcome] = None
+        for host, ip, port in dest.routes:
+            where = f"{host}[{ip}]:{port}"
+            conn = smtp.SMTPConnection(cc)
+            try:
+                await conn.open(host, ip, port)
+                return conn, None
+            except smtp.TLSRequired as exc:
+                conn.close()
+                if cc.tls == "opportunistic":
+                    # RFC 7435: a failed opportunistic handshake falls back to plaintext
+                    plain = smtp.SMTPConnection(smtp.ClientConfig(**{**cc.__dict__, "tls": "none"}))
+                    try:
+                        await plain.open(host, ip, port)
+                        return plain, None
+                    except smtp.SMTPClientError as exc2:
+                        plain.close()
+                        exc = exc2
+                last = Outcome(DEFERRED, str(exc), exc.status, where)
+            except smtp.SMTPClientError as exc:
+                conn.close()
+                state = BOUNCED if exc.permanent and exc.reply is not None else DEFERRED
+                last = Outcome(state, str(exc), exc.status, where, host)
+        assert last is not None
+        if last.state == BOUNCED and len(dest.routes) > 1:
+            # several exchangers and the last said no: still only a hard failure if it was 5xx
+            pass
+        dest.dead = last
+        return None, last
+
+
+_POOL = None
+_STATS_LOCK = threading.Lock()
+
+
+def _pool():
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="relay-spool")
+    return _POOL
+
+
+def _notify_failure(r) -> bool:
+    """RFC 3461 4.1: NOTIFY=NEVER, or a list without FAILURE, asks for no bounce."""
+    n = getattr(r, "notify", None)
+    return not n or "FAILURE" in n.upper()
+
+
+def _failed_status(status: str) -> str:
+    """A failed recipient's DSN Status is 5.x.x, or 4.x.x kept for expiry (RFC 3463 4.4.7)."""
+    return status if status[:1] in "45" else "5.0.0"
+
+
+def _split_hostport(value: str) -> tuple[str, int]:
+    v = value.strip()
+    if v.startswith("["):
+        host, _, rest = v[1:].partition("]")
+        return host, int(rest.lstrip(":") or 25)
+    host, sep, port = v.rpartition(":")
+    if not sep:
+        return v, 25
+    return host, int(port)
+
+
+def _password(cfg) -> str:
+    a = cfg.relay.auth
+    if a.password_file:
+        p = Path(a.password_file)
+        if not p.is_absolute():
+            p = cfg.root / p
+        return p.read_text(encoding="utf-8").strip("\r\n")
+    return a.password
+
+
+# -- entry points -----------------------------------------------------------------------------
+
+
+def lock_path(cfg) -> Path:
+    """One --once lock per host name: overlapping cron runs on one host exit at once, several
+    hosts sharing a spool each run their own."""
+    return cfg.queue_dir.parent / f".relay-once.{cfg.hostname}.lock"
+
+
+async def run_queue(cfg, *, flush: bool = False, smarthost: Optional[str] = None) -> dict:
+    """Passes until nothing new is due (bounces queued during a pass go out in the next)."""
+    runner = Runner(cfg, smarthost=smarthost)
+    await runner.run_pass(flush=flush)
+    for _ in range(3):
+        if not runner.bounces_queued:
+            break
+        runner.bounces_queued = 0
+        await runner.run_pass()
+    return runner.stats
+
+
+def run_once(cfg, *, flush: bool = False, smarthost: Optional[str] = None) -> Optional[dict]:
+    """`relay --once`: None when another --once run holds the lock (the caller says so, exit 0)."""
+    path = lock_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return asyncio.run(run_queue(cfg, flush=flush, smarthost=smarthost))
+    finally:
+        os.close(fd)
+
+
+async def daemon(cfg, *, smarthost: Optional[str] = None, stop: Optional[asyncio.Event] = None,
+                 flush: bool = False) -> None:
+    """The queue daemon: a pass now, then one whenever `submit` nudges us (the queue's FIFO) or
+    a retry is due; returns when `stop` is set."""
+    from mailtools.core.queue import NudgeListener
+
+    stop = stop or asyncio.Event()
+    listener = NudgeListener(cfg.queue_dir)
+    log(f"daemon started, queue {cfg.queue_dir}")
+    try:
+        while not stop.is_set():
+            runner = Runner(cfg, smarthost=smarthost)
+            try:
+                await runner.run_pass(flush=flush)
+                while runner.bounces_queued:
+                    runner.bounces_queued = 0
+                    await runner.run_pass()
+            except Exception as exc:  # noqa: BLE001 - the daemon outlives one bad pass
+                log(f"warning: queue pass failed: {type(exc).__name__}: {exc}")
+            flush = False
+            waits = [asyncio.ensure_future(stop.wait()),
+                     asyncio.ensure_future(listener.wait_async(_next_due(runner)))]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+    finally:
+        listener.close()
+        log("daemon stopped")
+
+
+def _next_due(runner: Runner) -> float:
+    """Seconds until the earliest retry (at most a minute, so recovery and expiry run too)."""
+    now = time.time()
+    best = 60.0
+    try:
+        for e in runner.queue.entries():
+            if getattr(e, "held", False):
+                continue
+            for r in e.recipients:
+                if r.state in PENDING:
+                    best = min(best, max(0.05, (r.next_attempt or now) - now))
+    except OSError:
+        pass
+    return best
