@@ -1,15 +1,26 @@
-"""CLI for `mailtools mx-lookup` (placeholder until the tool lands)."""
+"""CLI for `mailtools mx-lookup`: options only; the work is in mailtools.mx."""
 
 from __future__ import annotations
 
+from typing import List, Optional
+
 import typer
 
-from mailtools.core.exitcodes import Unavailable
+from mailtools.cli import CONTEXT
 
 
 def register(app: typer.Typer) -> None:
     from mailtools.commands import COMMANDS
 
-    @app.command("mx-lookup", help=COMMANDS["mx-lookup"].summary)
-    def mx_lookup_cmd() -> int:
-        raise Unavailable("not implemented yet")
+    @app.command("mx-lookup", help=COMMANDS["mx-lookup"].summary + ". '-' reads names from stdin, one per line, resolved concurrently.", context_settings=CONTEXT)
+    def mx_lookup_cmd(
+        names: Optional[List[str]] = typer.Argument(None, metavar="DOMAIN|ADDRESS... | -", help="Domains or mail addresses (the domain after the last '@'); '-' reads them from stdin.", show_default=False),
+        json_mode: bool = typer.Option(False, "--json", help="One JSON object per name, one per line."),
+        nameserver: Optional[List[str]] = typer.Option(None, "--nameserver", metavar="IP[:PORT]", help="Ask this name server (repeatable; else [dns] nameservers, else /etc/resolv.conf).", show_default=False),
+        timeout: Optional[float] = typer.Option(None, "--timeout", metavar="S", help="Seconds per DNS lookup and per SMTP step of --check (else [dns] timeout, 5).", show_default=False),
+        check: bool = typer.Option(False, "--check", help="Also connect to each exchanger: banner, EHLO, STARTTLS, TLS version, certificate; and show SPF, DMARC, MTA-STS and TLS-RPT records."),
+        port: int = typer.Option(25, "--port", metavar="PORT", help="SMTP port for --check."),
+    ) -> int:
+        from mailtools import mx
+
+        return mx.run(names or [], json_mode=json_mode, nameservers=nameserver, timeout=timeout, check=check, port=port)

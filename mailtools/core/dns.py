@@ -445,10 +445,11 @@ class Exchanger:
 class MXResult:
     """Where mail for one domain goes. `exchangers` is in delivery order."""
 
-    __slots__ = ("input", "domain", "status", "exchangers", "warnings")
+    __slots__ = ("input", "domain", "status", "exchangers", "warnings", "checks")
 
     def __init__(self, input: str, domain: str, status: str = "ok"):
         self.input, self.domain, self.status = input, domain, status
+        self.checks = None  # mx-lookup --check fills this in (mailtools.mxcheck)
         self.exchangers: list[Exchanger] = []
         self.warnings: list[str] = []
 

@@ -1,0 +1,293 @@
+"""`mailtools mx-lookup`: where mail for a domain goes, and (with --check) whether it is healthy.
+
+The lookup itself lives in mailtools.core.dns (relay routes with the same code); this module
+reads the names, runs the lookups concurrently with bounded concurrency, and writes the results
+in input order: plain lines in a pipe, JSON lines with --json, a rich table on a terminal.
+
+Plain output, one line per exchanger in delivery order (equal preferences sorted by name):
+
+    PREF HOST ADDRESS...            one name on the command line
+    DOMAIN PREF HOST ADDRESS...     several names, or '-' (names from stdin)
+    DOMAIN STATUS                   several names: a domain with no exchanger to show
+
+"-" stands for "no address". Warnings go to stderr, prefixed with the domain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from mailtools.core import dns as mxdns
+from mailtools.core.exitcodes import UsageError, error
+from mailtools.core.output import emit_json, is_tty
+
+PROG = "mailtools mx-lookup"
+CONCURRENCY = 256  # names resolved at once in bulk mode (each is 1 + 2 per exchanger queries)
+WINDOW = 8192  # results buffered for in-order output behind a slow name
+
+# Exit status when several names give different answers: the most urgent wins.
+_SEVERITY = {0: 0, 64: 1, 68: 2, 75: 3}
+
+
+class Invalid:
+    """A line from stdin that is not a domain or address (reported, exit 64)."""
+
+    def __init__(self, text: str, reason: str):
+        self.input, self.reason = text, reason
+        self.exit_code = 64
+
+
+def run(
+    names: list[str],
+    *,
+    json_mode: bool = False,
+    nameservers: list[str] | None = None,
+    timeout: float | None = None,
+    check: bool = False,
+    port: int = 25,
+) -> int:
+    """The whole command; returns the exit status (raises UsageError for bad arguments)."""
+    if not names:
+        raise UsageError("give a domain, an address, or '-' to read names from stdin")
+    for name in names:  # all arguments are checked before any query is sent
+        if name == "-":
+            continue
+        try:
+            mxdns.normalise_domain(name)
+        except ValueError as exc:
+            raise UsageError(f"{name!r}: {exc}") from None
+    if timeout is not None and timeout <= 0:
+        raise UsageError("--timeout must be a positive number of seconds")
+    if not 0 < port < 65536:
+        raise UsageError("--port must be between 1 and 65535")
+    try:
+        resolver = mxdns.make_resolver(nameservers or None, timeout)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    multi = len(names) > 1 or "-" in names
+    if json_mode:
+        out = JsonOutput()
+    elif is_tty():
+        from mailtools.mxview import RichOutput
+
+        out = RichOutput(multi=multi, progress="-" in names and is_tty(sys.stderr))
+    else:
+        out = PlainOutput(multi=multi)
+    checker = None
+    if check:
+        from mailtools.mxcheck import Checker
+
+        checker = Checker(resolver, port=port, timeout=resolver.timeout)
+    return asyncio.run(_run(names, resolver, out, checker))
+
+
+async def _run(names, resolver, out, checker) -> int:
+    worst = 0
+    sem = asyncio.Semaphore(CONCURRENCY if checker is None else 8)
+
+    async def one(text: str):
+        try:
+            mxdns.normalise_domain(text)
+        except ValueError as exc:
+            return Invalid(text, str(exc))
+        async with sem:
+            result = await mxdns.lookup(text, resolver)
+            if checker is not None:
+                result.checks = await checker.check(result)
+            return result
+
+    def emit(result) -> None:
+        nonlocal worst
+        out.result(result)
+        if _SEVERITY[result.exit_code] > _SEVERITY[worst]:
+            worst = result.exit_code
+
+    # The producer starts a task per name (at most WINDOW ahead of the output); the consumer
+    # writes results in input order as soon as the oldest one is done.
+    queue: asyncio.Queue = asyncio.Queue(maxsize=WINDOW)
+
+    async def produce():
+        try:
+            async for text in _inputs(names):
+                await queue.put(asyncio.ensure_future(one(text)))
+                out.queued()
+        finally:
+            await queue.put(None)
+
+    out.start()
+    producer = asyncio.ensure_future(produce())
+    try:
+        while True:
+            task = await queue.get()
+            if task is None:
+                break
+            emit(await task)
+        await producer
+    finally:
+        producer.cancel()
+        while not queue.empty():
+            task = queue.get_nowait()
+            if task is not None:
+                task.cancel()
+        out.finish()
+        resolver.close()
+    return worst
+
+
+async def _inputs(names):
+    """The names in order; '-' expands to stdin's lines (blank lines and # comments skipped),
+    read in chunks by a thread so a slow writer never stalls the lookups in flight."""
+    for name in names:
+        if name != "-":
+            yield name
+            continue
+        loop = asyncio.get_running_loop()
+        stdin = sys.stdin.buffer
+        reader = getattr(stdin, "read1", stdin.read)
+        rest = b""
+        while True:
+            chunk = await loop.run_in_executor(None, reader, 65536)
+            if not chunk:
+                break
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                text = _line(line)
+                if text:
+                    yield text
+            await asyncio.sleep(0)
+        text = _line(rest)
+        if text:
+            yield text
+
+
+def _line(raw: bytes) -> str:
+    text = raw.decode("utf-8", "replace").strip()
+    return "" if text.startswith("#") else text
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+class JsonOutput:
+    """One JSON object per input (DESIGN.md fields; --check adds "checks")."""
+
+    def start(self):
+        pass
+
+    def queued(self):
+        pass
+
+    def finish(self):
+        pass
+
+    def result(self, r) -> None:
+        if isinstance(r, Invalid):
+            error(PROG, f"{r.input!r}: {r.reason}")
+            return
+        doc = r.to_json()
+        checks = getattr(r, "checks", None)
+        if checks is not None:
+            doc["checks"] = checks
+        emit_json(doc)
+
+
+class PlainOutput:
+    def __init__(self, multi: bool):
+        self.multi = multi
+        self.buf: list[str] = []
+        self.write = sys.stdout.write
+
+    def start(self):
+        pass
+
+    def queued(self):
+        pass
+
+    def finish(self):
+        self.flush()
+
+    def flush(self):
+        if self.buf:
+            self.write("".join(self.buf))
+            self.buf.clear()
+            sys.stdout.flush()
+
+    def result(self, r) -> None:
+        if isinstance(r, Invalid):
+            self.flush()
+            error(PROG, f"{r.input!r}: {r.reason}")
+            return
+        prefix = f"{r.domain} " if self.multi else ""
+        for ex in r.exchangers:
+            addrs = " ".join(ex.addresses) or "-"
+            self.buf.append(f"{prefix}{ex.preference} {ex.host} {addrs}\n")
+        if self.multi and not r.exchangers:
+            self.buf.append(f"{r.domain} {r.status}\n")
+        checks = getattr(r, "checks", None)
+        if checks is not None:
+            from mailtools.mxcheck import plain_lines
+
+            self.buf.extend(prefix + line + "\n" for line in plain_lines(checks))
+        if len(self.buf) > 512 or not self.multi:
+            self.flush()
+        notes = [] if (self.multi and not r.exchangers) else list(r.warnings)
+        for ex in r.exchangers:
+            notes += [f"{ex.host}: {w}" for w in ex.warnings]
+        if notes:
+            self.flush()
+            for note in notes:
+                error(PROG, f"{r.domain}: {note}")
+
+
+# --- fast front (no typer: start-up time matters when a script runs this per name) -----------
+
+_FLAGS = {"--json": "json_mode", "--check": "check"}
+_VALUED = {"--nameserver": "nameservers", "--timeout": "timeout", "--port": "port"}
+
+
+def parse_args(argv: list[str]) -> tuple[list[str], dict]:
+    """The same options as the typer command (mailtools.cli.mx); raises UsageError."""
+    names: list[str] = []
+    opts: dict = {"nameservers": []}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            names.extend(argv[i:])
+            break
+        if arg in _FLAGS:
+            opts[_FLAGS[arg]] = True
+            continue
+        key, eq, value = arg.partition("=")
+        if key in _VALUED:
+            if not eq:
+                if i >= len(argv):
+                    raise UsageError(f"option {key} needs a value")
+                value = argv[i]
+                i += 1
+            dest = _VALUED[key]
+            if dest == "nameservers":
+                opts[dest].append(value)
+                continue
+            try:
+                opts[dest] = float(value) if dest == "timeout" else int(value)
+            except ValueError:
+                raise UsageError(f"option {key}: not a number: {value!r}") from None
+            continue
+        if arg.startswith("-") and arg != "-":
+            raise UsageError(f"no such option: {arg} (try 'mailtools mx-lookup --help')")
+        names.append(arg)
+    return names, opts
+
+
+def fast_main(argv: list[str]) -> int:
+    from mailtools.core.exitcodes import run as run_command
+
+    def go() -> int:
+        names, opts = parse_args(argv)
+        return run(names, **opts)
+
+    return run_command(PROG, go)
