@@ -18,14 +18,13 @@ At no point is a partial message visible in new/ or cur/, and at no point does t
 exist nowhere while someone believes it was delivered.
 
 This module is on the hot path of `mailtools deliver` (one process per message): it imports
-only os, sys, time and socket at load time; pathlib is imported for the public API only.
+only os, sys, errno and time at load time; pathlib is imported for the public API only.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import socket
 import sys
 import time
 
@@ -49,7 +48,7 @@ def _host() -> str:
     """The host part of unique names: '/' and ':' escaped the way Dovecot and qmail do."""
     global _hostname
     if _hostname is None:
-        h = socket.gethostname() or "localhost"
+        h = os.uname().nodename or "localhost"
         _hostname = h.replace("/", "\\057").replace(":", "\\072")
     return _hostname
 
