@@ -17,7 +17,7 @@ start_dnsmasq(mx=None, hosts=None, cname=None, txt=None, null_mx=(), empty=(), e
     cname    {alias: target}   (dnsmasq only serves CNAMEs whose target is in `hosts`)
     txt      {name: ["text", ...]}   (one TXT record per string)
     null_mx  domains that get the RFC 7505 null MX "0 ."
-    empty    names that exist with no records of any type asked for (NOERROR, no data)
+    empty    names that exist with no A, AAAA or MX records (NOERROR, no data; a TXT record)
     extra    more dnsmasq option lines, without the leading "--"
     local    domains dnsmasq answers alone: unknown names in them are NXDOMAIN
     ttl      TTL of every answer (dnsmasq's --local-ttl)
@@ -127,7 +127,7 @@ def dnsmasq_lines(mx=None, hosts=None, cname=None, txt=None, null_mx=(), empty=(
         # RFC 7505: MX 0 "." = preference 0x0000 and the root name 0x00 (raw RR type 15).
         lines.append(f"dns-rr={domain},15,000000")
     for name in empty:
-        lines.append(f"dns-rr={name},65534,00")  # a private type: the name exists, A/AAAA/MX empty
+        lines.append(f'txt-record={name},"exists"')  # the name exists; A, AAAA and MX are empty
     lines += list(extra)
     return lines
 
