@@ -1,0 +1,392 @@
+"""The sendmail command line: `mailtools submit`, and the program when it is called `sendmail`
+or `mailq`.
+
+Parsed like sendmail's getopt, not with click/typer (they cannot express `-oi`, `-odi`,
+`-FCronDaemon`, `-B8BITMIME` the way callers send them) and without importing typer, rich,
+email, asyncio or argparse: cron, PHP, git and mutt run this once per message, so start-up time
+is the feature (tests/test_submit_cli.py checks the imports; tests/bench/bench_sendmail.py the
+time). The server (`--listen`, `-bs`) and queue runs (`-q`) load their modules when asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from mailtools.core import exitcodes
+from mailtools.core.exitcodes import DataError, TempFail, UsageError
+
+# getopt letters. Value options take the rest of the word or the next word ("-froot", "-f root").
+_VALUE = frozenset("BbCFfhLNORrVXo")
+_FLAG = frozenset("itvnUmq")
+# Long options of the fast front; the typer definition (mailtools/cli/submit.py) must have the
+# same ones (tests/test_submit_cli.py checks), so --help, the man page and completions agree.
+LONG_OPTIONS = ("--listen", "--tls-listen", "--json")
+_DSN_NOTIFY = {"NEVER", "SUCCESS", "FAILURE", "DELAY"}
+
+USAGE = """\
+Usage: sendmail [-t] [-i|-oi] [-f SENDER] [-F NAME] [-N DSN] [-R RET] [-V ENVID] [-B TYPE]
+                [-bm|-bp|-bs] [-q] [-v] [--] [RECIPIENT...]
+       mailtools submit --listen HOST:PORT [--tls-listen HOST:PORT]
+       mailq [--json]
+Reads a message on standard input and queues it for delivery; see mailtools-submit(1).
+"""
+
+
+class Options:
+    __slots__ = ("mode", "extract", "ignore_dots", "sender", "full_name", "notify", "ret",
+                 "envid", "body", "verbose", "queue_run", "listen", "tls_listen", "json",
+                 "recipients", "help")
+
+    def __init__(self) -> None:
+        self.mode = "m"  # -bm deliver (default), -bp list the queue, -bs SMTP on stdin/stdout
+        self.extract = False  # -t
+        self.ignore_dots = False  # -i / -oi
+        self.sender: str | None = None  # -f / -r
+        self.full_name: str | None = None  # -F
+        self.notify: str | None = None  # -N
+        self.ret: str | None = None  # -R
+        self.envid: str | None = None  # -V
+        self.body: str | None = None  # -B
+        self.verbose = False  # -v
+        self.queue_run = False  # -q
+        self.listen: list[str] = []
+        self.tls_listen: list[str] = []
+        self.json = False
+        self.recipients: list[str] = []
+        self.help = False
+
+
+def parse(argv: list[str]) -> Options:
+    """Parse a sendmail command line; raises UsageError (exit 64) for anything refused."""
+    o = Options()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            o.recipients.extend(argv[i:])
+            break
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            if name in ("--listen", "--tls-listen"):
+                if not eq:
+                    if i >= len(argv):
+                        raise UsageError(f"option {name} needs HOST:PORT")
+                    value, i = argv[i], i + 1
+                (o.listen if name == "--listen" else o.tls_listen).append(value)
+            elif name == "--json" and not eq:
+                o.json = True
+            elif name == "--help" and not eq:
+                o.help = True
+            else:
+                raise UsageError(f"unknown option {name} (see mailtools-submit(1))")
+            continue
+        if len(arg) < 2 or arg[0] != "-":
+            o.recipients.append(arg)
+            continue
+        j = 1
+        while j < len(arg):
+            c = arg[j]
+            j += 1
+            if c == "q":  # -q, -q30m, -qR...: run the queue once (an interval is ignored)
+                o.queue_run = True
+                break
+            if c in _VALUE:
+                value = arg[j:]
+                if not value:
+                    if i >= len(argv):
+                        raise UsageError(f"option -{c} needs a value")
+                    value, i = argv[i], i + 1
+                _value_option(o, c, value)
+                break
+            if c in _FLAG:
+                if c == "t":
+                    o.extract = True
+                elif c == "i":
+                    o.ignore_dots = True
+                elif c == "v":
+                    o.verbose = True
+                # -n (no aliasing), -U (initial submission), -m (me too): accepted, ignored
+                continue
+            raise UsageError(f"unknown option -{c} (see mailtools-submit(1))")
+    return o
+
+
+def _value_option(o: Options, c: str, value: str) -> None:
+    if c in "CX":  # another config file / a traffic log: never acted on
+        raise UsageError(f"option -{c} is not supported (refused for safety)")
+    if c in "fr":
+        o.sender = value
+    elif c == "F":
+        o.full_name = value
+    elif c == "o":
+        if value == "i":
+            o.ignore_dots = True
+        elif value[:1] == "Q":  # another queue directory: refused, like -C
+            raise UsageError("option -oQ is not supported (refused for safety)")
+        # -oem, -odi, -odb, -om, -oXXX: sendmail options with no meaning here, ignored
+    elif c == "b":
+        if value in ("m", "p", "s"):
+            o.mode = value
+        elif value == "i":  # newaliases: there is no alias database, nothing to do
+            o.mode = "i"
+        else:
+            raise UsageError(f"mode -b{value} is not supported (only -bm, -bp, -bs)")
+    elif c == "B":
+        body = value.upper()
+        if body not in ("7BIT", "8BITMIME"):
+            raise UsageError(f"-B takes 7BIT or 8BITMIME, not {value!r}")
+        o.body = body
+    elif c == "N":
+        parts = {p.strip().upper() for p in value.split(",") if p.strip()}
+        if not parts or not parts <= _DSN_NOTIFY or ("NEVER" in parts and len(parts) > 1):
+            raise UsageError(f"-N takes never or a list of success,failure,delay, not {value!r}")
+        o.notify = ",".join(sorted(parts))
+    elif c == "R":
+        ret = value.upper()
+        if ret not in ("HDRS", "FULL"):
+            raise UsageError(f"-R takes hdrs or full, not {value!r}")
+        o.ret = ret
+    elif c == "V":
+        if not value.isprintable() or " " in value or len(value) > 100:
+            raise UsageError("-V takes a printable envelope id without spaces")
+        o.envid = value
+    # -h hop count, -L syslog label, -O option=value: accepted, ignored
+
+
+# --- entry points ---------------------------------------------------------------------------
+def submit_main(argv: list[str]) -> int:
+    """`mailtools submit ...` (the fast front; `--help` goes to typer)."""
+    return exitcodes.run("mailtools submit", _main, argv, "submit")
+
+
+def sendmail_main(argv: list[str], prog: str = "sendmail") -> int:
+    """The program called as `sendmail` (or `mailq`, which is `-bp`)."""
+    if prog == "mailq":
+        argv = ["-bp", *argv]
+    return exitcodes.run(prog, _main, argv, prog)
+
+
+def run_parsed(argv: list[str]) -> int:
+    """For the typer definition: run a rebuilt argv (errors propagate to its wrapper)."""
+    return _main(argv, "submit")
+
+
+def _main(argv: list[str], prog: str) -> int:
+    o = parse(argv)
+    if o.help:
+        sys.stdout.write(USAGE)
+        return exitcodes.OK
+    from mailtools.core import config
+
+    cfg = config.load()
+    if o.listen or o.tls_listen:
+        from mailtools.submit import msa
+
+        return msa.serve(cfg, o.listen, o.tls_listen)
+    if o.mode == "p":
+        return list_queue(cfg, o.json)
+    if o.mode == "i":
+        return exitcodes.OK
+    if o.mode == "s":
+        from mailtools.submit import msa
+
+        return msa.stdio(cfg, verbose=o.verbose)
+    if o.queue_run and not o.recipients and not o.extract:
+        return run_queue(cfg, o.verbose)
+    rc = submit(cfg, o)
+    if o.queue_run:
+        run_queue(cfg, o.verbose)
+    return rc
+
+
+def run_queue(cfg, verbose: bool) -> int:
+    from mailtools.relay import runner
+
+    stats = runner.run_once(cfg)
+    if stats is None:
+        if verbose:
+            sys.stderr.write("submit: another queue run is in progress\n")
+        return exitcodes.OK
+    if verbose:
+        sys.stderr.write(f"submit: queue run: {stats}\n")
+    return exitcodes.OK
+
+
+# --- queuing a message from stdin -----------------------------------------------------------
+def local_user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return os.environ.get("LOGNAME") or os.environ.get("USER") or f"uid{os.getuid()}"
+
+
+def envelope_address(value: str, hostname: str, what: str) -> str:
+    """One command-line address: '<a@b>', 'Name <a@b>' or a bare local name ('root', qualified
+    with the host name). Refuses what could be an option or break a line (exit 64/65)."""
+    value = value.strip()
+    if value.startswith("-"):
+        raise UsageError(f"{what} {value!r} starts with '-': refused")
+    if any(c in value for c in "\r\n\0"):
+        raise DataError(f"{what} contains a line break or NUL: refused")
+    if "<" in value:
+        lt, gt = value.find("<"), value.rfind(">")
+        value = value[lt + 1 : gt if gt > lt else len(value)].strip()
+    if not value:
+        return ""
+    if value.startswith("-") or " " in value or len(value) > 320:
+        raise UsageError(f"{what} {value!r} is not an address")
+    if "@" not in value:
+        value = f"{value}@{hostname}"
+    elif value.endswith("@") or value.startswith("@"):
+        raise UsageError(f"{what} {value!r} is not an address")
+    return value
+
+
+def read_message(fd: int, stop_at_dot: bool) -> bytes:
+    """stdin up to EOF, or (without -i) up to a line holding a lone '.'."""
+    buf = bytearray()
+    scan = 0
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except InterruptedError:
+            continue
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+        if stop_at_dot:
+            if buf[:2] == b".\n" or buf[:3] == b".\r\n":
+                return b""
+            for marker in (b"\n.\n", b"\n.\r\n"):
+                k = buf.find(marker, scan)
+                if k >= 0:
+                    return bytes(buf[: k + 1])
+            scan = max(len(buf) - 3, 0)
+
+
+def _dedupe(addresses: list[str]) -> list[str]:
+    seen, out = set(), []
+    for a in addresses:
+        local, _, domain = a.rpartition("@")
+        key = f"{local}@{domain.lower()}"
+        if key not in seen:
+            seen.add(key)
+            out.append(a)
+    return out
+
+
+def submit(cfg, o: Options) -> int:
+    from mailtools.core.message import split_header
+    from mailtools.submit import prepare
+
+    hostname = cfg.hostname
+    user = local_user()
+    if o.sender is not None:
+        sender = envelope_address(o.sender, hostname, "sender")
+    else:
+        sender = f"{user}@{hostname}"
+    recipients: list[str] = []
+    for arg in o.recipients:
+        for part in prepare.parse_address_list(arg) if ("," in arg or "<" in arg) else [arg]:
+            recipients.append(envelope_address(part, hostname, "recipient"))
+    data = read_message(sys.stdin.fileno(), stop_at_dot=not o.ignore_dots)
+    if not data.strip():
+        raise DataError("empty message: nothing queued")
+    longest = prepare.longest_line(data)
+    if longest > prepare.MAX_LINE:
+        raise DataError(f"a line is {longest} octets long; RFC 5322 allows 998: nothing queued "
+                        "(wrap it, or send it as quoted-printable/base64)")
+    if o.extract:  # -t: To/Cc/Bcc join the command-line recipients (Postfix's behaviour)
+        header, _ = split_header(data)
+        for addr in prepare.header_recipients(header):
+            recipients.append(envelope_address(addr, hostname, "recipient"))
+    recipients = _dedupe(r for r in recipients if r)
+    if not recipients:
+        raise UsageError("no recipients: give them as arguments, or use -t with To/Cc/Bcc")
+    from_address = sender or f"MAILER-DAEMON@{hostname}"
+    trace = [("Received", f"by {hostname} (mailtools submit, from userid {os.getuid()});\r\n\t"
+                          f"{prepare.rfc5322_date()}")]
+    message = prepare.fixup(data, from_address=from_address, hostname=hostname,
+                            full_name=o.full_name, trace=trace)
+    from mailtools.core.queue import Queue, Recipient, nudge
+
+    dsn = {}
+    if o.body:
+        dsn["body"] = o.body
+    if o.ret:
+        dsn["ret"] = o.ret
+    if o.envid:
+        dsn["envid"] = o.envid
+    rcpts = [Recipient(r, notify=o.notify) for r in recipients]
+    try:
+        qid = Queue(cfg.queue_dir).enqueue(sender, rcpts, message, dsn=dsn or None)
+    except OSError as exc:
+        raise TempFail(f"cannot write to the queue {cfg.queue_dir}: {exc.strerror or exc}; "
+                       "nothing queued, try again") from None
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    nudge(cfg.queue_dir)
+    log(f"{qid}: uid={os.getuid()} from=<{sender}>, size={len(message)}, nrcpt={len(rcpts)} (queued)",
+        o.verbose)
+    return exitcodes.OK
+
+
+def log(line: str, verbose: bool = False) -> None:
+    """`submit[PID]: QUEUEID: from=<...>, size=..., nrcpt=...` to syslog (mail facility), and
+    to stderr with -v. Never fails the command."""
+    try:
+        import syslog
+
+        syslog.openlog("submit", syslog.LOG_PID, syslog.LOG_MAIL)
+        syslog.syslog(syslog.LOG_INFO, line)
+    except Exception:  # noqa: BLE001 - logging is best effort
+        pass
+    if verbose:
+        try:
+            sys.stderr.write(f"submit[{os.getpid()}]: {line}\n")
+        except (OSError, ValueError):
+            pass
+
+
+# --- mailq ----------------------------------------------------------------------------------
+def list_queue(cfg, as_json: bool) -> int:
+    """`-bp` / `mailq`: Postfix's plain layout, or one JSON object per entry (DESIGN.md)."""
+    from mailtools.core.queue import Queue
+
+    entries = sorted(Queue(cfg.queue_dir).entries(), key=lambda e: e.queued_at) \
+        if os.path.isdir(cfg.queue_dir) else []
+    out = sys.stdout
+    if as_json:
+        import json
+
+        for e in entries:
+            out.write(json.dumps(e.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n")
+        return exitcodes.OK
+    if not entries:
+        out.write("Mail queue is empty\n")
+        return exitcodes.OK
+    import time
+
+    width = max(10, max(len(e.id) for e in entries) + 1)
+    out.write(f"{'-Queue ID-':<{width}} --Size-- ----Arrival Time---- -Sender/Recipient-------\n")
+    total = 0
+    for e in entries:
+        mark = "!" if e.held else ("*" if e.state_dir == "active" else " ")
+        when = time.strftime("%a %b %d %H:%M:%S", time.localtime(e.queued_at))
+        out.write(f"{e.id + mark:<{width}} {e.size:>8} {when}  {e.sender or 'MAILER-DAEMON'}\n")
+        pad = " " * (width + 32)
+        for r in e.recipients:
+            if r.final:
+                continue
+            if r.last_reply:
+                out.write(f"{pad}({r.last_reply[:70]})\n")
+            out.write(f"{pad}{r.address}\n")
+        out.write("\n")
+        total += e.size
+    n = len(entries)
+    out.write(f"-- {(total + 1023) // 1024} Kbytes in {n} Request{'s' if n != 1 else ''}.\n")
+    return exitcodes.OK
