@@ -1,0 +1,162 @@
+"""`mailtools user add|del|list|passwd` driven as a real process, as an operator would."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from mailtools.core.auth import Users
+
+DOVEADM = shutil.which("doveadm")
+
+
+def users_file(home):
+    return home / "users"
+
+
+def test_add_list_passwd_del_round_trip(home, run):
+    r = run("user", "add", "alice@example.test", "--password-stdin", input=b"s3cret pass\n")
+    assert r.returncode == 0, r.stderr
+    line = users_file(home).read_text()
+    assert line.startswith("alice@example.test:{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$")
+    assert line.endswith("::::::\n")
+    assert Users(users_file(home)).verify("alice@example.test", "s3cret pass")
+    assert not Users(users_file(home)).verify("alice@example.test", "s3cret pas")
+
+    r = run("user", "add", "bob@example.test", "--password-stdin", "--scheme", "blf-crypt", input=b"pw-bob\r\n")
+    assert r.returncode == 0, r.stderr
+    r = run("user", "list")
+    assert r.returncode == 0 and r.stdout.decode() == "alice@example.test\nbob@example.test\n"
+    rows = [json.loads(x) for x in run("user", "list", "--json").stdout.splitlines()]
+    assert [(x["user"], x["scheme"], x["maildir_exists"]) for x in rows] == [
+        ("alice@example.test", "ARGON2ID", True), ("bob@example.test", "BLF-CRYPT", True)]
+
+    r = run("user", "passwd", "bob@example.test", "--password-stdin", "--scheme", "BLF-CRYPT", input=b"new-bob\n")
+    assert r.returncode == 0, r.stderr
+    u = Users(users_file(home))
+    assert u.verify("bob@example.test", "new-bob") and not u.verify("bob@example.test", "pw-bob")
+    assert u.verify("alice@example.test", "s3cret pass")
+
+    r = run("user", "del", "BOB@example.test")
+    assert r.returncode == 0, r.stderr
+    assert run("user", "list").stdout.decode() == "alice@example.test\n"
+    assert (home / "mail" / "example.test" / "bob" / "cur").is_dir()  # the mail is kept
+
+
+def test_add_creates_maildir_with_special_use_folders(home, run):
+    assert run("user", "add", "carol@example.test", "--password-stdin", input=b"pw\n").returncode == 0
+    md = home / "mail" / "example.test" / "carol"
+    for sub in ("cur", "new", "tmp"):
+        assert (md / sub).is_dir()
+    for folder in ("Sent", "Drafts", "Trash", "Junk", "Archive"):
+        assert (md / f".{folder}" / "cur").is_dir()
+        assert (md / f".{folder}" / "maildirfolder").exists()
+    subs = (md / "subscriptions").read_text().split("\n")
+    assert subs[0] == "V\t2" and {"Sent", "Drafts", "Trash", "Junk", "Archive"} <= set(subs)
+
+
+@pytest.mark.parametrize("args,stdin,code,words", [
+    (("user", "add", "alice", "--password-stdin"), b"pw\n", 65, "not a full address"),
+    (("user", "add", "a:b@example.test", "--password-stdin"), b"pw\n", 65, "not a usable"),
+    (("user", "add", "../../etc@example.test", "--password-stdin"), b"pw\n", 65, "not a usable"),
+    (("user", "add", "dave@example.test", "--password-stdin"), b"\n", 65, "empty password"),
+    (("user", "add", "dave@example.test", "--password-stdin"), b"x" * 300 + b"\n", 65, "longer than"),
+    (("user", "add", "dave@example.test"), b"", 64, "--password-stdin"),
+    (("user", "add", "dave@example.test", "--scheme", "MD5", "--password-stdin"), b"pw\n", 64, "SCHEME"),
+    (("user", "del", "nobody@example.test"), b"", 67, "no such user"),
+    (("user", "passwd", "nobody@example.test", "--password-stdin"), b"pw\n", 67, "no such user"),
+    (("user", "frobnicate"), b"", 64, "No such command"),
+    (("user", "add"), b"", 64, "Missing argument"),
+])
+def test_errors_have_the_right_exit_code(home, run, args, stdin, code, words):
+    r = run(*args, input=stdin)
+    assert r.returncode == code, (r.stdout, r.stderr)
+    err = r.stderr.decode()
+    assert words.lower() in err.lower()
+    assert "Traceback" not in err
+    assert not users_file(home).exists() or "dave" not in users_file(home).read_text()
+
+
+def test_add_existing_user_is_refused(home, run):
+    assert run("user", "add", "alice@example.test", "--password-stdin", "--scheme", "BLF-CRYPT", input=b"one\n").returncode == 0
+    before = users_file(home).read_text()
+    r = run("user", "add", "Alice@Example.TEST", "--password-stdin", input=b"two\n")
+    assert r.returncode == 73 and b"already exists" in r.stderr
+    assert users_file(home).read_text() == before
+
+
+def test_bad_config_is_exit_78(tmp_path, run):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('root = "/tmp"\nno_such_key = 1\n')
+    r = run("--config", cfg, "user", "list")
+    assert r.returncode == 78 and b"no_such_key" in r.stderr
+
+
+def test_malformed_line_is_reported_and_others_still_work(home, run):
+    users_file(home).write_text("garbage without colon\n")
+    assert run("user", "add", "erin@example.test", "--password-stdin", "--scheme", "BLF-CRYPT", input=b"pw-erin\n").returncode == 0
+    r = run("user", "list")
+    assert r.returncode == 0 and r.stdout == b"erin@example.test\n"
+    assert b"users:1: malformed line" in r.stderr
+    assert users_file(home).read_text().startswith("garbage without colon\n")  # never thrown away
+    assert Users(users_file(home)).verify("erin@example.test", "pw-erin")
+
+
+@pytest.mark.skipif(DOVEADM is None, reason="doveadm (dovecot-core) not installed")
+@pytest.mark.parametrize("scheme", ["ARGON2ID", "BLF-CRYPT"])
+def test_written_hashes_verify_with_doveadm(home, run, scheme):
+    r = run("user", "add", "frank@example.test", "--password-stdin", "--scheme", scheme, input=b"pa ss\n")
+    assert r.returncode == 0, r.stderr
+    stored = users_file(home).read_text().split(":")[1]
+    ok = subprocess.run([DOVEADM, "pw", "-t", stored, "-p", "pa ss"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "verified" in ok.stdout
+
+
+@pytest.mark.skipif(DOVEADM is None, reason="doveadm (dovecot-core) not installed")
+def test_doveadm_made_lines_verify(home):
+    lines = []
+    for i, scheme in enumerate(["SHA512-CRYPT", "BLF-CRYPT", "ARGON2ID"]):
+        h = subprocess.run([DOVEADM, "pw", "-s", scheme, "-p", f"pw{i}"], capture_output=True,
+                           text=True, check=True).stdout.strip()
+        lines.append(f"u{i}@example.test:{h}::::::\n")
+    users_file(home).write_text("".join(lines))
+    u = Users(users_file(home))
+    assert all(u.verify(f"u{i}@example.test", f"pw{i}") for i in range(3))
+    assert not any(u.verify(f"u{i}@example.test", f"pw{i + 1}") for i in range(3))
+
+
+def test_tty_prompt_asks_twice(home):
+    """With a terminal, the password is asked twice; a mismatch changes nothing (exit 65)."""
+    import pty
+    import sys
+    import time
+
+    def drive(answers):
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.execvp(sys.executable, [sys.executable, "-m", "mailtools", "user", "add", "gina@example.test"])
+        out = b""
+        for answer in answers:
+            deadline = time.monotonic() + 30
+            while b"assword" not in out.split(b"\n")[-1] and time.monotonic() < deadline:
+                try:
+                    out += os.read(fd, 1024)
+                except OSError:
+                    break
+            out = b""
+            os.write(fd, answer + b"\n")
+        try:
+            while os.read(fd, 1024):
+                pass
+        except OSError:
+            pass
+        return os.waitpid(pid, 0)[1]
+
+    assert os.waitstatus_to_exitcode(drive([b"one", b"two"])) == 65
+    assert not users_file(home).exists() or "gina" not in users_file(home).read_text()
+    assert os.waitstatus_to_exitcode(drive([b"same pw", b"same pw"])) == 0
+    assert Users(users_file(home)).verify("gina@example.test", "same pw")
