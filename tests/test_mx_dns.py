@@ -1,0 +1,197 @@
+"""mailtools.core.dns (the API relay routes with) and core.dnswire, against dnsmasq; property
+tests for the wire parser and the name normaliser."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import support_dns
+from mailtools.core import dns as mxdns
+from mailtools.core import dnswire
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = support_dns.start_dnsmasq(
+        mx={"shuffle.test": [(10, f"h{i}.shuffle.test") for i in range(4)] + [(20, "last.shuffle.test"), (5, "first.shuffle.test")],
+            "mixed.test": [(10, "a.mixed.test")]},
+        hosts={**{f"h{i}.shuffle.test": [f"192.0.2.{i + 1}"] for i in range(4)},
+               "last.shuffle.test": ["192.0.2.9"], "first.shuffle.test": ["192.0.2.8"], "a.mixed.test": ["192.0.2.7"],
+               "real.test": ["192.0.2.50"]},
+        cname={"alias.test": "real.test"},
+        null_mx=["mixed.test"],
+        txt={"txt.test": ["v=spf1 -all", "second, with a comma"]},
+        ttl=300,
+    )
+    yield s
+    s.stop()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_make_resolver_explicit_and_bad_input(server):
+    r = mxdns.make_resolver([server.nameserver, "[::1]:53", "192.0.2.1"], 3)
+    assert r.nameservers == [("127.0.0.1", server.port), ("::1", 53), ("192.0.2.1", 53)] and r.timeout == 3
+    for bad in ("example.test", "127.0.0.1:0", "127.0.0.1:x", "[::1"):
+        with pytest.raises(ValueError):
+            mxdns.make_resolver([bad], 3)
+
+
+def test_make_resolver_system_default(tmp_path):
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("# x\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\nsearch test\n")
+    assert mxdns.system_nameservers(str(conf)) == [("192.0.2.53", 53), ("fe80::1", 53)]
+    assert mxdns.system_nameservers(str(tmp_path / "none")) == [("127.0.0.1", 53)]
+
+
+def test_shuffle_keeps_preference_order_and_varies_equal_ones(server):
+    r = mxdns.make_resolver([server.nameserver], 2)
+
+    async def many():
+        return [await mxdns.lookup("shuffle.test", r, shuffle=True) for _ in range(60)]
+
+    results = run(many())
+    orders = Counter()
+    for res in results:
+        hosts = [e.host for e in res.exchangers]
+        assert hosts[0] == "first.shuffle.test" and hosts[-1] == "last.shuffle.test"
+        assert sorted(hosts[1:5]) == [f"h{i}.shuffle.test" for i in range(4)]
+        orders[tuple(hosts[1:5])] += 1
+    assert len(orders) > 5  # 24 permutations; 60 draws landing on <= 5 is vanishingly unlikely
+    stable = run(mxdns.lookup("shuffle.test", r))
+    assert [e.host for e in stable.exchangers][1:5] == [f"h{i}.shuffle.test" for i in range(4)]
+
+
+def test_answers_cached_for_their_ttl(server):
+    r = mxdns.make_resolver([server.nameserver], 2)
+
+    async def twice():
+        first = await mxdns.lookup("shuffle.test", r)
+        sent = r.queries_sent
+        second = await mxdns.lookup("shuffle.test", r)
+        return first, second, sent, r.queries_sent
+
+    first, second, sent, after = run(twice())
+    assert sent == 1 + 2 * 6  # MX, then A and AAAA per exchanger
+    # Positive answers come from the cache; the six empty AAAA answers carry no SOA (dnsmasq),
+    # so RFC 2308 5 says not to cache them: only those are asked again.
+    assert after - sent == 6
+    assert [e.addresses for e in first.exchangers] == [e.addresses for e in second.exchangers]
+    # a new event loop (asyncio.run again) reuses the cache and rebinds its sockets
+    assert run(mxdns.lookup("shuffle.test", r)).status == "ok" and r.queries_sent == after + 6
+
+
+def test_concurrent_identical_queries_share_one(server):
+    r = mxdns.make_resolver([server.nameserver], 2)
+
+    async def go():
+        return await asyncio.gather(*(r.query("real.test", "A") for _ in range(50)))
+
+    answers = run(go())
+    assert all(a.records == ["192.0.2.50"] for a in answers)
+    assert r.queries_sent == 1
+
+
+def test_query_follows_cname_and_reads_txt(server):
+    r = mxdns.make_resolver([server.nameserver], 2)
+
+    async def go():
+        return await r.query("alias.test", "A"), await r.query("txt.test", "TXT"), await r.query("nope.test", "A")
+
+    a, txt, nx = run(go())
+    assert a.cnames == ["real.test"] and a.canonical == "real.test" and a.records == ["192.0.2.50"]
+    assert sorted(txt.records) == [b"second, with a comma", b"v=spf1 -all"]
+    assert nx.nxdomain and nx.records == []
+
+
+def test_null_mx_mixed_with_others_is_ignored_with_warning(server):
+    r = mxdns.make_resolver([server.nameserver], 2)
+    res = run(mxdns.lookup("mixed.test", r))
+    assert res.status == "ok" and [e.host for e in res.exchangers] == ["a.mixed.test"]
+    assert any("RFC 7505" in w for w in res.warnings)
+
+
+def test_lookup_rejects_bad_names_without_querying(server):
+    r = mxdns.make_resolver([server.nameserver], 2)
+    with pytest.raises(ValueError):
+        run(mxdns.lookup("no such", r))
+    assert r.queries_sent == 0
+
+
+def test_tempfail_exit_code_map():
+    assert mxdns.EXIT_FOR_STATUS == {"ok": 0, "implicit": 0, "null-mx": 68, "nxdomain": 68, "no-address": 68, "tempfail": 75}
+    assert set(mxdns.EXIT_FOR_STATUS) == set(mxdns.STATUSES)
+
+
+def test_mismatched_answer_is_ignored():
+    """An answer whose question differs from ours (RFC 5452 9.1) must not be accepted."""
+    client = mxdns._UDPClient()
+
+    async def go():
+        fut = asyncio.get_running_loop().create_future()
+        client.pending[1] = (fut, "a.test", dnswire.A)
+        wrong = struct.pack("!HHHHHH", 1, 0x8180, 1, 0, 0, 0) + dnswire.encode_name("b.test") + b"\x00\x01\x00\x01"
+        client.datagram_received(wrong, None)
+        assert not fut.done()
+        right = struct.pack("!HHHHHH", 1, 0x8180, 1, 0, 0, 0) + dnswire.encode_name("a.test") + b"\x00\x01\x00\x01"
+        client.datagram_received(right, None)
+        return (await fut).rcode
+
+    assert run(go()) == 0
+
+
+# --- properties ---------------------------------------------------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_parser_never_crashes_on_garbage(data):
+    try:
+        resp = dnswire.parse_response(data)
+    except dnswire.WireError:
+        return
+    assert isinstance(resp.answer, list)
+
+
+_label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_label, min_size=1, max_size=6), st.integers(0, 65535), st.sampled_from([dnswire.A, dnswire.MX, dnswire.AAAA]))
+def test_query_round_trips_through_the_parser(labels, qid, qtype):
+    name = ".".join(labels)
+    wire = bytearray(dnswire.build_query(qid, name, qtype, edns=False))
+    wire[2] |= 0x80  # make it look like a response
+    resp = dnswire.parse_response(bytes(wire))
+    assert (resp.id, resp.qname, resp.qtype, resp.rcode) == (qid, name, qtype, 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_label, min_size=1, max_size=5), st.booleans(), st.booleans())
+def test_normalise_domain_is_idempotent_and_case_folds(labels, dot, address):
+    name = ".".join(labels)
+    if name.replace(".", "").isdigit():
+        return
+    text = ("Someone@" if address else "") + name.upper() + ("." if dot else "")
+    try:
+        once = mxdns.normalise_domain(text)
+    except ValueError:
+        assert all(ch.isdigit() or ch == "." for ch in name)  # only IP-like names may be refused
+        return
+    assert once == name and mxdns.normalise_domain(once) == once
+
+
+@given(st.text(max_size=30))
+def test_normalise_domain_only_raises_value_error(text):
+    try:
+        out = mxdns.normalise_domain(text)
+    except ValueError:
+        return
+    assert out == out.lower() and " " not in out and not out.endswith(".") and out.isascii()
