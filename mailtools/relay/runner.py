@@ -97,10 +97,12 @@ def _domain_of(address: str) -> str:
 
 
 class Runner:
-    def __init__(self, cfg, queue=None, *, smarthost: Optional[str] = None):
+    def __init__(self, cfg, queue=None, *, smarthost: Optional[str] = None,
+                 stop: Optional[asyncio.Event] = None):
         from mailtools.core.queue import Queue
 
         self.cfg = cfg
+        self.stop = stop  # set: claim nothing more, finish what is in flight
         self.queue = queue or Queue(cfg.queue_dir)
         rc = cfg.relay
         self.smarthost = smarthost if smarthost is not None else (rc.smarthost or "")
@@ -144,6 +146,9 @@ class Runner:
         try:
             for e in entries:
                 await self._window.acquire()
+                if self.stop is not None and self.stop.is_set():
+                    self._window.release()
+                    break
                 entry = self.queue.claim(e.id)
                 if entry is None:  # another runner has it
                     self._window.release()
@@ -608,7 +613,7 @@ def run_once(cfg, *, flush: bool = False, smarthost: Optional[str] = None) -> Op
         os.close(fd)
 
 
-async def daemon(cfg, *, smarthost: Optional[str] = None, stop: Optional[asyncio.Event] = None,
+async def daemon(cfg, stop: Optional[asyncio.Event] = None, *, smarthost: Optional[str] = None,
                  flush: bool = False) -> None:
     """The queue daemon: a pass now, then one whenever `submit` nudges us (the queue's FIFO) or
     a retry is due; returns when `stop` is set."""
@@ -619,7 +624,7 @@ async def daemon(cfg, *, smarthost: Optional[str] = None, stop: Optional[asyncio
     log(f"daemon started, queue {cfg.queue_dir}")
     try:
         while not stop.is_set():
-            runner = Runner(cfg, smarthost=smarthost)
+            runner = Runner(cfg, smarthost=smarthost, stop=stop)
             try:
                 await runner.run_pass(flush=flush)
                 while runner.bounces_queued:
