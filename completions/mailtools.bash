@@ -11,23 +11,40 @@ _mailtools() {
                 case "$w" in deliver|imap-serve|mx-lookup|pop3-serve|relay|serve|submit|trace-headers|user) path="${path:+$path }$w";; esac
                 ;;
             "deliver")
+                case "$w" in --maildir|--folder|-f) skip=1; continue;; esac
                 ;;
             "imap-serve")
+                case "$w" in --listen|--tls-listen) skip=1; continue;; esac
                 ;;
             "mx-lookup")
+                case "$w" in --nameserver|--timeout|--port) skip=1; continue;; esac
                 ;;
             "pop3-serve")
+                case "$w" in --listen|--tls-listen) skip=1; continue;; esac
                 ;;
             "relay")
+                case "$w" in --listen|--smarthost|--hold|--release|--delete) skip=1; continue;; esac
                 ;;
             "serve")
                 case "$w" in --root|--hostname|--smtp|--submission|--submissions|--imap|--imaps|--pop3|--pop3s) skip=1; continue;; esac
                 ;;
             "submit")
+                case "$w" in -f|-r|-F|-N|-R|-V|-B|-b|-o|--listen|--tls-listen) skip=1; continue;; esac
                 ;;
             "trace-headers")
                 ;;
             "user")
+                case "$w" in add|del|list|passwd) path="${path:+$path }$w";; esac
+                ;;
+            "user add")
+                case "$w" in --scheme) skip=1; continue;; esac
+                ;;
+            "user del")
+                ;;
+            "user list")
+                ;;
+            "user passwd")
+                case "$w" in --scheme) skip=1; continue;; esac
                 ;;
         esac
     done
@@ -36,32 +53,44 @@ _mailtools() {
             opts="--config --version --help"; words="deliver imap-serve mx-lookup pop3-serve relay serve submit trace-headers user"
             valopts="--config"; fileopts="--config"; files=0;;
         "deliver")
-            opts="--help"; words=""
-            valopts=""; fileopts=""; files=0;;
+            opts="--maildir --folder -f --help"; words=""
+            valopts="--maildir --folder -f"; fileopts="--maildir"; files=0;;
         "imap-serve")
-            opts="--help"; words=""
-            valopts=""; fileopts=""; files=0;;
+            opts="--listen --tls-listen --help"; words=""
+            valopts="--listen --tls-listen"; fileopts=""; files=0;;
         "mx-lookup")
-            opts="--help"; words=""
-            valopts=""; fileopts=""; files=0;;
+            opts="--json --nameserver --timeout --check --port --help"; words=""
+            valopts="--nameserver --timeout --port"; fileopts=""; files=0;;
         "pop3-serve")
-            opts="--help"; words=""
-            valopts=""; fileopts=""; files=0;;
+            opts="--listen --tls-listen --help"; words=""
+            valopts="--listen --tls-listen"; fileopts=""; files=0;;
         "relay")
-            opts="--help"; words=""
-            valopts=""; fileopts=""; files=0;;
+            opts="--once --listen --list --json --flush --smarthost --hold --release --delete --help"; words=""
+            valopts="--listen --smarthost --hold --release --delete"; fileopts=""; files=0;;
         "serve")
             opts="--root --hostname --smtp --submission --submissions --imap --imaps --pop3 --pop3s --help"; words=""
             valopts="--root --hostname --smtp --submission --submissions --imap --imaps --pop3 --pop3s"; fileopts="--root"; files=0;;
         "submit")
-            opts="--help"; words=""
-            valopts=""; fileopts=""; files=0;;
+            opts="-t -i -f -r -F -N -R -V -B -b -o -q -v --listen --tls-listen --json --help"; words=""
+            valopts="-f -r -F -N -R -V -B -b -o --listen --tls-listen"; fileopts=""; files=0;;
         "trace-headers")
-            opts="--help"; words=""
-            valopts=""; fileopts=""; files=0;;
+            opts="--json --all --help"; words=""
+            valopts=""; fileopts=""; files=1;;
         "user")
+            opts="--help"; words="add del list passwd"
+            valopts=""; fileopts=""; files=0;;
+        "user add")
+            opts="--password-stdin --scheme --no-maildir --help"; words=""
+            valopts="--scheme"; fileopts=""; files=0;;
+        "user del")
             opts="--help"; words=""
             valopts=""; fileopts=""; files=0;;
+        "user list")
+            opts="--json --help"; words=""
+            valopts=""; fileopts=""; files=0;;
+        "user passwd")
+            opts="--password-stdin --scheme --help"; words=""
+            valopts="--scheme"; fileopts=""; files=0;;
     esac
     if [[ " $fileopts " == *" $prev "* ]]; then COMPREPLY=($(compgen -f -- "$cur")); return; fi
     if [[ " $valopts " == *" $prev "* ]]; then COMPREPLY=(); return; fi
