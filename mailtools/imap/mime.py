@@ -15,7 +15,7 @@ from mailtools.imap.parser import quote
 
 MAX_DEPTH = 20
 MAX_PARTS = 2000
-MAX_HEADERS = 5000
+MAX_HEADERS = 200000
 
 
 def to_crlf(data: bytes) -> bytes:
