@@ -274,16 +274,23 @@ def plain_lines(checks: dict) -> list[str]:
             out.append(f"check {where} {st['step']} {'ok' if st['ok'] else 'fail'} {st['ms']}ms{detail}")
         tls = s["tls"]
         if tls:
-            out.append(
-                f"tls {where} version={tls['version']} cipher={tls['cipher']} subject={tls['subject']} "
-                f"san={','.join(tls['san']) or '-'} issuer={tls['issuer']} not_after={tls['not_after']} "
-                f"expired={_yn(tls['expired'])} name_match={_yn(tls['name_match'])} verified={_yn(tls['verified'])}"
-            )
+            fields = [("version", tls["version"]), ("cipher", tls["cipher"]), ("subject", tls["subject"]),
+                      ("san", ",".join(tls["san"]) or "-"), ("issuer", tls["issuer"]), ("not_after", tls["not_after"]),
+                      ("expired", _yn(tls["expired"])), ("name_match", _yn(tls["name_match"])), ("verified", _yn(tls["verified"]))]
+            out.append(f"tls {where} " + " ".join(f"{k}={_quote(v)}" for k, v in fields))
     for key, _, _ in POLICY_RECORDS:
         values = checks["records"].get(key) or ["-"]
         out.extend(f"record {key.replace('_', '-')} {v}" for v in values)
     out.extend(f"fault {f}" for f in checks["faults"])
     return out
+
+
+def _quote(v) -> str:
+    """A value for a KEY=VALUE field: double-quoted (shell style) when it has spaces."""
+    v = "-" if v is None else str(v)
+    if not v or any(c in v for c in ' "\\\t'):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return v
 
 
 def _yn(v) -> str:
