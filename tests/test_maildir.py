@@ -284,3 +284,136 @@ def test_uidlist_render_parse_roundtrip(uids, data):
     ul.nextuid = max(ul.uids, default=0) + 1
     back = UidList.parse(ul.render().decode())
     assert back.uids == ul.uids and back.nextuid == ul.nextuid and back.uidvalidity == 12345
+
+
+# -- interoperability with a real Dovecot (dovecot-lda, doveadm) ---------------------------------
+
+DOVECOT_LDA = "/usr/lib/dovecot/dovecot-lda"
+
+
+@pytest.fixture
+def dovecot():
+    """A private Dovecot instance (no listeners: only the auth service dovecot-lda and doveadm
+    need) with one user, 'lda', whose Maildir is returned. Started and stopped by PID."""
+    import shutil
+    import subprocess
+    import tempfile
+    import time as _time
+    from pathlib import Path
+
+    if os.geteuid() != 0 or not shutil.which("dovecot") or not os.path.exists(DOVECOT_LDA):
+        pytest.skip("needs root and Dovecot (dovecot, dovecot-lda, doveadm)")
+    d = Path(tempfile.mkdtemp(prefix="mtdv"))  # short: unix socket paths are limited
+    d.chmod(0o755)  # the user (nobody) must reach its home
+    (d / "run").mkdir()
+    (d / "state").mkdir()
+    home = d / "home"
+    home.mkdir()
+    os.chown(home, 65534, 65534)
+    conf = d / "dovecot.conf"
+    conf.write_text(textwrap_conf(d, home))
+    subprocess.run(["dovecot", "-c", str(conf)], check=True, timeout=30)
+    pidfile = d / "run" / "master.pid"
+    for _ in range(100):
+        if pidfile.exists() and (d / "run" / "auth-userdb").exists():
+            break
+        _time.sleep(0.05)
+    pid = int(pidfile.read_text())
+
+    class Dovecot:
+        maildir = home / "Maildir"
+
+        def lda(self, data: bytes):
+            r = subprocess.run([DOVECOT_LDA, "-c", str(conf), "-d", "lda", "-f", "s@example.test"], input=data,
+                               capture_output=True, timeout=30)
+            assert r.returncode == 0, r.stderr
+
+        def doveadm(self, *args) -> str:
+            subprocess.run(["chown", "-R", "65534:65534", str(home)], check=True)
+            r = subprocess.run(["doveadm", "-c", str(conf), *args], capture_output=True, timeout=30)
+            assert r.returncode == 0, r.stderr
+            return r.stdout.decode()
+
+        def fetch(self) -> dict[int, dict]:
+            out = self.doveadm("-f", "flow", "fetch", "-u", "lda", "uid flags guid", "mailbox", "INBOX", "all")
+            rows = {}
+            for line in out.splitlines():
+                f = dict(kv.split("=", 1) for kv in line.replace(" flags=", "\0flags=").replace(" guid=", "\0guid=")
+                         .split("\0"))
+                rows[int(f["uid"])] = {"flags": set(f["flags"].split()) - {"\\Recent"}, "guid": f["guid"]}
+            return rows
+
+    try:
+        yield Dovecot()
+    finally:
+        try:
+            os.kill(pid, 15)
+            for _ in range(100):
+                os.kill(pid, 0)
+                _time.sleep(0.05)
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def textwrap_conf(d, home) -> str:
+    return f"""
+protocols =
+listen = 127.0.0.1
+instance_name = mailtools-test-{os.getpid()}-{d.name}
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+ssl = no
+first_valid_uid = 100
+mail_location = maildir:~/Maildir
+userdb {{
+  driver = static
+  args = uid=65534 gid=65534 home={home}
+}}
+passdb {{
+  driver = static
+  args = nopassword=y
+}}
+protocol lda {{
+  postmaster_address = postmaster@example.test
+}}
+"""
+
+
+def test_uids_flags_and_keywords_move_between_dovecot_and_mailtools(dovecot):
+    for i in range(3):
+        dovecot.lda(b"Subject: dovecot %d\n\nbody\n" % i)
+    path = dovecot.maildir
+    theirs = UidList.read(path)
+    assert sorted(theirs.uids) == [1, 2, 3]
+    ul = UidList.sync(path)  # reads Dovecot's list, keeps its UIDVALIDITY and UIDs
+    assert (ul.uidvalidity, ul.guid, ul.uids) == (theirs.uidvalidity, theirs.guid, theirs.uids)
+    assert ul.nextuid == 4
+
+    m = Maildir(path)
+    mine = [m.deliver(b"Subject: mailtools %d\n\nbody\n" % i) for i in range(2)]
+    files = {f.base: f for f in m.scan()}
+    m.set_flags(files[ul.uids[1]], "S")
+    kw = Keywords(path)
+    m.set_flags(files[ul.uids[2]], "F" + kw.letter("$Junk", create=True))
+    ul = UidList.sync(path)
+    assert [ul.uids[4], ul.uids[5]] == [parse_name(p.name)[0] for p in mine]
+
+    seen = dovecot.fetch()  # Dovecot reads our uidlist, flags and keywords
+    assert sorted(seen) == [1, 2, 3, 4, 5]
+    assert seen[1]["flags"] == {"\\Seen"}
+    assert seen[2]["flags"] == {"\\Flagged", "$Junk"}
+    assert seen[4]["guid"] == ul.uids[4] and seen[5]["guid"] == ul.uids[5]
+
+    # and back: Dovecot sets a keyword and a flag, delivers one more; we read it all
+    dovecot.doveadm("flags", "add", "-u", "lda", "\\Answered work", "mailbox", "INBOX", "uid", "4")
+    dovecot.lda(b"Subject: dovecot again\n\nbody\n")
+    ul = UidList.sync(path)
+    assert sorted(ul.uids) == [1, 2, 3, 4, 5, 6]
+    assert ul.uidvalidity == theirs.uidvalidity
+    f4 = ul.files[4]
+    kw.load()
+    assert "R" in f4.flags and kw.names_for(f4.flags) == ["work"]
+    assert kw.names_for(ul.files[2].flags) == ["$Junk"]
+    assert dovecot.fetch()[6]["guid"] == ul.uids[6]
