@@ -43,6 +43,7 @@ SCHEMA: dict[str, Any] = {
         "concurrency": ("int", 20),
         "require_tls": ("list[str]", []),  # recipient domains that must get TLS
         "verify_tls": ("bool", False),  # verify certificates on opportunistic STARTTLS
+        "ca_file": ("str", ""),  # CA bundle for verifying next hops (empty: the system's)
         "connect_timeout": ("duration", "30s"),
         "command_timeout": ("duration", "5m"),
         "data_timeout": ("duration", "10m"),
