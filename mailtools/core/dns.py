@@ -202,6 +202,22 @@ class _UDPClient(asyncio.DatagramProtocol):
         self.error_received(exc or ConnectionResetError("socket closed"))
 
 
+def _udp_socket(server: tuple[str, int]):
+    """A connected non-blocking UDP socket with room for many answers in flight."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.setblocking(False)
+        sock.connect(server)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def _fail_timeout(fut: asyncio.Future) -> None:
     if not fut.done():
         fut.set_exception(asyncio.TimeoutError())
@@ -215,6 +231,9 @@ class Resolver:
     used from a new loop later (e.g. after asyncio.run returns).
     """
 
+    MAX_INFLIGHT = 100  # queries on the wire at once: more only overflows socket buffers
+    MIN_RTO = 0.2  # first retransmission never sooner (a recursive server may be working on it)
+
     def __init__(self, nameservers: list[tuple[str, int]], timeout: float = 5.0, *, cache_size: int = 50_000):
         if not nameservers:
             raise ValueError("no name servers")
@@ -226,6 +245,8 @@ class Resolver:
         self._clients: dict[tuple[str, int], asyncio.Future] = {}
         self._inflight: dict[tuple[str, int], asyncio.Future] = {}
         self.queries_sent = 0
+        self._srtt: dict[tuple[str, int], float] = {}
+        self._slots = None
 
     def __repr__(self) -> str:
         servers = ", ".join(f"{h}:{p}" for h, p in self.nameservers)
@@ -279,6 +300,7 @@ class Resolver:
             self._loop = loop
             self._clients = {}
             self._inflight = {}
+            self._slots = asyncio.Semaphore(self.MAX_INFLIGHT)
 
     async def _resolve(self, name: str, rtype: int) -> Answer:
         resp = await self._exchange(name, rtype)
@@ -306,31 +328,45 @@ class Resolver:
         return Answer(name, rtype, resp.rcode, cnames, current, records, ttl)
 
     async def _exchange(self, name: str, rtype: int) -> wire.Response:
+        """Ask the servers in turn until one gives NOERROR or NXDOMAIN or the timeout runs out.
+        Retransmission timers start at 4x the server's smoothed round-trip time (at least
+        MIN_RTO) and double per try (RFC 1536 1, RFC 6298 style)."""
         loop = self._loop
         deadline = loop.time() + self.timeout
         servers = self.nameservers
-        tries = max(3, len(servers))
-        per_try = self.timeout / tries
         last = "timed out"
-        for attempt in range(tries):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            server = servers[attempt % len(servers)]
-            where = f"{server[0]}:{server[1]}"
-            try:
-                resp = await self._udp(server, name, rtype, min(per_try, remaining))
-                if resp.truncated:  # RFC 7766 5: retry over TCP
-                    resp = await self._tcp(server, name, rtype, max(0.1, deadline - loop.time()))
-            except asyncio.TimeoutError:
-                last = f"no answer from {where} (timed out)"
-                continue
-            except (OSError, wire.WireError, EOFError, asyncio.IncompleteReadError) as exc:
-                last = f"{where}: {exc or type(exc).__name__}"
-                continue
-            if resp.rcode in (wire.NOERROR, wire.NXDOMAIN):
-                return resp
-            last = f"{wire.RCODE_NAMES.get(resp.rcode, resp.rcode)} from {where}"
+        attempt = 0
+        async with self._slots:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0.001:
+                    break
+                server = servers[attempt % len(servers)]
+                rounds = attempt // len(servers)
+                attempt += 1
+                where = f"{server[0]}:{server[1]}"
+                srtt = self._srtt.get(server)
+                rto = min(self.timeout / 3, max(self.MIN_RTO, 4 * srtt)) if srtt is not None else self.timeout / 3
+                rto = min(remaining, rto * (2 ** rounds))
+                t0 = loop.time()
+                try:
+                    resp = await self._udp(server, name, rtype, rto)
+                    self._srtt[server] = (loop.time() - t0) if srtt is None else 0.875 * srtt + 0.125 * (loop.time() - t0)
+                    if resp.truncated:  # RFC 7766 5: retry over TCP
+                        resp = await self._tcp(server, name, rtype, max(0.1, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    last = f"no answer from {where} (timed out)"
+                    continue
+                except (OSError, wire.WireError, EOFError, asyncio.IncompleteReadError) as exc:
+                    last = f"{where}: {exc or type(exc).__name__}"
+                    if attempt >= 3 * len(servers):
+                        break
+                    continue
+                if resp.rcode in (wire.NOERROR, wire.NXDOMAIN):
+                    return resp
+                last = f"{wire.RCODE_NAMES.get(resp.rcode, resp.rcode)} from {where}"
+                if attempt >= 3 * len(servers):  # a server that says SERVFAIL is asked thrice
+                    break
         raise DNSTempFail(f"{name} {wire.TYPE_NAMES.get(rtype, rtype)}: {last}")
 
     async def _client(self, server: tuple[str, int]) -> _UDPClient:
@@ -339,7 +375,7 @@ class Resolver:
             fut = self._loop.create_future()
             self._clients[server] = fut
             try:
-                _, proto = await self._loop.create_datagram_endpoint(_UDPClient, remote_addr=server)
+                _, proto = await self._loop.create_datagram_endpoint(_UDPClient, sock=_udp_socket(server))
             except OSError as exc:
                 del self._clients[server]
                 fut.set_exception(exc)
