@@ -396,12 +396,10 @@ class Users:
                 os.unlink(tmp)
                 raise
             os.close(fd)
+            from mailtools.core.maildir import _fsync_dir
+
             os.rename(tmp, self.path)
-            dfd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            _fsync_dir(directory)
             self._read()
         finally:
             os.close(lock_fd)

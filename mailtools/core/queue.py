@@ -60,8 +60,8 @@ One ``rcpt:`` line per recipient; ``reply=`` is always last and takes the rest o
 Values escape '%', whitespace and control characters as %XX, so a line is always one line.
 Unknown ``key: value`` lines are kept (Entry.meta) and written back unchanged.
 
-Import cost matters: submit (the sendmail path) imports this module, so only os, errno and time
-are imported at the top; anything heavier is imported where it is used.
+Import cost matters: submit (the sendmail path) imports this module, so only os, errno, time
+(and the light core.maildir) are imported at the top; anything heavier where it is used.
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ from __future__ import annotations
 import errno
 import os
 import time
+
+from mailtools.core.maildir import _fsync_dir  # light: os/errno/time only
 
 FORMAT_VERSION = 1
 STATES = ("queued", "deferred", "sent", "bounced")
@@ -103,11 +105,12 @@ def valid_id(qid: str) -> bool:
 
 
 def _escape(value: str, keep_space: bool = False) -> str:
+    """Percent-encode (as UTF-8 bytes) '%', whitespace and anything unprintable, so a value
+    never splits a line or a field; other characters (UTF-8 addresses too) stay readable."""
     out = []
     for ch in value:
-        o = ord(ch)
-        if ch == "%" or o < 0x21 and not (keep_space and ch == " ") or o == 0x7F:
-            out.append(f"%{o:02X}")
+        if ch == "%" or (not ch.isprintable() or ch.isspace()) and not (keep_space and ch == " "):
+            out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogateescape")))
         else:
             out.append(ch)
     return "".join(out)
@@ -116,16 +119,17 @@ def _escape(value: str, keep_space: bool = False) -> str:
 def _unescape(value: str) -> str:
     if "%" not in value:
         return value
-    out, i = [], 0
+    out = bytearray()
+    i = 0
     while i < len(value):
         ch = value[i]
         if ch == "%" and _ishex(value[i + 1 : i + 3]):
-            out.append(chr(int(value[i + 1 : i + 3], 16)))
+            out.append(int(value[i + 1 : i + 3], 16))
             i += 3
         else:
-            out.append(ch)
+            out += ch.encode("utf-8", "surrogateescape")
             i += 1
-    return "".join(out)
+    return out.decode("utf-8", "surrogateescape")
 
 
 def _ishex(s: str) -> bool:
@@ -156,14 +160,6 @@ def parse_time(s: str) -> float:
     doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
     days = era * 146097 + doe - 719468
     return days * 86400 + hh * 3600 + mm * 60 + ss + frac
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_file(path: str, data: bytes, exclusive: bool = True) -> None:
@@ -244,7 +240,7 @@ class Recipient:
         head, sep, reply = value.partition(" reply=")
         if not sep:
             raise ValueError("rcpt line without reply=")
-        parts = head.split()
+        parts = [p for p in head.split(" ") if p]
         if not parts or parts[0] not in STATES:
             raise ValueError(f"bad recipient state in {value!r}")
         fields = {}
