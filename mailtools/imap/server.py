@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import ssl
 
-from mailtools.imap.session import SELECTED, Close, Delay, Session, StartTLS
+from mailtools.imap.session import SELECTED, CheckPassword, Close, Delay, Session, StartTLS
 
 log = logging.getLogger("mailtools.imap")
 AUTOLOGOUT = 30 * 60.0
@@ -64,6 +64,7 @@ async def _connection(shared: _Shared, implicit_tls: bool, reader: asyncio.Strea
         loopback=_is_loopback(writer.get_extra_info("sockname")),
         tls_available=shared.ssl_context is not None and not implicit_tls,
     )
+    sess.threaded_auth = True
     try:
         writer.write(sess.greeting())
         while not sess.closed:
@@ -123,6 +124,10 @@ async def _emit(out: list, writer, sess: Session, shared: _Shared, reader) -> bo
             reader._buffer.clear()  # RFC 3501 6.2.1: nothing sent before TLS survives it
             await asyncio.wait_for(writer.start_tls(shared.ssl_context), HANDSHAKE_TIMEOUT)
             sess.tls_started()
+        elif isinstance(item, CheckPassword):
+            ok = await asyncio.to_thread(_verify, item)
+            if await _emit(sess.finish_login(ok), writer, sess, shared, reader):
+                return True
         elif isinstance(item, Close):
             await writer.drain()
             return True
@@ -130,6 +135,13 @@ async def _emit(out: list, writer, sess: Session, shared: _Shared, reader) -> bo
         writer.write(b"".join(chunk))
     await writer.drain()
     return False
+
+
+def _verify(item: CheckPassword) -> bool:
+    try:
+        return bool(item.users.verify(item.user, item.password))
+    except ValueError:
+        return False
 
 
 async def start(cfg, listen=None, tls_listen=None) -> list:

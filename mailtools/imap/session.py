@@ -30,6 +30,13 @@ class Close:
     """Close the connection after sending what came before."""
 
 
+class CheckPassword:
+    """Verify a password off the event loop, then call Session.finish_login(ok)."""
+
+    def __init__(self, users, user: str, password: str):
+        self.users, self.user, self.password = users, user, password
+
+
 class Delay:
     def __init__(self, seconds: float):
         self.seconds = seconds
@@ -142,6 +149,9 @@ class Session:
         self.out: list = []
         self.closed = False
         self.failures = 0
+        self.threaded_auth = False  # the transport verifies passwords in a thread
+        self.pending_login: tuple | None = None  # (tag, user) while a password is checked
+        self.backlog: list = []  # reader events that arrived while a login was pending
 
     # -- plumbing -----------------------------------------------------------------------
     def greeting(self) -> bytes:
@@ -164,9 +174,35 @@ class Session:
 
     def feed(self, data: bytes) -> list:
         self.out = []
-        for ev in self.reader.feed(data):
+        self._run(self.reader.feed(data) if data else [])
+        self._flush_folder()
+        out, self.out = self.out, []
+        return out
+
+    def finish_login(self, ok: bool) -> list:
+        """The transport's answer to CheckPassword; go on with what was pipelined."""
+        self.out = []
+        tag, user = self.pending_login
+        self.pending_login = None
+        try:
+            text = self._login_result(user, ok)
+            self.send(f"{tag} OK {text}")
+        except No as exc:
+            self.send(f"{tag} NO {exc}")
+        events, self.backlog = self.backlog, []
+        self._run(events)
+        self._flush_folder()
+        out, self.out = self.out, []
+        return out
+
+    def _run(self, events) -> None:
+        events = list(events)
+        for i, ev in enumerate(events):
             if self.closed:
                 break
+            if self.pending_login is not None:
+                self.backlog.extend(events[i:])
+                return
             if isinstance(ev, Continue):
                 self.send("+ Ready for literal data")
             elif isinstance(ev, Refused):
@@ -181,9 +217,6 @@ class Session:
                 if self.out and isinstance(self.out[-1], StartTLS):
                     self.reader.reset()  # RFC 3501 6.2.1: pipelined plaintext is discarded
                     break
-        self._flush_folder()
-        out, self.out = self.out, []
-        return out
 
     def _flush_folder(self):
         if self.folder is not None:
@@ -314,7 +347,7 @@ class Session:
         password = cur.astring()
         cur.eol()
         self._login_checks()
-        return self._authenticate(user.decode("utf-8", "replace"), password.decode("utf-8", "replace"))
+        return self._authenticate(user.decode("utf-8", "replace"), password.decode("utf-8", "replace"), tag)
 
     def cmd_authenticate(self, tag, cur, uid):
         cur.sp()
@@ -331,7 +364,7 @@ class Session:
             self.reader.raw_lines = True
             self.send("+ ")
             return None
-        return self._sasl_plain(initial)
+        return self._sasl_plain(initial, tag)
 
     def auth_response(self, data: bytes) -> None:
         tag, self.auth_tag = self.auth_tag, None
@@ -341,13 +374,14 @@ class Session:
             self.send(f"{tag} BAD Authentication cancelled")
             return
         try:
-            text = self._sasl_plain(line)
+            text = self._sasl_plain(line, tag)
         except No as exc:
             self.send(f"{tag} NO {exc}")
             return
-        self.send(f"{tag} OK {text}")
+        if text is not None:
+            self.send(f"{tag} OK {text}")
 
-    def _sasl_plain(self, b64: str) -> str:
+    def _sasl_plain(self, b64: str, tag: str) -> str | None:
         from mailtools.core.auth import decode_sasl_plain
 
         try:
@@ -356,20 +390,31 @@ class Session:
             raise No("[AUTHENTICATIONFAILED] Malformed SASL PLAIN response") from None
         if authzid and authzid != authcid:
             raise No("[AUTHORIZATIONFAILED] Proxy authentication is not supported")
-        return self._authenticate(authcid, password)
+        return self._authenticate(authcid, password, tag)
 
-    def _authenticate(self, user: str, password: str) -> str:
+    def _authenticate(self, user: str, password: str, tag: str) -> str | None:
         users = self.users
         if users is None:
             from mailtools.core.auth import load_users
 
             users = load_users(self.cfg)
-        ok = False
+        if self.threaded_auth:
+            self.pending_login = (tag, user)
+            self.out.append(CheckPassword(users, user, password))
+            return None
         try:
             ok = users.verify(user, password)
-            path = self.cfg.maildir_for(user) if ok else None
         except ValueError:
             ok = False
+        return self._login_result(user, ok)
+
+    def _login_result(self, user: str, ok: bool) -> str:
+        path = None
+        if ok:
+            try:
+                path = self.cfg.maildir_for(user)
+            except ValueError:
+                ok = False
         if not ok:
             self.failures += 1
             self.out.append(Delay(float(self.cfg.auth.fail_delay) * min(self.failures, 5)))
