@@ -199,8 +199,10 @@ def test_sigterm_with_mail_in_flight_loses_nothing(serve, tmp_path):
 
     t = threading.Thread(target=sender)
     t.start()
-    time.sleep(1.0)
-    s.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while len(accepted) < 3 and t.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    s.proc.send_signal(signal.SIGTERM)  # while the sender is in the middle of the next one
     stop.set()
     t.join(30)
     assert s.proc.wait(30) == 0
