@@ -1,5 +1,12 @@
 """Authentication-Results (RFC 8601) and ARC (RFC 8617) verdicts, parsed with `authres`.
 
+authres costs 0.3-1.5 ms per field (it recompiles patterns per token), more than a whole
+message's bare parse with the email package, so plain fields take a fast path first: after
+comments are removed, a field made only of `method=result` and `ptype.property=token`
+(the shape nearly every MTA writes) is split by one regex. Anything else (quoted strings,
+`reason=`, method versions, odd characters) goes to authres. A property test checks that the
+fast path and authres agree on every field the fast path accepts.
+
 The report keeps every Authentication-Results / ARC-Authentication-Results field in order (top
 first) and a summary taken from the topmost Authentication-Results field: the one the last
 receiving host added (lower ones were written by earlier hops, or by the sender, and are only
@@ -20,6 +27,14 @@ _ARC_INSTANCE = re.compile(r"^\s*i\s*=\s*(\d+)\s*;", re.I)
 _TAG = re.compile(r"\b([a-z]+)\s*=\s*([^;\s]*)", re.I)
 _PAIRS = re.compile(r"(?:^|;)\s*([a-z][a-z0-9_-]*)(?:/\d+)?\s*=\s*([a-z]+)", re.I)
 _CONTEXT = None
+_TOKEN = r"[A-Za-z0-9_-]+"
+_VALUE = r"[A-Za-z0-9_.@+-]+"
+_RESINFO = re.compile(
+    rf"\s*({_TOKEN})\s*=\s*({_TOKEN})((?:\s+{_TOKEN}\.{_TOKEN}\s*=\s*{_VALUE})*)\s*"
+)
+_PROP = re.compile(rf"({_TOKEN}\.{_TOKEN})\s*=\s*({_VALUE})")
+_AUTHSERV = re.compile(r"\s*([A-Za-z0-9_.-]+)\s*")
+_FAST_METHODS = frozenset(("spf", "dkim", "dmarc", "arc", "iprev", "auth", "bimi", "dkim-atps"))
 
 
 def _context():
@@ -46,6 +61,32 @@ def _with_authres(value: str):
     return header.authserv_id, results
 
 
+def fast_parse(value: str):
+    """(authserv_id, results) for a plain field, or None when authres must decide."""
+    plain = strip_comments(value) if "(" in value else value
+    if '"' in plain or "\\" in plain or "(" in plain or ")" in plain:
+        return None
+    parts = plain.split(";")
+    m = _AUTHSERV.fullmatch(parts[0])
+    if m is None or len(parts) < 2:
+        return None
+    results = []
+    rest = parts[1:]
+    if len(rest) == 1 and rest[0].strip().lower() == "none":
+        return m.group(1), results
+    for part in rest:
+        r = _RESINFO.fullmatch(part)
+        if r is None or r.group(1).lower() not in _FAST_METHODS:
+            return None
+        results.append({
+            "method": r.group(1).lower(),
+            "result": r.group(2).lower(),
+            "reason": None,
+            "properties": dict(_PROP.findall(r.group(3))) if r.group(3) else {},
+        })
+    return m.group(1), results
+
+
 def _scan(value: str):
     """Fallback: authserv-id and method=result pairs, comments removed."""
     plain = strip_comments(value[:MAX_VALUE])
@@ -69,7 +110,8 @@ def parse_results(name: str, value: str, warnings: list) -> dict:
     try:
         if len(text) > MAX_VALUE:
             raise ValueError("field too long")
-        authserv_id, results = _with_authres(text)
+        got = fast_parse(text)
+        authserv_id, results = got if got is not None else _with_authres(text)
     except Exception as exc:  # noqa: BLE001 - authres raises its own SyntaxError and others
         authserv_id, results = _scan(text)
         warnings.append({

@@ -35,6 +35,7 @@ _ASCTIME = re.compile(
     r"(\d{1,2}):(\d{1,2})(?::(\d{1,2}))?\s+(?:([A-Za-z]{1,5}|[+-]\d{4})\s+)?(\d{4})"
 )
 _COMMENT_PARTS = re.compile(r"[()\\]")
+_FLAT_COMMENT = re.compile(r"\([^()\\]*\)")
 # Where a date starts when a Received field has no ";" before it.
 DATE_HINT = re.compile(
     r"(?:\b[A-Za-z]{3},?\s+)?\b\d{1,2}\s+[A-Za-z]{3}\s+\d{2,4}\s+\d{1,2}:\d{2}"
@@ -44,6 +45,9 @@ DATE_HINT = re.compile(
 def strip_comments(text: str) -> str:
     """Drop (possibly nested) comments; linear in the length, whatever the nesting."""
     if "(" not in text:
+        return text
+    text = _FLAT_COMMENT.sub(" ", text)  # the common case: no nesting, no quoted-pair
+    if "(" not in text and ")" not in text:
         return text
     out, depth, pos = [], 0, 0
     for m in _COMMENT_PARTS.finditer(text):
@@ -100,7 +104,7 @@ def _epoch(y, mon, d, hh, mi, ss, zone) -> int | None:
 
 
 def _parse_once(text: str) -> int | None:
-    m = _RFC_DATE.search(text)
+    m = _RFC_DATE.match(text) or _RFC_DATE.search(text)
     if m:
         d, mon, y, hh, mi, ss, zone = m.groups()
         return _epoch(_year(y), mon, int(d), int(hh), int(mi), int(ss or 0), zone)
@@ -117,7 +121,14 @@ def parse_date(text: str | None) -> int | None:
         return None
     text = text[:400]  # a date is short; never let a long tail cost time
     try:
-        plain = strip_comments(text)
+        text = text.strip()
+        m = _RFC_DATE.match(text)  # the usual case; a trailing "(UTC)" does not matter
+        if m:
+            d, mon, y, hh, mi, ss, zone = m.groups()
+            when = _epoch(_year(y), mon, int(d), int(hh), int(mi), int(ss or 0), zone)
+            if when is not None:
+                return when
+        plain = strip_comments(text).strip()
         when = _parse_once(plain)
         if when is None and "\n" in plain:
             # folded in the middle of a token ("No\n v"): join the pieces and try again

@@ -3,9 +3,12 @@
 The grammar (`"Received:" *received-token ";" date-time`) is the skeleton; what MTAs put in it
 is not: HELO names and TCP-info in comments (Postfix, Sendmail, Exim `helo=`, qmail/Yahoo
 `(HELO x)`), IPs as literals or bare words, multi-word protocols (`with Microsoft SMTP Server`),
-TLS details in five different notations, extra keywords (`via`, Exim's `tls`). The parser is a
-scanner (comments nested, quoted strings, literals) then a walk over the clauses, so a "from",
-"by", "with" or ";" inside a comment never counts. It never raises and is linear in the input.
+TLS details in many notations (see tls.py), extra keywords (`via`, Exim's `tls`).
+
+How: comments are cut out first (nested ones flattened, linear time), so a "from", "by",
+"with" or ";" inside a comment never counts; the date is what follows the last ";" left; the
+rest splits into words and is walked clause by clause. Everything heavy runs in C (re, split):
+this parser must beat a bare email.parser pass over the same mbox. It never raises.
 """
 
 from __future__ import annotations
@@ -13,70 +16,35 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from mailtools.trace import tls
 from mailtools.trace.dates import DATE_HINT, parse_date
 
 KEYWORDS = frozenset(("from", "by", "via", "with", "id", "for"))
-_SINGLE = frozenset(("from", "by", "id", "for"))  # clauses that take one token
 MAX_FIELD = 16384  # longer fields are cut here: no real Received field is this long
 
-_TOKEN = re.compile(
-    r"""(?P<ws>[ \t\n]+)
-      | (?P<semi>;)
-      | (?P<lit>\[[^\];()<>]*\]?)
-      | (?P<angle><[^>;]*>?)
-      | (?P<qs>"(?:[^"\\\n]|\\.)*"?)
-      | (?P<word>[^ \t\n;()\[\]<>"]+)
-      | (?P<open>\()
-      | (?P<other>.)""",
-    re.VERBOSE | re.DOTALL,
-)
+_FLAT = re.compile(r"\([^()\\]*(?:\\.[^()\\]*)*\)")  # a comment without nesting ("unrolled")
+_NEST2 = re.compile(r"\([^()\\]*(?:\([^()\\]*\)[^()\\]*)*\)")  # nested once at most
 _PARENS = re.compile(r"[()\\]")
+# Inside a comment, nested parentheses and ";" are swapped for look-alikes while the field is
+# split, then swapped back in the comment's text.
+_HIDE = str.maketrans("();", "\uff08\uff09\uff1b")
+_UNHIDE = str.maketrans("\uff08\uff09\uff1b", "();")
+_COMMENT = "\x00"  # stands for the next comment in the word list
 _WS = re.compile(r"\s+")
-
-# TLS as MTAs state it (the version is normalised to OpenSSL's spelling: TLSv1, TLSv1.2, ...)
-_TLS_POSTFIX = re.compile(r"\busing\s+((?:TLS|SSL)v?[\d._]*)\s+with\s+cipher\s+([\w.+/-]+)", re.I)
-_TLS_KV_VERSION = re.compile(r"\bversion=([\w./]+)", re.I)
-_TLS_KV_CIPHER = re.compile(r"\bcipher=([\w.+/-]+)", re.I)
-_TLS_EXIM_OLD = re.compile(r"^\s*((?:TLS|SSL)v?[\d._]+):([\w.+-]+)(?::\d+)?\s*$", re.I)
-_TLS_BARE_VERSION = re.compile(r"^\s*((?:TLS|SSL)v?[\d._]*)\s*$", re.I)
-_TLS_QPSMTPD = re.compile(r"^\s*([\w.+-]+)\s+encrypted\s*$", re.I)
-_TLS_VERSION_NUM = re.compile(r"^(TLS|SSL)v?(\d)(?:[._](\d))?$", re.I)
-# Protocol names that mean the hop was encrypted (RFC 3848, RFC 6531 registry; SMTPS/HTTPS as
-# Gmail and Exchange write them).
-TLS_PROTOCOLS = frozenset((
-    "esmtps", "esmtpsa", "utf8smtps", "utf8smtpsa", "lmtps", "lmtpsa", "utf8lmtps",
-    "utf8lmtpsa", "smtps", "https",
-))
 
 _HELO = re.compile(r"\b(?:helo|ehlo)(?:\s*=\s*|\s+)(\[[^\]]*\]|[^\s()\[\],;]+)", re.I)
 _ENVELOPE_FROM = re.compile(r"\benvelope-(?:from|sender)\s*=?\s*<([^>]*)>", re.I)
-_IP_CANDIDATE = re.compile(r"[0-9A-Fa-f:.%]*[:.][0-9A-Fa-f:.%]*")
-_COMMENT_SPLIT = re.compile(r"[\s()\[\]<>,;=]+")
-_IPV4_PORT = re.compile(r"^(\d{1,3}(?:\.\d{1,3}){3}):\d+$")
-
-
-def _scan(value: str):
-    """Tokens of a field value: (kind, text, start, end, fold_before)."""
-    toks = []
-    pos, n = 0, len(value)
-    fold = False
-    match = _TOKEN.match
-    while pos < n:
-        m = match(value, pos)
-        kind = m.lastgroup
-        if kind == "ws":
-            fold = m.group()  # the whitespace itself; a "\n" in it marks a fold
-            pos = m.end()
-            continue
-        if kind == "open":
-            end = _comment_end(value, pos)
-            toks.append(("c", value[pos + 1:end - 1 if value[end - 1:end] == ")" else end], pos, end, fold))
-            pos = end
-        else:
-            toks.append((kind, m.group(), pos, m.end(), fold))
-            pos = m.end()
-        fold = False
-    return toks
+_IP_CANDIDATE = re.compile(r"[0-9A-Fa-f:.]+")
+_IPV4 = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3})(?::\d+)?")
+# An IP in TCP-info: a literal ("[192.0.2.1]", "[IPv6:2001:db8::1]", "[fe80::1%5]"), or a bare
+# address, maybe after "user@" (qmail) and with a port (Exim: "[192.0.2.1]:54321").
+_IP_LITERAL = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]+)(?:%[^\]]*)?\]", re.I)
+_IP_IN_TEXT = re.compile(
+    r"""\[(?:IPv6:)?([0-9A-Fa-f:.]+)(?:%[^\]]*)?\]
+      | (?<![\w.:-])(?:[\w.+-]+@)?(\d{1,3}(?:\.\d{1,3}){3})(?::\d+)?(?![\w.-])
+      | (?<![\w.:-])(?:[\w.+-]+@)?([0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:\.\d{1,3}){0,3})(?:%\w+)?(?![\w:-])""",
+    re.VERBOSE | re.IGNORECASE,
+)
 
 
 def _comment_end(value: str, start: int) -> int:
@@ -100,235 +68,192 @@ def _comment_end(value: str, start: int) -> int:
                 return pos
 
 
-def _is_mid_token_fold(ws) -> bool:
-    return isinstance(ws, str) and "\n" in ws and len(ws.replace("\n", "")) == 1
+def _flatten(value: str) -> str:
+    """Make every comment flat and every ";" inside one invisible to the splitter (linear)."""
+    out = []
+    pos = 0
+    while True:
+        m = _PARENS.search(value, pos)
+        if m is None:
+            out.append(value[pos:])
+            break
+        if m.group() != "(":  # a stray ")" or a quoted-pair outside comments: keep as text
+            end = m.end() + (1 if m.group() == "\\" else 0)
+            out.append(value[pos:end])
+            pos = end
+            continue
+        end = _comment_end(value, m.start())
+        inner = value[m.start() + 1:end - 1] if value[end - 1:end] == ")" else value[m.start() + 1:end]
+        out.append(value[pos:m.start()])
+        out.append("(" + inner.translate(_HIDE) + ")")
+        pos = end
+    return "".join(out)
 
 
 def normalise_ip(text: str) -> str | None:
-    """An IP address from a word of TCP-info: IPv6: prefix, user@, zone id, port removed."""
+    """An IP address from TCP-info: "IPv6:" prefix, "user@", zone id and port removed."""
+    m = _IPV4.fullmatch(text)  # fast path: a plain dotted quad
+    if m:
+        return m.group(1) if all(int(o) <= 255 for o in m.group(1).split(".")) else None
     text = text.strip()
     if text[:1] == "[":
         text = text[1:].split("]", 1)[0]
-    text = "".join(text.split())
+    if " " in text or "\t" in text or "\n" in text:
+        text = "".join(text.split())
     if text[:5].lower() == "ipv6:":
         text = text[5:]
     if "@" in text:
         text = text.rpartition("@")[2]
     if "%" in text:
         text = text.split("%", 1)[0]
-    if not text or not _IP_CANDIDATE.fullmatch(text):
-        return None
-    m = _IPV4_PORT.match(text)
+    m = _IPV4.fullmatch(text)
     if m:
-        text = m.group(1)
+        return m.group(1) if all(int(o) <= 255 for o in m.group(1).split(".")) else None
+    if ":" not in text or not _IP_CANDIDATE.fullmatch(text):
+        return None
     try:
-        return str(ipaddress.ip_address(text))
+        addr = ipaddress.IPv6Address(text)
     except ValueError:
         return None
+    return f"::ffff:{addr.ipv4_mapped}" if addr.ipv4_mapped else str(addr)
 
 
-def _ip_in_comment(text: str) -> str | None:
+def _ip_in(text: str) -> str | None:
     if "\n" in text:  # undo folds inside a literal: "[192.0.2\n .1]"
         text = re.sub(r"\[[^\]]*\]", lambda m: "".join(m.group().split()), text)
-    for word in _COMMENT_SPLIT.split(text):
-        if word and (":" in word or "." in word) and word[-1:] != ".":
-            ip = normalise_ip(word)
+    if "[" in text:  # the usual "(name [192.0.2.1])": one cheap search first
+        m = _IP_LITERAL.search(text)
+        if m:
+            ip = normalise_ip(m.group(1))
             if ip:
                 return ip
-    return None
-
-
-def tls_version(text: str | None) -> str | None:
-    if not text:
-        return None
-    m = _TLS_VERSION_NUM.match(text)
-    if not m:
-        return text
-    proto, major, minor = m.group(1).upper(), m.group(2), m.group(3)
-    if proto == "SSL":
-        return f"SSLv{major}"
-    if major == "1" and minor in (None, "0"):
-        return "TLSv1"
-    return f"TLSv{major}.{minor or 0}"
-
-
-def _tls_from_comment(text: str):
-    """(version, cipher) stated in one comment, or None."""
-    m = _TLS_POSTFIX.search(text)
-    if m:
-        return tls_version(m.group(1)), m.group(2)
-    c = _TLS_KV_CIPHER.search(text)
-    v = _TLS_KV_VERSION.search(text)
-    if c or (v and v.group(1)[:3].upper() in ("TLS", "SSL")):
-        return tls_version(v.group(1).rstrip(",")) if v else None, c.group(1) if c else None
-    m = _TLS_EXIM_OLD.match(text)
-    if m:
-        return tls_version(m.group(1)), m.group(2)
-    m = _TLS_BARE_VERSION.match(text)
-    if m:
-        return tls_version(m.group(1)) if len(m.group(1)) > 3 else None, None
-    m = _TLS_QPSMTPD.match(text)
-    if m:
-        return None, m.group(1)
-    if "transport security" in text.lower():  # Gmail: "(Google Transport Security)"
-        return None, None
+    for m in _IP_IN_TEXT.finditer(text):
+        ip = normalise_ip(m.group(1) or m.group(2) or m.group(3))
+        if ip:
+            return ip
     return None
 
 
 def _host(text: str | None) -> str | None:
     if not text:
         return None
-    text = "".join(text.split())
     if text[:1] == "[":
         return text
     return text.rstrip(".") or None
 
 
-class _Clause:
-    __slots__ = ("values", "comments")
-
-    def __init__(self):
-        self.values = []  # (kind, text, fold_before)
-        self.comments = []
+def _split(value: str):
+    """(words before the date with comments as placeholders, those comments, the date text,
+    the text before the date with comments as placeholders)."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    comments: list[str] = []
+    ph = value
+    if "(" in value or ")" in value:
+        if "\\" not in value:  # the usual case: comments nested at most once (Postfix)
+            comments = [c[1:-1] for c in _NEST2.findall(value)]
+            ph = _NEST2.sub(" \x00 ", value)
+        if "\\" in value or "(" in ph or ")" in ph:  # deeper, quoted-pairs, unbalanced
+            value = _flatten(value)
+            comments = [c[1:-1].translate(_UNHIDE) for c in _FLAT.findall(value)]
+            ph = _FLAT.sub(" \x00 ", value)
+    semi = ph.rfind(";")  # the date follows the last ";" outside comments (RFC 5322 3.6.7)
+    if semi >= 0:
+        date_text, ph = ph[semi + 1:], ph[:semi]
+    else:
+        # no ";": some MTAs still end with a date; take it when it is recognisable
+        m = DATE_HINT.search(ph)
+        date_text, ph = (ph[m.start():], ph[:m.start()]) if m else (None, ph)
+    if comments:
+        comments = comments[:ph.count("\x00")]
+    if date_text and "\x00" in date_text:
+        date_text = date_text.replace("\x00", " ")
+    return ph.split(), comments, date_text, ph
 
 
 def parse_received(value: str) -> dict:
-    """The hop described by one Received field value (timestamps as epoch seconds or None)."""
-    value = value[:MAX_FIELD]
-    toks = _scan(value)
-    semi = None
-    for i in range(len(toks) - 1, -1, -1):
-        if toks[i][0] == "semi":
-            semi = i
-            break
-    if semi is not None:
-        date_text = value[toks[semi][3]:]
-        toks = toks[:semi]
-    else:
-        # no ";": some MTAs still end with a date; take it when it is recognisable
-        m = DATE_HINT.search(value)
-        date_text = value[m.start():] if m else None
-        if m:
-            toks = [t for t in toks if t[3] <= m.start()]
-
-    clauses: dict[str, _Clause] = {}
-    lead_comments = []
+    """The hop described by one Received field value (the time as epoch seconds or None)."""
+    words, comments, date_text, text = _split(value[:MAX_FIELD])
+    values: dict[str, list] = {}  # clause -> [(word, after_mid_fold)]
+    notes: dict[str | None, list] = {None: []}  # clause -> its comments (None: before any)
     cur = None
-    tls_cipher_word = None
-    for kind, text, _s, _e, fold in toks:
-        if kind == "word":
-            low = text.lower()
-            if low in KEYWORDS and low not in clauses:
-                cur = low
-                clauses[cur] = _Clause()
-                continue
-            if low == "tls" and cur == "with":  # Exim 4.9x: "with esmtps (TLS1.3) tls CIPHER"
-                cur = "tls"
-                clauses.setdefault("tls", _Clause())
-                continue
-        if cur is None:
-            if kind == "c":
-                lead_comments.append(text)
+    ci = 0
+    for w in words:
+        if w == _COMMENT:
+            notes[cur].append(comments[ci])
+            ci += 1
             continue
-        cl = clauses[cur]
-        if kind == "c":
-            cl.comments.append(text)
-        else:
-            cl.values.append((kind, text, fold))
+        low = w.lower()
+        if (low in KEYWORDS and low not in values) or (low == "tls" and cur == "with" and "tls" not in values):
+            cur = low  # "tls": Exim 4.9x "with esmtps (TLS1.3) tls CIPHER"
+            values[cur] = []
+            notes[cur] = []
+        elif cur is not None:
+            values[cur].append(w)
 
     hop = {
         "from_host": None, "from_ip": None, "from_rdns": None, "by_host": None, "with": None,
         "tls": None, "id": None, "for": None, "via": None, "envelope_from": None,
-        "comment": " ".join(_WS.sub(" ", c).strip() for c in lead_comments) or None,
+        "comment": " ".join(" ".join(c.split()) for c in notes[None]) or None,
         "epoch": parse_date(date_text),
-        "date_text": _WS.sub(" ", date_text).strip() if date_text else None,
+        "date_text": " ".join(date_text.split()) if date_text else None,
     }
-    single = {}
-    for name in _SINGLE:
-        cl = clauses.get(name)
-        if cl and cl.values:
-            kind, text, _ = cl.values[0]
-            # a fold inside a token ("mx.exa\n mple.net") is undone: RFC 5322 never allows a
-            # second bare word here, so the piece after the fold belongs to the first.
-            for k2, t2, f2 in cl.values[1:]:
-                if k2 in ("word", "lit") and _is_mid_token_fold(f2) and t2.lower() not in KEYWORDS:
-                    text += t2
-                else:
-                    break
-            single[name] = (kind, text)
     for name in ("with", "via"):
-        cl = clauses.get(name)
-        if cl and cl.values:
-            hop[name] = " ".join(t for _k, t, _f in cl.values if _k == "word") or None
-
-    _from_clause(hop, single.get("from"), clauses.get("from"))
-    if "by" in single:
-        hop["by_host"] = _host(single["by"][1])
-    if "id" in single:
-        hop["id"] = "".join(single["id"][1].split())
+        if values.get(name):
+            hop[name] = " ".join(values[name])
+    single = {name: _single(values[name], text) for name in ("from", "by", "id", "for") if values.get(name)}
+    if "from" in values:
+        _from_clause(hop, single.get("from"), notes["from"])
+    hop["by_host"] = _host(single.get("by"))
+    hop["id"] = single.get("id")
     if "for" in single:
-        hop["for"] = "".join(single["for"][1].split()).strip("<>") or None
-
-    comments = [c for cl in clauses.values() for c in cl.comments]
-    for c in comments + lead_comments:
-        m = _ENVELOPE_FROM.search(c)
-        if m:
-            hop["envelope_from"] = m.group(1)
-            break
-    hop["tls"] = _tls(hop["with"], clauses, comments)
+        hop["for"] = single["for"].strip("<>") or None
+    said = "\n".join(comments)
+    if "envelope-" in said:
+        m = _ENVELOPE_FROM.search(said)
+        hop["envelope_from"] = m.group(1) if m else None
+    tls_word = values["tls"][0] if values.get("tls") else None
+    hop["tls"] = tls.detect(said, hop["with"], notes.get("with", []), tls_word)
     return hop
 
 
-def _from_clause(hop: dict, value, clause) -> None:
-    if clause is None:
-        return
-    comments = clause.comments
-    kind, text = value if value else (None, None)
+def _single(vals: list, text: str) -> str:
+    """The one token of a from/by/id/for clause. A fold inside a token ("mx.exa\\n mple.net")
+    is undone: no second bare word may follow there, so a piece after such a fold is joined."""
+    first = vals[0]
+    for w in vals[1:]:
+        if w.lower() in KEYWORDS or w[0] in "<(\x00" or not (
+                f"{first}\n {w}" in text or f"{first}\n\t{w}" in text):
+            break
+        first += w
+    return first
+
+
+def _from_clause(hop: dict, value: str | None, comments: list[str]) -> None:
     helo = None
+    ip = rdns = None
     for c in comments:
-        m = _HELO.search(c)
-        if m:
-            helo = m.group(1)
-            break
-    ip = None
-    rdns = None
-    for c in comments:
-        ip = _ip_in_comment(c)
-        if ip:
-            # "(name [ip])" (Postfix, Sendmail, Gmail): the name is the reverse DNS
-            first = c.strip().split(None, 1)[0] if c.strip() else ""
-            if first and first[0] not in "[(" and not normalise_ip(first) and "=" not in first \
-                    and first.lower() not in ("unknown", "helo", "ehlo") and "@" not in first:
-                rdns = _host(first)
-            break
-    if ip is None and text:
-        ip = normalise_ip(text) if kind == "lit" or _IP_CANDIDATE.fullmatch(text) else None
+        if helo is None and ("elo" in c or "ELO" in c):
+            m = _HELO.search(c)
+            helo = m.group(1) if m else None
+        if ip is None:
+            ip = _ip_in(c)
+            if ip:
+                # "(name [ip])" (Postfix, Sendmail, Gmail): the name is the reverse DNS
+                first = c.split(None, 1)[0] if c.strip() else ""
+                if (first and first[0] not in "[(" and "=" not in first and "@" not in first
+                        and first.lower() not in ("unknown", "helo", "ehlo")
+                        and ((not first[0].isdigit() and ":" not in first) or normalise_ip(first) is None)):
+                    rdns = _host(first)
+    if ip is None and value and (value[0] == "[" or ":" in value or value[0].isdigit()):
+        ip = normalise_ip(value)
     if helo:
         # Exim, qmail, Yahoo, qpsmtpd: the word after "from" is the verified name (or the IP,
         # or "unknown"); the HELO name is in the comment.
         hop["from_host"] = _host(helo)
-        if text and kind == "word" and text.lower() != "unknown" and not normalise_ip(text):
-            rdns = rdns or _host(text)
+        if value and value[0] != "[" and value.lower() != "unknown" and not normalise_ip(value):
+            rdns = rdns or _host(value)
     else:
-        hop["from_host"] = _host(text)
+        hop["from_host"] = _host(value)
     hop["from_ip"] = ip
     hop["from_rdns"] = rdns
-
-
-def _tls(with_value: str | None, clauses, comments):
-    version = cipher = None
-    found = False
-    for c in comments:
-        got = _tls_from_comment(c)
-        if got:
-            found = True
-            version = version or got[0]
-            cipher = cipher or got[1]
-    tls_cl = clauses.get("tls")
-    if tls_cl and tls_cl.values:
-        found = True
-        cipher = cipher or tls_cl.values[0][1]
-    if not found and with_value:
-        last = with_value.split()[-1].lower()
-        found = last in TLS_PROTOCOLS
-    return {"version": version, "cipher": cipher} if found else None

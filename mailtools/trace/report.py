@@ -20,7 +20,7 @@ MAX_HOPS = 1000  # a loop or a forged header may pile up Received fields; report
 def _plain(value: str | None) -> str | None:
     if value is None:
         return None
-    return _WS.sub(" ", value).strip() or None
+    return " ".join(value.split()) or None
 
 
 def build(header: bytes) -> dict:
@@ -101,7 +101,7 @@ def build_hops(received: list[str], warnings: list[dict]) -> list[dict]:
             "comment": p["comment"],
             "timestamp": iso(epoch),
             "delay_s": delay,
-            "received": _plain(value),
+            "received": " ".join(value.split()),
             "_epoch": epoch,
         })
         prev = epoch
