@@ -211,3 +211,30 @@ def test_sigterm_with_mail_in_flight_loses_nothing(serve, tmp_path):
     msgs = wait_imap_message(s2, "me@localhost", count=len(accepted), timeout=30)
     subjects = {m.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode() for m in msgs}
     assert set(accepted) <= subjects
+
+
+def test_remote_domain_goes_out_through_mx_lookup_to_the_sink(serve, tmp_path):
+    import support_dns
+    import support_sink
+
+    with support_dns.start_dnsmasq(
+        mx={"remote.test": [(10, "mx.remote.test")]}, hosts={"mx.remote.test": ["127.0.0.1"]}
+    ) as dns, support_sink.start_sink() as sink:
+        root = tmp_path / "root"
+        root.mkdir()
+        (root / "mailtools.toml").write_text(
+            'hostname = "mx.example.test"\nroot = "."\n'
+            f"{dns.toml()}"
+            f"[relay]\nremote_port = {sink.port}\nretry = [\"1s\"]\n"
+            '[tls]\ncert = "tls/cert.pem"\nkey = "tls/key.pem"\n'
+        )
+        s = serve(root=root)
+        add_user(s)
+        submit(s, "me@localhost", ["friend@remote.test"], "going out")
+        assert sink.wait_count(1, timeout=30) == 1, s.output()
+        (m,) = sink.messages()
+        assert m.recipients == ["friend@remote.test"]
+        assert m.sender == "me@localhost"
+        assert b"Subject: going out" in m.data
+        assert m.data.count(b"Received:") >= 2  # submission hop and the relay's own hop
+        assert "status=sent" in s.output()
