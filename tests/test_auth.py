@@ -143,6 +143,28 @@ def test_unknown_user_costs_a_dummy_verification(tmp_path):
     assert unknown > known / 4  # same order of magnitude (argon2 both ways), not ~0
 
 
+@pytest.mark.parametrize("scheme", ["BLF-CRYPT", "SHA512-CRYPT"])
+def test_unknown_user_costs_what_the_files_users_cost(tmp_path, scheme):
+    if scheme == "BLF-CRYPT":
+        import bcrypt
+
+        good = "{BLF-CRYPT}" + bcrypt.hashpw(b"pw", bcrypt.gensalt(12)).decode()
+    else:
+        good = "{SHA512-CRYPT}" + sha_crypt(b"pw", "$6$rounds=200000$saltsalt")
+    p = tmp_path / "users"
+    p.write_text(f"alice@example.test:{good}::::::\n")
+    users = Users(p)
+    assert auth._cost_key(users.typical) == auth._cost_key(good)
+    users.verify("nobody@example.test", "warm-up")  # the dummy hash is made once
+    t = time.perf_counter()
+    assert users.verify("alice@example.test", "wrong") is False
+    known = time.perf_counter() - t
+    t = time.perf_counter()
+    assert users.verify("nobody@example.test", "wrong") is False
+    unknown = time.perf_counter() - t
+    assert known / 5 < unknown < known * 5  # same work, give or take a busy machine
+
+
 def test_add_set_password_delete_rewrite_atomically(tmp_path):
     p = tmp_path / "users"
     p.write_text("# keep me\njunk line\n")

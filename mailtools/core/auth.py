@@ -12,7 +12,8 @@ the stdlib crypt module is deprecated), and a bare crypt string ("$6$...", "$2y$
 ARGON2ID (default) or BLF-CRYPT.
 
 Safety: comparisons are constant-time; an unknown user (or one whose line is broken) costs one
-dummy ARGON2ID verification, so timing does not tell which users exist. A malformed line is
+dummy verification with the scheme and cost most users of the file have (ARGON2ID for an empty
+file), so timing does not tell which users exist. A malformed line is
 reported with its line number (Users.problems) and skipped: everyone else still logs in.
 Rewrites hold an flock on ``users.lock``, write a temporary file, fsync it, rename it over the
 file and fsync the directory, so a crash leaves the old file or the new one, never a mix.
@@ -198,15 +199,56 @@ def check_password(stored: str, password: str) -> bool:
     return False
 
 
-_dummy_hash: str | None = None
+_dummies: dict[str, str] = {}
 
 
-def dummy_verify(password: str) -> None:
-    """Spend what verifying a real ARGON2ID hash costs, so an unknown user takes as long."""
-    global _dummy_hash
-    if _dummy_hash is None:
-        _dummy_hash = hash_password(os.urandom(12).hex())
-    check_password(_dummy_hash, password)
+def _cost_key(stored: str) -> str:
+    """The part of a hash that sets its cost: '{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1',
+    '{BLF-CRYPT}$2y$05', '{SHA512-CRYPT}$6$rounds=5000'."""
+    scheme, value = split_scheme(stored)
+    parts = value.split("$")
+    if scheme in ("ARGON2ID", "ARGON2I") and len(parts) > 3:
+        return "{%s}%s" % (scheme, "$".join(parts[:4]))
+    if scheme == "BLF-CRYPT" and len(parts) > 2 and parts[2].isdigit():
+        return "{BLF-CRYPT}$2y$%02d" % min(max(int(parts[2]), 4), 31)
+    if scheme in ("SHA512-CRYPT", "SHA256-CRYPT") and len(parts) > 2:
+        rounds = parts[2] if parts[2].startswith("rounds=") else f"rounds={ROUNDS_DEFAULT}"
+        return "{%s}$%s$%s" % (scheme, parts[1], rounds)
+    return "{ARGON2ID}"
+
+
+def _make_dummy(key: str) -> str:
+    secret = os.urandom(12).hex()
+    scheme, value = split_scheme(key)
+    if scheme in ("ARGON2ID", "ARGON2I"):
+        from argon2 import PasswordHasher, Type
+
+        try:
+            params = dict(kv.split("=") for kv in value.split("$")[3].split(","))
+            ph = PasswordHasher(time_cost=min(int(params["t"]), 100), memory_cost=min(int(params["m"]), 4 << 20),
+                                parallelism=min(int(params["p"]), 64),
+                                type=Type.ID if scheme == "ARGON2ID" else Type.I)
+            return "{%s}%s" % (scheme, ph.hash(secret))
+        except (KeyError, ValueError, IndexError):
+            return hash_password(secret)
+    if scheme == "BLF-CRYPT":
+        import bcrypt
+
+        raw = bcrypt.hashpw(secret.encode(), bcrypt.gensalt(int(value.split("$")[2]), b"2b"))
+        return "{BLF-CRYPT}$2y$" + raw.decode("ascii")[4:]
+    if scheme in ("SHA512-CRYPT", "SHA256-CRYPT"):
+        return "{%s}%s" % (scheme, sha_crypt(secret.encode(), f"{value}${os.urandom(8).hex()}"))
+    return hash_password(secret)
+
+
+def dummy_verify(password: str, like: str = "{ARGON2ID}") -> None:
+    """Spend what verifying a hash like `like` costs (same scheme and cost parameters), so an
+    unknown user takes as long as a known one with a wrong password."""
+    key = _cost_key(like)
+    dummy = _dummies.get(key)
+    if dummy is None:
+        dummy = _dummies[key] = _make_dummy(key)
+    check_password(dummy, password)
 
 
 # -- the users file -----------------------------------------------------------------------
@@ -259,6 +301,7 @@ class Users:
         self.lines: list[str] = []
         self.records: dict[str, UserRecord] = {}
         self.problems: list[str] = []
+        self.typical = "{ARGON2ID}"  # the hash kind a dummy verification imitates
         self.stamp = None
         self._read()
 
@@ -277,6 +320,7 @@ class Users:
     def _parse(self, text: str) -> None:
         self.lines = text.splitlines()
         self.records, self.problems = {}, []
+        self.typical = "{ARGON2ID}"
         for n, line in enumerate(self.lines, start=1):
             stripped = line.strip()
             if not stripped or stripped.startswith("#"):
@@ -303,6 +347,14 @@ class Users:
                 # kept (so `user passwd` can fix it), but it cannot log in
                 self.problems.append(f"{self.path}:{n}: password scheme {rec.scheme} of {name} is not supported")
             self.records[_key(name)] = rec
+        costs: dict[str, int] = {}
+        for rec in self.records.values():
+            if rec.scheme in VERIFY_SCHEMES:
+                k = _cost_key(rec.password)
+                costs[k] = costs.get(k, 0) + 1
+        if costs:
+            # unknown users cost what most known users cost
+            self.typical = max(costs, key=lambda k: costs[k])
 
     # reading ---------------------------------------------------------------------------
 
@@ -321,11 +373,11 @@ class Users:
         hashes cost one dummy ARGON2ID verification and give False."""
         rec = self.records.get(_key(user)) if isinstance(user, str) else None
         if rec is None or not isinstance(password, str) or not password:
-            dummy_verify(password if isinstance(password, str) else "")
+            dummy_verify(password if isinstance(password, str) else "", self.typical)
             return False
         scheme = rec.scheme
         if scheme not in VERIFY_SCHEMES:
-            dummy_verify(password)
+            dummy_verify(password, self.typical)
             return False
         return check_password(rec.password, password)
 
