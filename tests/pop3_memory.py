@@ -27,7 +27,7 @@ class MemoryDrop:
         return len(self.messages[i])
 
     def uidl(self, i):
-        return f"{i + 1:08X}{1700000000:08X}"
+        return f"{i + 1:08x}{1700000000:08x}"
 
     def read(self, i):
         return self.messages[i]

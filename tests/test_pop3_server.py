@@ -91,7 +91,7 @@ def test_raw_wire_is_dot_stuffed(pop):
 
 def test_uidl_is_dovecot_format_and_stable_across_restarts(pop, home):
     ul = maildir.UidList.sync(pop.maildir)
-    want = [f"{i + 1} {uid:08X}{ul.uidvalidity:08X}".encode() for i, uid in enumerate(sorted(ul.uids))]
+    want = [f"{i + 1} {uid:08x}{ul.uidvalidity:08x}".encode() for i, uid in enumerate(sorted(ul.uids))]
     p = connect(pop)
     assert p.uidl()[1] == want
     assert p.uidl(3) == want[2].join([b"+OK ", b""])

@@ -1,9 +1,10 @@
 """A user's Maildir as a POP3 maildrop: locked, numbered, sized in CRLF octets, with UIDLs.
 
 - Order and UIDLs come from Dovecot's `dovecot-uidlist` (shared with imap-serve): messages are
-  numbered in UID order and the UIDL is Dovecot's default `%08Xu%08Xv` (UID, UIDVALIDITY), or the
-  `P` extension when Dovecot recorded one (a mailbox migrated with its old UIDLs), so a Maildir
-  moved between Dovecot and mailtools keeps its UIDLs and clients download nothing twice.
+  numbered in UID order and the UIDL is Dovecot's default `%08Xu%08Xv` (UID, UIDVALIDITY; Dovecot
+  expands it in lower-case hex), or the `P` extension when Dovecot recorded one (a mailbox
+  migrated with its old UIDLs), so a Maildir moved between Dovecot and mailtools keeps its
+  UIDLs and clients download nothing twice.
 - Sizes are what RETR sends: the message with bare LF turned into CRLF (RFC 1939 11). They come
   from the `,W=` field of the file name (Dovecot writes it), the uidlist's `W` extension, or our
   cache file `mailtools-pop3-sizes` (base name -> size, rebuilt when missing, never the only copy
@@ -155,7 +156,8 @@ class MaildirDrop:
                     except FileNotFoundError:
                         continue  # expunged since the sync: not part of this maildrop
                 fresh[mf.base] = size
-            uidl = (_ext(ext, "P") if ext else None) or f"{uid:08X}{validity:08X}"
+            # Dovecot expands its default pop3_uidl_format %08Xu%08Xv in lower-case hex.
+            uidl = (_ext(ext, "P") if ext else None) or f"{uid:08x}{validity:08x}"
             self.files.append(mf)
             self.sizes.append(size)
             self.uidls.append(uidl)
