@@ -98,7 +98,7 @@ def test_starttls_auth_and_send(server, tls_ca):
     assert tls["version"].startswith("TLSv1.") and user == "alice@example.test"
     assert msg == b"Subject: x\r\n\r\nhello\r\n"
     # password checks ran in the executor, not on the event loop's thread
-    assert Recorder.threads and all(t.startswith("asyncio_") for t in Recorder.threads)
+    assert Recorder.threads and all(t.startswith("smtpd-hook") for t in Recorder.threads)
 
 
 def test_implicit_tls(server, tls_ca):

@@ -1,0 +1,266 @@
+#!/usr/bin/env python3
+"""bench_submission.py - SMTP submission throughput with AUTH: COUNT messages of SIZE bytes over
+SESSIONS connections, each logging in once (AUTH PLAIN) and then sending MAIL/RCPT/DATA in turn
+(no pipelining, like smtp-source). The clock runs from the first connect to the last 250 after
+DATA; each 250 means the message is fsynced in the queue (mailtools) / in Postfix's incoming
+queue (cleanup fsyncs before it answers).
+
+    python3 tests/bench/bench_submission.py [--count 5000] [--sessions 10] [--size 2048]
+    python3 tests/bench/bench_submission.py --target 127.0.0.1:PORT --user U --password P
+
+Without --target it runs both sides itself: `mailtools submit --listen` on a fresh data root,
+then (when Postfix and Dovecot are installed and you are root) a private Postfix instance
+(its own config_directory and queue under a temp dir, loopback only, SASL through a private
+Dovecot auth socket, accepted mail put on hold so nothing is delivered), and prints the ratio.
+smtp-source cannot log in, hence this client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listening on 127.0.0.1:{port}")
+
+
+# --- the client -------------------------------------------------------------------------------
+async def _reply(reader) -> tuple[int, bytes]:
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise ConnectionError("connection closed")
+        if line[3:4] != b"-":
+            return int(line[:3]), line
+
+
+async def session(host, port, user, password, n, message, sender, rcpt) -> int:
+    reader, writer = await asyncio.open_connection(host, port)
+    await _reply(reader)
+    writer.write(b"EHLO bench.example.test\r\n")
+    await _reply(reader)
+    token = base64.b64encode(f"\0{user}\0{password}".encode())
+    writer.write(b"AUTH PLAIN " + token + b"\r\n")
+    code, line = await _reply(reader)
+    if code != 235:
+        raise RuntimeError(f"AUTH failed: {line!r}")
+    done = 0
+    for _ in range(n):
+        writer.write(f"MAIL FROM:<{sender}>\r\n".encode())
+        code, line = await _reply(reader)
+        if code != 250:
+            raise RuntimeError(f"MAIL: {line!r}")
+        writer.write(f"RCPT TO:<{rcpt}>\r\n".encode())
+        code, line = await _reply(reader)
+        if code != 250:
+            raise RuntimeError(f"RCPT: {line!r}")
+        writer.write(b"DATA\r\n")
+        code, line = await _reply(reader)
+        if code != 354:
+            raise RuntimeError(f"DATA: {line!r}")
+        writer.write(message)
+        code, line = await _reply(reader)
+        if code != 250:
+            raise RuntimeError(f"end of DATA: {line!r}")
+        done += 1
+    writer.write(b"QUIT\r\n")
+    try:
+        await _reply(reader)
+    except ConnectionError:
+        pass
+    writer.close()
+    return done
+
+
+def make_message(size: int, sender: str, rcpt: str) -> bytes:
+    head = f"From: {sender}\r\nTo: {rcpt}\r\nSubject: bench\r\n\r\n".encode()
+    line = b"abcdefghijklmnopqrstuvwxyz0123456789 the quick brown fox jumps over it\r\n"
+    body = (line * (size // len(line) + 1))[: max(size - len(head), 0)]
+    if not body.endswith(b"\r\n"):
+        body = body[:-2] + b"\r\n"
+    return head + body + b".\r\n"
+
+
+async def drive(host, port, user, password, count, sessions, size, sender, rcpt) -> float:
+    message = make_message(size, sender, rcpt)
+    per = [count // sessions + (1 if i < count % sessions else 0) for i in range(sessions)]
+    t0 = time.monotonic()
+    done = await asyncio.gather(*(session(host, port, user, password, n, message, sender, rcpt) for n in per))
+    dt = time.monotonic() - t0
+    assert sum(done) == count
+    return dt
+
+
+def measure(label, port, user, password, a) -> float:
+    rates = []
+    for _ in range(a.runs):
+        dt = asyncio.run(drive("127.0.0.1", port, user, password, a.count, a.sessions, a.size,
+                               user, "someone@remote.test"))
+        rates.append(a.count / dt)
+    med = statistics.median(rates)
+    print(f"{label:<44} {med:7.0f} msg/s  ({', '.join(f'{r:.0f}' for r in rates)}; "
+          f"{a.count} x {a.size} B over {a.sessions} sessions)")
+    return med
+
+
+# --- mailtools --------------------------------------------------------------------------------
+def run_mailtools(a, work: Path) -> float:
+    root = work / "mt"
+    root.mkdir()
+    cfg = work / "mailtools.toml"
+    cfg.write_text(f'hostname = "mx.example.test"\nroot = "{root}"\nlocal_domains = ["example.test"]\n'
+                   f"[submit]\nmax_connections = 200\n")
+    env = {**os.environ, "MAILTOOLS_CONFIG": str(cfg)}
+    subprocess.run([sys.executable, "-m", "mailtools", "user", "add", "--password-stdin", "bench@example.test"],
+                   input=b"benchpw\n", env=env, check=True, capture_output=True)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mailtools", "submit", "--listen", f"127.0.0.1:{port}"],
+                            env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        rate = measure("mailtools submit --listen (AUTH, no TLS)", port, "bench@example.test", "benchpw", a)
+        n = len(os.listdir(root / "queue" / "new"))
+        assert n == a.count * a.runs, f"queue holds {n}, expected {a.count * a.runs}"
+        return rate
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
+# --- Postfix (private instance) ------------------------------------------------------------------
+def run_postfix(a, work: Path) -> float | None:
+    if os.getuid() != 0 or not shutil.which("postconf") or not shutil.which("dovecot"):
+        print("postfix submission: needs root, Postfix and Dovecot installed; skipped")
+        return None
+    pf = work / "pf"
+    conf, queue, data = pf / "etc", pf / "spool", pf / "lib"
+    for d in (conf, queue, data):
+        d.mkdir(parents=True)
+    shutil.copy("/etc/postfix/master.cf", conf / "master.cf")
+    (conf / "main.cf").write_text("")
+    auth_sock = pf / "auth" / "auth-client"
+    port = free_port()
+    settings = {
+        "compatibility_level": "3.6", "queue_directory": str(queue), "data_directory": str(data),
+        "mail_owner": "postfix", "setgid_group": "postdrop", "inet_interfaces": "loopback-only",
+        "inet_protocols": "ipv4", "myhostname": "mta.example.test", "mydestination": "",
+        "mynetworks": "127.0.0.0/8", "smtpd_peername_lookup": "no", "default_transport": "error",
+        "relay_domains": "", "maillog_file": str(pf / "maillog"),
+        "maillog_file_prefixes": "/var, /dev/stdout, /tmp", "multi_instance_enable": "no",
+        "smtpd_tls_security_level": "none", "smtp_tls_security_level": "none",
+        "alias_maps": "", "alias_database": "", "master_service_disable": "",
+    }
+    subprocess.run(["postconf", "-c", str(conf), "-e", *(f"{k} = {v}" for k, v in settings.items())], check=True)
+    # master.cf: keep only the internal services; add the submission listener on loopback
+    lines = (conf / "master.cf").read_text().splitlines()
+    kept = [l for l in lines if not l.startswith(("smtp      inet", "#")) and "inet" not in l.split()[1:2]]
+    opts = ["smtpd_sasl_auth_enable=yes", "smtpd_sasl_type=dovecot", f"smtpd_sasl_path={auth_sock}",
+            "smtpd_sasl_security_options=noanonymous", "smtpd_tls_auth_only=no",
+            "smtpd_client_restrictions=permit_sasl_authenticated,reject",
+            "smtpd_relay_restrictions=permit_sasl_authenticated,reject",
+            "smtpd_recipient_restrictions=check_recipient_access,inline:{remote.test=HOLD},permit",
+            "syslog_name=postfix/submission"]
+    kept.append(f"127.0.0.1:{port} inet n - n - - smtpd " + " ".join(f"-o {o}" for o in opts))
+    (conf / "master.cf").write_text("\n".join(kept) + "\n")
+    # private dovecot: only its auth service, passwd-file with the bench user
+    dv = pf / "dovecot"
+    dv.mkdir()
+    (pf / "auth").mkdir()
+    pw = subprocess.run(["doveadm", "pw", "-s", "ARGON2ID", "-p", "benchpw"], capture_output=True, text=True)
+    scheme = pw.stdout.strip() if pw.returncode == 0 else "{PLAIN}benchpw"
+    (dv / "users").write_text(f"bench@example.test:{scheme}::::::\n")
+    (dv / "dovecot.conf").write_text(f"""
+base_dir = {dv}/run
+state_dir = {dv}/state
+log_path = {dv}/log
+protocols =
+ssl = no
+auth_mechanisms = plain login
+passdb {{
+  driver = passwd-file
+  args = {dv}/users
+}}
+service auth {{
+  unix_listener {auth_sock} {{
+    mode = 0666
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+""")
+    dproc = subprocess.run(["dovecot", "-c", str(dv / "dovecot.conf")], capture_output=True, text=True)
+    if dproc.returncode != 0:
+        print(f"postfix submission: private dovecot would not start: {dproc.stderr.strip()}; skipped")
+        return None
+    try:
+        subprocess.run(["postfix", "-c", str(conf), "check"], capture_output=True)
+        st = subprocess.run(["postfix", "-c", str(conf), "start"], capture_output=True, text=True)
+        if st.returncode != 0:
+            print(f"postfix submission: private instance would not start: {st.stderr.strip()}; skipped")
+            return None
+        try:
+            wait_port(port)
+            return measure("postfix submission (AUTH via dovecot, no TLS)", port, "bench@example.test", "benchpw", a)
+        finally:
+            subprocess.run(["postfix", "-c", str(conf), "stop"], capture_output=True)
+    finally:
+        subprocess.run(["doveadm", "-c", str(dv / "dovecot.conf"), "stop"], capture_output=True)
+        time.sleep(0.5)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=5000)
+    ap.add_argument("--sessions", type=int, default=10)
+    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--target", help="HOST:PORT of a server to measure instead of starting both")
+    ap.add_argument("--user", default="bench@example.test")
+    ap.add_argument("--password", default="benchpw")
+    ap.add_argument("--only", choices=("mailtools", "postfix"))
+    a = ap.parse_args()
+    if a.target:
+        host, _, port = a.target.rpartition(":")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            sys.exit("loopback targets only")
+        measure(a.target, int(port), a.user, a.password, a)
+        return
+    print(f"load average {os.getloadavg()[0]:.1f}")
+    work = Path(tempfile.mkdtemp(prefix="bench-submission-"))
+    try:
+        mt = run_mailtools(a, work) if a.only != "postfix" else None
+        pf = run_postfix(a, work) if a.only != "mailtools" else None
+        if mt and pf:
+            print(f"ratio mailtools / postfix: {mt / pf:.2f}x (goal: >= 1.0)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
