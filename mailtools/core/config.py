@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +195,8 @@ def default_hostname() -> str:
                 return name.lower()
     except OSError:
         pass
+    import socket  # here, not at the top: `deliver --maildir` loads this module but needs no host name
+
     return (socket.gethostname() or "localhost").lower()
 
 
