@@ -160,3 +160,69 @@ def test_tty_prompt_asks_twice(home):
     assert not users_file(home).exists() or "gina" not in users_file(home).read_text()
     assert os.waitstatus_to_exitcode(drive([b"same pw", b"same pw"])) == 0
     assert Users(users_file(home)).verify("gina@example.test", "same pw")
+
+
+@pytest.mark.skipif(DOVEADM is None or shutil.which("dovecot") is None or os.geteuid() != 0,
+                    reason="needs dovecot and doveadm, as root")
+def test_dovecot_accepts_the_users_file(home, run, tmp_path):
+    """The file `mailtools user` writes is a working Dovecot passwd-file passdb: a private
+    Dovecot (auth service only, no listeners) logs the users in with `doveadm auth test`."""
+    import tempfile
+    import time
+
+    assert run("user", "add", "alice@example.test", "--password-stdin", input=b"pw alice\n").returncode == 0
+    assert run("user", "add", "bob@example.test", "--password-stdin", "--scheme", "BLF-CRYPT",
+               input=b"pw bob\n").returncode == 0
+    d = tempfile.mkdtemp(prefix="mtdv")  # short: unix socket paths are limited
+    os.chmod(d, 0o755)
+    for sub in ("run", "state"):
+        os.mkdir(os.path.join(d, sub))
+    # Dovecot's auth process runs as its own user: give it a readable copy, byte for byte.
+    shutil.copyfile(users_file(home), os.path.join(d, "users"))
+    os.chmod(os.path.join(d, "users"), 0o644)
+    conf = os.path.join(d, "dovecot.conf")
+    with open(conf, "w") as f:
+        f.write(f"""protocols =
+listen = 127.0.0.1
+instance_name = mailtools-user-{os.getpid()}
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+ssl = no
+passdb {{
+  driver = passwd-file
+  args = scheme=CRYPT username_format=%Lu {d}/users
+}}
+userdb {{
+  driver = static
+  args = uid=65534 gid=65534 home={d}/home/%d/%n
+}}
+""")
+    subprocess.run(["dovecot", "-c", conf], check=True, timeout=30)
+    pid = None
+    try:
+        for _ in range(200):
+            if os.path.exists(f"{d}/run/master.pid") and os.path.exists(f"{d}/run/auth-client"):
+                break
+            time.sleep(0.05)
+        pid = int(open(f"{d}/run/master.pid").read())
+
+        def auth_test(user, pw):
+            return subprocess.run([DOVEADM, "-c", conf, "auth", "test", user, pw],
+                                  capture_output=True, text=True, timeout=30)
+
+        for user, pw in (("alice@example.test", "pw alice"), ("bob@example.test", "pw bob")):
+            r = auth_test(user, pw)
+            assert r.returncode == 0 and "auth succeeded" in r.stdout, (r.stdout, r.stderr)
+        r = auth_test("alice@example.test", "pw bob")
+        assert r.returncode != 0 and "auth failed" in r.stdout
+    finally:
+        if pid:
+            os.kill(pid, 15)
+            for _ in range(100):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+        shutil.rmtree(d, ignore_errors=True)
