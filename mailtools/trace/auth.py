@@ -27,6 +27,7 @@ _ARC_INSTANCE = re.compile(r"^\s*i\s*=\s*(\d+)\s*;", re.I)
 _TAG = re.compile(r"\b([a-z]+)\s*=\s*([^;\s]*)", re.I)
 _PAIRS = re.compile(r"(?:^|;)\s*([a-z][a-z0-9_-]*)(?:/\d+)?\s*=\s*([a-z]+)", re.I)
 _CONTEXT = None
+_NO_AUTHSERV = re.compile(r"\s*[A-Za-z0-9_-]+(?:/\d+)?\s*=")
 _TOKEN = r"[A-Za-z0-9_-]+"
 _VALUE = r"[A-Za-z0-9_.@+-]+"
 _RESINFO = re.compile(
@@ -107,6 +108,9 @@ def parse_results(name: str, value: str, warnings: list) -> dict:
             instance = int(m.group(1))
             value = value[m.end():]
     text = " ".join(value.split())
+    anonymous = _NO_AUTHSERV.match(strip_comments(text)) is not None
+    if anonymous:  # Microsoft 365 writes no authserv-id: "spf=pass (...) smtp.mailfrom=..."
+        text = "authserv-id.invalid; " + text
     try:
         if len(text) > MAX_VALUE:
             raise ValueError("field too long")
@@ -118,6 +122,8 @@ def parse_results(name: str, value: str, warnings: list) -> dict:
             "kind": "unparseable-auth-results", "hop": None,
             "detail": f"{'ARC-' if instance is not None else ''}Authentication-Results: {exc}"[:200],
         })
+    if anonymous:
+        authserv_id = None
     return {
         "field": "ARC-Authentication-Results" if name.startswith("arc") else "Authentication-Results",
         "instance": instance,
@@ -138,13 +144,23 @@ def parse_seal(value: str) -> dict:
 
 
 def summary(results: list[dict], seals: list[dict]) -> dict:
-    """Verdicts from the topmost Authentication-Results field (ARC ones when there is none)."""
+    """Verdicts from the topmost Authentication-Results field(s) (ARC ones when there are none)."""
     top = next((r for r in results if r["field"] == "Authentication-Results"), None)
     if top is None and results:
         top = max(results, key=lambda r: r["instance"] or 0)
     out = {"authserv_id": top["authserv_id"] if top else None}
+    # the receiving host often writes several fields (OpenDKIM, OpenDMARC, an SPF policy
+    # daemon): all those with the topmost field's authserv-id count, up to the first other one
+    mine = []
+    if top is not None:
+        for r in results[results.index(top):]:
+            if r["field"] != top["field"] or r["instance"] != top["instance"]:
+                continue
+            if (r["authserv_id"] or "").lower() != (top["authserv_id"] or "").lower():
+                break
+            mine.extend(r["results"])
     for method in VERDICT_METHODS:
-        verdicts = [r["result"] for r in (top["results"] if top else []) if r["method"] == method]
+        verdicts = [r["result"] for r in mine if r["method"] == method]
         out[method] = ("pass" if "pass" in verdicts else verdicts[0]) if verdicts else None
     out["arc_chain"] = sorted(seals, key=lambda s: s["instance"] or 0)
     return out

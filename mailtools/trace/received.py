@@ -32,7 +32,7 @@ _UNHIDE = str.maketrans("\uff08\uff09\uff1b", "();")
 _COMMENT = "\x00"  # stands for the next comment in the word list
 _WS = re.compile(r"\s+")
 
-_HELO = re.compile(r"\b(?:helo|ehlo)(?:\s*=\s*|\s+)(\[[^\]]*\]|[^\s()\[\],;]+)", re.I)
+_HELO = re.compile(r"\b(?:helo|ehlo|lhlo)(?:\s*=\s*|\s+)(\[[^\]]*\]|[^\s()\[\],;]+)", re.I)
 _ENVELOPE_FROM = re.compile(r"\benvelope-(?:from|sender)\s*=?\s*<([^>]*)>", re.I)
 _IP_CANDIDATE = re.compile(r"[0-9A-Fa-f:.]+")
 _IPV4 = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3})(?::\d+)?")
@@ -115,7 +115,7 @@ def normalise_ip(text: str) -> str | None:
         addr = ipaddress.IPv6Address(text)
     except ValueError:
         return None
-    return f"::ffff:{addr.ipv4_mapped}" if addr.ipv4_mapped else str(addr)
+    return text.lower() if addr else None  # as written (mixed notation kept), lower case
 
 
 def _ip_in(text: str) -> str | None:
@@ -233,7 +233,7 @@ def _from_clause(hop: dict, value: str | None, comments: list[str]) -> None:
     helo = None
     ip = rdns = None
     for c in comments:
-        if helo is None and ("elo" in c or "ELO" in c):
+        if helo is None and ("lo" in c or "LO" in c):
             m = _HELO.search(c)
             helo = m.group(1) if m else None
         if ip is None:
@@ -242,7 +242,7 @@ def _from_clause(hop: dict, value: str | None, comments: list[str]) -> None:
                 # "(name [ip])" (Postfix, Sendmail, Gmail): the name is the reverse DNS
                 first = c.split(None, 1)[0] if c.strip() else ""
                 if (first and first[0] not in "[(" and "=" not in first and "@" not in first
-                        and first.lower() not in ("unknown", "helo", "ehlo")
+                        and first.lower() not in ("unknown", "helo", "ehlo", "lhlo")
                         and ((not first[0].isdigit() and ":" not in first) or normalise_ip(first) is None)):
                     rdns = _host(first)
     if ip is None and value and (value[0] == "[" or ":" in value or value[0].isdigit()):
