@@ -142,6 +142,7 @@ class Session:
         self.folder: Folder | None = None
         self.readonly = False
         self.view: list[int] = []  # sequence number - 1 -> uid
+        self.seen_generation = -1  # the folder generation this session has fully reported
         self.vflags: dict[int, str] = {}
         self.recent: set[int] = set()
         self.auth_tag: str | None = None
@@ -471,6 +472,7 @@ class Session:
         self.recent = recent
         self.view = [m.uid for m in folder.msgs]
         self.vflags = {m.uid: m.flags for m in folder.msgs}
+        self.seen_generation = folder.generation
         kws = folder.keywords().names.values()
         flags = " ".join([*SYSTEM_FLAGS, *kws])
         self.send(f"* FLAGS ({flags})")
@@ -496,6 +498,7 @@ class Session:
             self.folder.flush()
         self.folder = None
         self.view, self.vflags, self.recent = [], {}, set()
+        self.seen_generation = -1
         if self.state == SELECTED:
             self.state = AUTH
 
@@ -689,6 +692,8 @@ class Session:
         """Tell the client what changed (RFC 3501 5.2, 7.4.1: no EXPUNGE during FETCH/STORE/SEARCH)."""
         f = self.folder
         f.refresh()
+        if f.generation == self.seen_generation:
+            return
         by_uid = f.by_uid
         if expunge_ok:
             gone = [i for i, u in enumerate(self.view) if u not in by_uid]
@@ -715,6 +720,8 @@ class Session:
                     self.vflags[m.uid] = m.flags
             self.send(f"* {len(self.view)} EXISTS")
             self.send(f"* {len(self.recent)} RECENT")
+        if len(self.view) == len(by_uid):  # everything reported (no expunge held back)
+            self.seen_generation = f.generation
 
     def flag_bytes(self, m, letters: str | None = None) -> bytes:
         names = self.folder.flag_names(m.flags if letters is None else letters)

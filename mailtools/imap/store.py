@@ -49,6 +49,7 @@ class Folder:
         self.by_uid: dict[int, Msg] = {}
         self.cache = Cache(self.path)
         self.info: dict[str, Info] | None = None
+        self.generation = 0  # bumped on every change seen or made: sessions skip work when equal
         self._keywords: md.Keywords | None = None
         self._kw_sig = None
 
@@ -88,6 +89,7 @@ class Folder:
         self.uidvalidity = ul.uidvalidity
         self.nextuid = ul.nextuid
         self.sig = self._signature()
+        self.generation += 1
         return True
 
     def touched(self) -> None:
@@ -159,6 +161,7 @@ class Folder:
             try:
                 os.rename(self.file(m), f"{self.spath}/cur/{new}")
                 m.subdir, m.name, m.flags = "cur", new, letters
+                self.generation += 1
                 self.touched()
                 return True
             except FileNotFoundError:
