@@ -134,6 +134,8 @@ def list_users(cfg, json_mode: bool = False) -> int:
     if json_mode:
         for row in rows:
             output.emit_json(row)
+    elif output.use_rich() and not rows:
+        output.console().print(f"No users in {cfg.users_file}; add one with: mailtools user add ADDRESS")
     elif output.use_rich():
         from rich.table import Table
 
