@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import ssl
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -205,7 +206,8 @@ def _trust_store(ca_file: str):
         roots = []
         for p in (ca_file or os.environ.get("SSL_CERT_FILE") or ssl.get_default_verify_paths().cafile,):
             try:
-                with open(p or "", "rb") as f:
+                with open(p or "", "rb") as f, warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # odd serial numbers in system bundles
                     roots.extend(x509.load_pem_x509_certificates(f.read()))
             except (OSError, ValueError):
                 pass
@@ -231,7 +233,19 @@ def _verify_quietly(der: Optional[bytes], server_hostname: str, ca_file: str) ->
             name = x509.IPAddress(ipaddress.ip_address(server_hostname))
         except ValueError:
             name = x509.DNSName(server_hostname)
-        PolicyBuilder().store(store).build_server_verifier(name).verify(cert, [])
+        builder = PolicyBuilder().store(store)
+        try:
+            # The chain and the name are what we record; MX certificates in the wild break many
+            # RFC 5280 extension rules that OpenSSL tolerates, so do not judge those.
+            from cryptography.x509.verification import Criticality, ExtensionPolicy
+
+            ee = ExtensionPolicy.permit_all().require_present(
+                x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+            builder = builder.extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(),
+                                                 ee_policy=ee)
+        except (ImportError, AttributeError):
+            pass
+        builder.build_server_verifier(name).verify(cert, [])
         return True, ""
     except Exception as exc:  # noqa: BLE001 - any failure just means "not verified"
         return False, str(exc)[:200] or type(exc).__name__

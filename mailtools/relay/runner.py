@@ -26,6 +26,7 @@ import asyncio
 import email.utils
 import fcntl
 import os
+import re
 import socket
 import sys
 import threading
@@ -190,7 +191,10 @@ class Runner:
         groups: dict[str, list] = {}
         for r in entry.recipients:
             if r.state in PENDING:
-                groups.setdefault(_domain_of(r.address), []).append(r)
+                domain = _domain_of(r.address)
+                if self.smarthost and not self.cfg.is_local_domain(domain):
+                    domain = "[smarthost]"  # one transaction for every remote recipient
+                groups.setdefault(domain, []).append(r)
         jobs = []
         for domain, rcpts in groups.items():
             for i in range(0, len(rcpts), smtp.MAX_RCPTS_PER_TRANSACTION):
@@ -262,6 +266,8 @@ class Runner:
             else:
                 log(f"{entry.id}: sender=<>, not bouncing a bounce (RFC 5321 4.5.5)")
         final = all(r.state not in PENDING for r in entry.recipients)
+        if not final and self._should_warn(entry, now):
+            self._queue_delay_warning(work, now)
         try:
             if not final:
                 self.queue.update(entry)
@@ -272,6 +278,29 @@ class Runner:
             log(f"{entry.id}: warning: claim lost (recovered by another runner while we worked)")
         elif final:
             log(f"{entry.id}: removed")
+
+    def _should_warn(self, entry, now: float) -> bool:
+        dw = float(getattr(self.cfg.relay, "delay_warning", 0) or 0)
+        return (dw > 0 and bool(entry.sender) and not entry.warned
+                and now - (entry.queued_at or now) >= dw
+                and now - (entry.queued_at or now) < self.max_queue_time)
+
+    def _queue_delay_warning(self, work: EntryWork, now: float) -> None:
+        """RFC 3464 Action: delayed, once per entry, for recipients still being retried."""
+        entry = work.entry
+        until = (entry.queued_at or now) + self.max_queue_time
+        delayed = [Failure(r.address, _status_of(r.last_reply),
+                           r.last_reply, action="delayed", last_attempt=now, will_retry_until=until)
+                   for r in entry.recipients if r.state in PENDING and _notify_delay(r)]
+        if not delayed:
+            return
+        dsn = build_dsn(reporting_mta=self.cfg.hostname, qid=entry.id, sender=entry.sender,
+                        arrival=entry.queued_at or now, failures=delayed, original=work.data,
+                        delayed=True)
+        qid = self.queue.enqueue("", [entry.sender], dsn)
+        entry.warned = True
+        self.bounces_queued += 1
+        log(f"{entry.id}: sender delay notification: {qid}")
 
     def _queue_bounce(self, work: EntryWork, failures: list) -> None:
         entry = work.entry
@@ -300,21 +329,19 @@ class Runner:
         out = {}
         for r in job.rcpts:
             state, status, text = deliver_local(self.cfg, entry.sender, r.address, job.work.data,
-                                                received=self._received(entry, r.address, "local"))
+                                                received=self._received(entry, r.address, job.work.data))
             out[r.address] = Outcome(state, text, status, "local")
         return out
 
     # -- remote destinations ----------------------------------------------------------------------
 
-    def _received(self, entry, rcpt: Optional[str], how: str = "ESMTP") -> bytes:
-        """Our Received header (RFC 5321 4.4): where the entry came from, and its queue id."""
-        meta = getattr(entry, "meta", {}) or {}
-        origin = meta.get("received-from") or meta.get("client")
-        frm = f"from {origin}\r\n\t" if origin else ""
-        proto = meta.get("protocol") or "local"
+    def _received(self, entry, rcpt: Optional[str], data: bytes = b"") -> bytes:
+        """Our Received header (RFC 5321 4.4): whom the message came from and how (taken from
+        the trace header the accepting side wrote), our queue id, and the recipient."""
+        frm, proto = _origin(data)
         forpart = f"\r\n\tfor <{rcpt}>" if rcpt else ""
         return (
-            f"Received: {frm}by {self.cfg.hostname} (mailtools relay) with {proto}\r\n"
+            f"Received: {frm}by {self.cfg.hostname} (mailtools relay){proto}\r\n"
             f"\tid {entry.id}{forpart}; {email.utils.formatdate(localtime=True)}\r\n"
         ).encode("utf-8")
 
@@ -386,7 +413,7 @@ class Runner:
         work = job.work
         if work.payload is None:
             rcpt = work.entry.recipients[0].address if len(work.entry.recipients) == 1 else None
-            work.payload = smtp.prepare_data(self._received(work.entry, rcpt) + work.data)
+            work.payload = smtp.prepare_data(self._received(work.entry, rcpt, work.data) + work.data)
         return work.payload
 
     async def _deliver_job(self, dest: Destination, job: Job, conn):
@@ -505,6 +532,7 @@ class Runner:
             conn = smtp.SMTPConnection(cc)
             try:
                 await conn.open(host, ip, port)
+                _log_tls(conn)
                 return conn, None
             except smtp.TLSRequired as exc:
                 conn.close()
@@ -513,6 +541,7 @@ class Runner:
                     plain = smtp.SMTPConnection(smtp.ClientConfig(**{**cc.__dict__, "tls": "none"}))
                     try:
                         await plain.open(host, ip, port)
+                        log(f"{where}: TLS handshake failed, continuing in plaintext (opportunistic)")
                         return plain, None
                     except smtp.SMTPClientError as exc2:
                         plain.close()
@@ -541,6 +570,61 @@ def _pool():
 
         _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="relay-spool")
     return _POOL
+
+
+_FROM = re.compile(rb"^Received:[ \t]*from[ \t]+([^\s;()]+)(?:[ \t]+(\([^()]*\)))?", re.I)
+_WITH = re.compile(rb"\bwith[ \t]+([A-Za-z0-9-]+)", re.I)
+
+
+def _origin(data: bytes) -> tuple[str, str]:
+    """('from HOST (IP...)\r\n\t', ' with PROTO') from the message's newest Received header,
+    or ('', '') when it has none with a from-clause (local submission)."""
+    end = data.find(b"\n\n")
+    crlf = data.find(b"\r\n\r\n")
+    if crlf >= 0 and (end < 0 or crlf < end):
+        end = crlf
+    head = data[: end if end >= 0 else 8192][:65536]
+    i = head.find(b"Received:") if head.startswith(b"Received:") else head.find(b"\nReceived:") + 1
+    if i <= 0 and not head.startswith(b"Received:"):
+        return "", ""
+    # the whole (folded) header
+    j = i
+    while True:
+        j = head.find(b"\n", j + 1)
+        if j < 0 or head[j + 1 : j + 2] not in (b" ", b"\t"):
+            break
+    value = b" ".join(head[i : j if j >= 0 else len(head)].split())
+    m, w = _FROM.match(value), _WITH.search(value)
+    frm = ""
+    if m:
+        frm = "from " + m.group(1).decode("utf-8", "replace")
+        if m.group(2):
+            frm += " " + m.group(2).decode("utf-8", "replace")
+        frm += "\r\n\t"
+    proto = f" with {w.group(1).decode()}" if w and m else ""
+    return frm, proto
+
+
+def _log_tls(conn) -> None:
+    """Postfix-style record of the TLS session and what we made of the certificate."""
+    t = conn.tls
+    if t is None:
+        return
+    trust = "Verified" if t.verified else "Untrusted"
+    why = f" ({t.verify_error[:120]})" if t.verify_error and not t.verified else ""
+    log(f"{trust} TLS connection established to {conn.host}[{conn.ip}]:{conn.port}: {t.summary()}"
+        f"; subject={t.peer_subject or '-'}; issuer={t.peer_issuer or '-'}{why}")
+
+
+def _status_of(reply: str) -> str:
+    m = re.search(r"\b([45]\.\d{1,3}\.\d{1,3})\b", reply or "")
+    return m.group(1) if m else "4.0.0"
+
+
+def _notify_delay(r) -> bool:
+    """RFC 3461 4.1: a delay notice unless NOTIFY was given without DELAY."""
+    n = getattr(r, "notify", None)
+    return not n or "DELAY" in n.upper()
 
 
 def _notify_failure(r) -> bool:
