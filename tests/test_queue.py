@@ -113,9 +113,22 @@ def test_hold_release_delete(q):
     assert q.claim(a) is None
     assert [e.id for e in q.entries()] == [a, b]
     q.release_hold(a)
-    assert not q.get(a).held and q.claim(a) is not None
+    assert not q.get(a).held
+    e = q.claim(a)
+    q.hold(a)  # being delivered: marked, held when its runner lets go
+    assert q.get(a).state_dir == "active"
+    q.release(e)
+    assert q.get(a).held and q.claim(a) is None
+    q.release_hold(a)
+    e = q.claim(a)
+    q.hold(a)
+    q.release_hold(a)  # changed our mind before the runner finished
+    q.release(e)
+    assert q.get(a).state_dir == "new"
+    e = q.claim(a)
     with pytest.raises(QueueError):
-        q.hold(a)  # being delivered
+        q.delete(a)  # being delivered
+    q.release(e)
     q.delete(b)
     with pytest.raises(QueueError):
         q.get(b)

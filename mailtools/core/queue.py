@@ -12,7 +12,8 @@ Layout under the queue directory (cfg.queue_dir)::
     nudge                 a FIFO: a byte written here wakes a relay daemon (see nudge())
 
 Each entry directory holds ``message`` (the bytes as submitted) and ``envelope`` (see
-Envelope format below). A queue id is 13 hex digits of microseconds since the epoch then 10
+Envelope format below), and, in active/, a ``hold`` mark when the operator held the entry
+during its delivery (release() and recover() then move it to hold/, not new/). A queue id is 13 hex digits of microseconds since the epoch then 10
 random hex digits: ids sort by arrival and two hosts sharing the spool never pick the same one
 (mkdir in tmp/ is the tie-breaker if they ever did).
 
@@ -36,7 +37,8 @@ and fsyncs new/; only then does it return the id (and only then may SMTP say 250
   followed by unlinking. A crash leaves the entry in new/ (delivered again to recipients not yet
   final) or a leftover in trash/ (removed by recover()).
 - hold/release_hold/delete: one rename each (delete then empties trash/), so an entry is always
-  whole in exactly one state directory.
+  whole in exactly one state directory. Holding an active entry writes the ``hold`` mark (and
+  fsyncs the entry directory); a crash either side of that leaves it marked or not, whole.
 
 Two runners (processes, or hosts on NFS) claim with rename(new/QID, active/QID.PID.HOST): the
 kernel (or NFS server) lets exactly one rename succeed; the other gets ENOENT and moves on.
@@ -75,6 +77,7 @@ from mailtools.core.maildir import _fsync_dir  # light: os/errno/time only
 FORMAT_VERSION = 1
 STATES = ("queued", "deferred", "sent", "bounced")
 FINAL_STATES = ("sent", "bounced")
+HOLD_MARK = "hold"  # in an active entry: the operator asked to hold it when its runner is done
 TMP_MAX_AGE = 36 * 3600  # qmail's rule: a tmp/ file this old belongs to nobody
 
 _HEX = "0123456789ABCDEF"
@@ -607,13 +610,14 @@ class Queue:
         if entry.done:
             self._discard(p, entry.id)
         else:
-            dst = os.path.join(self._dir("new"), entry.id)
+            to = "hold" if os.path.exists(os.path.join(p, HOLD_MARK)) else "new"
+            dst = os.path.join(self._dir(to), entry.id)
             try:
                 os.rename(p, dst)
             except FileNotFoundError:
                 return False
-            _fsync_dir(self._dir("new"))
-            entry.path, entry.state_dir, entry.claimed_by = dst, "new", None
+            _fsync_dir(self._dir(to))
+            entry.path, entry.state_dir, entry.claimed_by = dst, to, None
         return True
 
     def _discard(self, p: str, qid: str) -> None:
@@ -644,13 +648,15 @@ class Queue:
             dead = mine and not _pid_alive(int(pid_s))
             if not (dead or age > older_than_s):
                 continue
+            to = "hold" if os.path.exists(os.path.join(p, HOLD_MARK)) else "new"
             try:
-                os.rename(p, os.path.join(self._dir("new"), qid))
+                os.rename(p, os.path.join(self._dir(to), qid))
             except OSError:
                 continue
             recovered.append(qid)
         if recovered:
             _fsync_dir(self._dir("new"))
+            _fsync_dir(self._dir("hold"))
         for sub, limit in (("tmp", tmp_older_than_s), ("trash", 0)):
             d = self._dir(sub)
             for name in os.listdir(d):
@@ -665,25 +671,42 @@ class Queue:
     # the operator ---------------------------------------------------------------------
 
     def hold(self, qid: str) -> None:
-        """Move a waiting entry to hold/ (raises QueueError if it is claimed or unknown)."""
+        """Move a waiting entry to hold/. An entry being delivered gets a `hold` mark instead:
+        its runner's release() (or recover()) then puts it in hold/ rather than back in new/.
+        Raises QueueError for an unknown id."""
         self._ensure()
         p, state_dir, _ = self._find(qid)
         if state_dir == "hold":
             return
         if state_dir == "active":
-            raise QueueError(f"{qid}: being delivered right now; try again")
+            try:
+                _write_file(os.path.join(p, HOLD_MARK), b"", exclusive=False)
+                _fsync_dir(p)
+            except FileNotFoundError:
+                self.hold(qid)  # released or recovered meanwhile: try where it is now
+            return
         try:
             os.rename(p, os.path.join(self._dir("hold"), qid))
         except FileNotFoundError:
-            raise QueueError(f"{qid}: was claimed meanwhile; try again") from None
+            return self.hold(qid)  # claimed meanwhile: mark it there
         _fsync_dir(self._dir("hold"))
 
     def release_hold(self, qid: str) -> None:
         """Move a held entry back to new/ (raises QueueError if it is not held)."""
         self._ensure()
         p, state_dir, _ = self._find(qid)
+        if state_dir == "active" and os.path.exists(os.path.join(p, HOLD_MARK)):
+            try:
+                os.unlink(os.path.join(p, HOLD_MARK))  # un-ask before its runner finishes
+                return
+            except FileNotFoundError:
+                return self.release_hold(qid)
         if state_dir != "hold":
             raise QueueError(f"{qid}: not held")
+        try:
+            os.unlink(os.path.join(p, HOLD_MARK))
+        except FileNotFoundError:
+            pass
         os.rename(p, os.path.join(self._dir("new"), qid))
         _fsync_dir(self._dir("new"))
 
