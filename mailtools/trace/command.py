@@ -78,6 +78,20 @@ def not_a_message(detail: str) -> dict:
 
 
 def run(path: str | None, *, json_mode: bool = False, keep_going: bool = False) -> int:
+    """The command: print the reports, return the exit status (raise MailtoolsError)."""
+    try:
+        return _run(path, json_mode, keep_going)
+    except BrokenPipeError:
+        # `trace-headers big.mbox | head` is not an error (and click would make it exit 1)
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return exitcodes.OK
+
+
+def _run(path: str | None, json_mode: bool, keep_going: bool) -> int:
     from mailtools.core.output import is_tty
 
     buf = read_input(path)
@@ -110,15 +124,19 @@ def _run_with_progress(buf, size: int, keep_going: bool, out) -> int:
     from mailtools.core.output import console
 
     bad = 0
+    # On a terminal stdout the tables print above the bar through the same console; else the
+    # bar lives on stderr and stdout (JSON, plain text) is left strictly alone.
+    bar_console = out.console if out.console is not None else console(stderr=True)
     with Progress(
         TextColumn("tracing"), BarColumn(), DownloadColumn(), TextColumn("{task.fields[n]} messages"),
-        TimeRemainingColumn(), console=console(stderr=True), transient=True,
+        TimeRemainingColumn(), console=bar_console, transient=True,
+        redirect_stdout=False, redirect_stderr=False,
     ) as progress:
         task = progress.add_task("trace", total=size, n=0)
         for number, end, report in reports(buf, keep_going):
             bad += _is_bad(report)
             out.write(number, report)
-            if number % 256 == 0:
+            if number % 64 == 0:
                 progress.update(task, completed=end, n=number)
         progress.update(task, completed=size)
     return bad
