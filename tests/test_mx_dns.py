@@ -133,17 +133,18 @@ def test_tempfail_exit_code_map():
 
 def test_mismatched_answer_is_ignored():
     """An answer whose question differs from ours (RFC 5452 9.1) must not be accepted."""
-    client = mxdns._UDPClient()
-
     async def go():
+        client = mxdns._UDPClient(asyncio.get_running_loop(), ("127.0.0.1", 9))
         fut = asyncio.get_running_loop().create_future()
         client.pending[1] = (fut, "a.test", dnswire.A)
         wrong = struct.pack("!HHHHHH", 1, 0x8180, 1, 0, 0, 0) + dnswire.encode_name("b.test") + b"\x00\x01\x00\x01"
-        client.datagram_received(wrong, None)
+        client._answer(wrong)
         assert not fut.done()
         right = struct.pack("!HHHHHH", 1, 0x8180, 1, 0, 0, 0) + dnswire.encode_name("a.test") + b"\x00\x01\x00\x01"
-        client.datagram_received(right, None)
-        return (await fut).rcode
+        client._answer(right)
+        rcode = (await fut).rcode
+        client.close()
+        return rcode
 
     assert run(go()) == 0
 

@@ -34,36 +34,44 @@ sys.path.insert(0, str(REPO))
 
 import support_dns  # noqa: E402
 
-# A new upstream socket per query (like a resolver's random source port); the answer is held
-# until 20 ms after the query arrived.
+# One upstream socket; query ids rewritten so concurrent clients never collide; each answer held
+# until `delay` after its query arrived (the answer itself comes from dnsmasq in well under 1 ms).
 FORWARDER = r"""
-import asyncio, sys
+import asyncio, struct, sys
 listen_port, upstream_port, delay = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+pending = {}  # upstream id -> (client addr, client id bytes, arrival time)
+next_id = 0
 
 class Up(asyncio.DatagramProtocol):
-    def __init__(self, down, addr, t0, query):
-        self.down, self.addr, self.t0, self.query = down, addr, t0, query
     def connection_made(self, tr):
         self.tr = tr
-        tr.sendto(self.query)
     def datagram_received(self, data, _):
+        entry = pending.pop(struct.unpack_from("!H", data)[0], None)
+        if entry is None:
+            return
+        addr, cid, t0 = entry
         loop = asyncio.get_running_loop()
-        loop.call_later(max(0.0, self.t0 + delay - loop.time()), self.reply, data)
-    def reply(self, data):
-        self.down.sendto(data, self.addr)
-        self.tr.close()
+        loop.call_later(max(0.0, t0 + delay - loop.time()), down.tr.sendto, cid + data[2:], addr)
 
 class Down(asyncio.DatagramProtocol):
     def connection_made(self, tr):
         self.tr = tr
     def datagram_received(self, data, addr):
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        loop.create_task(loop.create_datagram_endpoint(lambda: Up(self.tr, addr, t0, data), remote_addr=("127.0.0.1", upstream_port)))
+        global next_id
+        if len(data) < 12:
+            return
+        for _ in range(65536):
+            next_id = (next_id + 1) & 0xFFFF
+            if next_id not in pending:
+                break
+        pending[next_id] = (addr, data[:2], asyncio.get_running_loop().time())
+        up.tr.sendto(struct.pack("!H", next_id) + data[2:])
 
 async def main():
+    global up, down
     loop = asyncio.get_running_loop()
-    await loop.create_datagram_endpoint(Down, local_addr=("127.0.0.1", listen_port))
+    _, up = await loop.create_datagram_endpoint(Up, remote_addr=("127.0.0.1", upstream_port))
+    _, down = await loop.create_datagram_endpoint(Down, local_addr=("127.0.0.1", listen_port))
     print("ready", flush=True)
     await asyncio.Event().wait()
 
