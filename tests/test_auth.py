@@ -205,3 +205,47 @@ def test_load_users_rereads_when_changed(tmp_path):
     again = auth.load_users(cfg)
     assert again.list() == ["alice@example.test"]
     assert again.verify("alice@example.test", "pw")
+
+
+# -- property tests: the passwd-file parser and SASL PLAIN -----------------------------------
+
+_line_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), max_size=60)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(_line_text, max_size=12))
+def test_users_parser_never_raises_and_reports_by_line(tmp_path_factory, lines):
+    p = tmp_path_factory.mktemp("u") / "users"
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    users = Users(p)
+    for problem in users.problems:
+        n = int(problem.split(":")[1])
+        assert 1 <= n <= len(lines)
+    for name in users.list():
+        rec = users.get(name)
+        assert lines[rec.lineno - 1].startswith(name + ":")
+
+
+@settings(max_examples=40, deadline=None)
+@given(names=st.lists(st.from_regex(r"[a-z0-9._+-]{1,12}@[a-z0-9-]{1,10}\.test", fullmatch=True),
+                      min_size=1, max_size=6, unique=True))
+def test_users_file_keeps_every_user_and_other_fields(tmp_path_factory, names):
+    p = tmp_path_factory.mktemp("u") / "users"
+    p.write_text("".join(f"{n}:{{SHA512-CRYPT}}$6$salt$x:1000:1000::/home/{i}::userdb_quota_rule=*:storage=1G\n"
+                         for i, n in enumerate(names)))
+    users = Users(p)
+    assert users.list() == names and not users.problems
+    users.delete(names[0])
+    text = p.read_text()
+    assert names[0] + ":" not in text.split("\n")[0] or len(names) == 1
+    assert text.count("userdb_quota_rule=*:storage=1G") == len(names) - 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=80), st.binary(max_size=60).map(lambda b: base64.b64encode(b).decode())))
+def test_sasl_plain_raises_only_valueerror(s):
+    try:
+        authzid, authcid, password = decode_sasl_plain(s)
+    except ValueError:
+        return
+    assert authcid and password and "\0" not in authcid + password + authzid
