@@ -288,97 +288,18 @@ def test_uidlist_render_parse_roundtrip(uids, data):
 
 # -- interoperability with a real Dovecot (dovecot-lda, doveadm) ---------------------------------
 
-DOVECOT_LDA = "/usr/lib/dovecot/dovecot-lda"
-
-
 @pytest.fixture
 def dovecot():
-    """A private Dovecot instance (no listeners: only the auth service dovecot-lda and doveadm
-    need) with one user, 'lda', whose Maildir is returned. Started and stopped by PID."""
-    import shutil
-    import subprocess
-    import tempfile
-    import time as _time
-    from pathlib import Path
+    """A private Dovecot (tests/support_dovecot.py), started and stopped by PID."""
+    import support_dovecot
 
-    if os.geteuid() != 0 or not shutil.which("dovecot") or not os.path.exists(DOVECOT_LDA):
+    if not support_dovecot.available():
         pytest.skip("needs root and Dovecot (dovecot, dovecot-lda, doveadm)")
-    d = Path(tempfile.mkdtemp(prefix="mtdv"))  # short: unix socket paths are limited
-    d.chmod(0o755)  # the user (nobody) must reach its home
-    (d / "run").mkdir()
-    (d / "state").mkdir()
-    home = d / "home"
-    home.mkdir()
-    os.chown(home, 65534, 65534)
-    conf = d / "dovecot.conf"
-    conf.write_text(textwrap_conf(d, home))
-    subprocess.run(["dovecot", "-c", str(conf)], check=True, timeout=30)
-    pidfile = d / "run" / "master.pid"
-    for _ in range(100):
-        if pidfile.exists() and (d / "run" / "auth-userdb").exists():
-            break
-        _time.sleep(0.05)
-    pid = int(pidfile.read_text())
-
-    class Dovecot:
-        maildir = home / "Maildir"
-
-        def lda(self, data: bytes):
-            r = subprocess.run([DOVECOT_LDA, "-c", str(conf), "-d", "lda", "-f", "s@example.test"], input=data,
-                               capture_output=True, timeout=30)
-            assert r.returncode == 0, r.stderr
-
-        def doveadm(self, *args) -> str:
-            subprocess.run(["chown", "-R", "65534:65534", str(home)], check=True)
-            r = subprocess.run(["doveadm", "-c", str(conf), *args], capture_output=True, timeout=30)
-            assert r.returncode == 0, r.stderr
-            return r.stdout.decode()
-
-        def fetch(self) -> dict[int, dict]:
-            out = self.doveadm("-f", "flow", "fetch", "-u", "lda", "uid flags guid", "mailbox", "INBOX", "all")
-            rows = {}
-            for line in out.splitlines():
-                f = dict(kv.split("=", 1) for kv in line.replace(" flags=", "\0flags=").replace(" guid=", "\0guid=")
-                         .split("\0"))
-                rows[int(f["uid"])] = {"flags": set(f["flags"].split()) - {"\\Recent"}, "guid": f["guid"]}
-            return rows
-
+    d = support_dovecot.Dovecot().start()
     try:
-        yield Dovecot()
+        yield d
     finally:
-        try:
-            os.kill(pid, 15)
-            for _ in range(100):
-                os.kill(pid, 0)
-                _time.sleep(0.05)
-        except ProcessLookupError:
-            pass
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def textwrap_conf(d, home) -> str:
-    return f"""
-protocols =
-listen = 127.0.0.1
-instance_name = mailtools-test-{os.getpid()}-{d.name}
-base_dir = {d}/run
-state_dir = {d}/state
-log_path = {d}/dovecot.log
-ssl = no
-first_valid_uid = 100
-mail_location = maildir:~/Maildir
-userdb {{
-  driver = static
-  args = uid=65534 gid=65534 home={home}
-}}
-passdb {{
-  driver = static
-  args = nopassword=y
-}}
-protocol lda {{
-  postmaster_address = postmaster@example.test
-}}
-"""
+        d.stop()
 
 
 def test_uids_flags_and_keywords_move_between_dovecot_and_mailtools(dovecot):
