@@ -57,9 +57,10 @@ def add(cfg, address: str, password: str, scheme: str = "ARGON2ID", make_maildir
     if not cfg.is_local_domain(domain):
         _note(f"note: {domain} is not in local_domains: this user can log in and send, "
               "but mail to it is relayed elsewhere, not delivered here")
-    auth.Users(cfg.users_file).add(name, password, scheme)
     if make_maildir:
+        # first, so a user never exists without its Maildir (a failed add leaves an empty one)
         create_maildir(cfg, name)
+    auth.Users(cfg.users_file).add(name, password, scheme)
     return name
 
 

@@ -745,7 +745,7 @@ def nudge(queue_dir) -> bool:
     Returns True when a byte was written."""
     path = os.path.join(os.fspath(queue_dir), NUDGE)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return False
     try:
