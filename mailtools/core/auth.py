@@ -365,6 +365,12 @@ class Users:
         """User names in file order."""
         return [r.name for r in sorted(self.records.values(), key=lambda r: r.lineno)]
 
+    def canonical(self, user: str) -> str | None:
+        """The name as the file spells it ('Alice@Example.test' -> 'alice@example.test'), or
+        None: use it for the Maildir path so every spelling of an address finds one mailbox."""
+        rec = self.records.get(_key(user))
+        return rec.name if rec else None
+
     def get(self, user: str) -> UserRecord | None:
         return self.records.get(_key(user))
 
