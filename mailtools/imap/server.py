@@ -178,7 +178,12 @@ def run(cfg, listen=None, tls_listen=None, announce=print) -> int:
     import signal
 
     async def main():
-        servers = await start(cfg, listen, tls_listen)
+        from mailtools.core.exitcodes import Unavailable
+
+        try:
+            servers = await start(cfg, listen, tls_listen)
+        except OSError as exc:
+            raise Unavailable(f"cannot listen: {exc.strerror or exc}") from None
         for s in servers:
             for sock in s.sockets:
                 host, port = sock.getsockname()[:2]
