@@ -311,3 +311,28 @@ def test_sigkill_during_enqueue_leaves_whole_entries_only(tmp_path):
     q.recover(3600, tmp_older_than_s=0)
     assert os.listdir(qdir / "tmp") == []
     assert set(q.ids("new")) == in_new
+
+
+def test_broken_envelope_is_reported_not_hidden(q):
+    good = q.enqueue("a@example.test", ["b@example.net"], MSG)
+    bad = q.enqueue("a@example.test", ["b@example.net"], MSG)
+    with open(os.path.join(q.path, "new", bad, "envelope"), "w") as f:
+        f.write("mailtools-envelope 1\nid: x\nrcpt: exploded\n")
+    assert [e.id for e in q.entries()] == [good]
+    assert len(q.problems) == 1 and bad in q.problems[0] and ":3:" in q.problems[0]
+    assert q.claim(bad) is None  # parked in hold/ for the operator
+    assert os.path.isdir(os.path.join(q.path, "hold", bad))
+
+
+def test_enqueue_failure_leaves_nothing(q, monkeypatch):
+    import mailtools.core.queue as qmod
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    q.enqueue("a@example.test", ["b@example.net"], MSG)  # directories exist
+    monkeypatch.setattr(qmod, "_write_file", full)
+    with pytest.raises(OSError):
+        q.enqueue("a@example.test", ["b@example.net"], MSG)
+    assert os.listdir(os.path.join(q.path, "tmp")) == []
+    assert len(q.ids("new")) == 1

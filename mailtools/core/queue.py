@@ -409,6 +409,7 @@ class Queue:
     def __init__(self, path):
         self.path = os.fspath(path)
         self._ready = False
+        self.problems: list[str] = []  # envelopes entries() could not read
 
     def _dir(self, sub: str) -> str:
         return os.path.join(self.path, sub)
@@ -460,11 +461,15 @@ class Queue:
             except FileExistsError:
                 continue
         entry = Entry(qid, sender, rcpts, now, len(data), dsn)
-        _write_file(os.path.join(tmp, "message"), data)
-        _write_file(os.path.join(tmp, "envelope"), entry.serialise())
-        _fsync_dir(tmp)
-        final_dir = self._dir("new")
-        os.rename(tmp, os.path.join(final_dir, qid))
+        try:
+            _write_file(os.path.join(tmp, "message"), data)
+            _write_file(os.path.join(tmp, "envelope"), entry.serialise())
+            _fsync_dir(tmp)
+            final_dir = self._dir("new")
+            os.rename(tmp, os.path.join(final_dir, qid))
+        except BaseException:
+            _remove_tree(tmp)  # disk full, I/O error: leave nothing behind (nothing was accepted)
+            raise
         _fsync_dir(final_dir)
         return qid
 
@@ -481,9 +486,11 @@ class Queue:
         return entry
 
     def entries(self, include: tuple[str, ...] = ("new", "active", "hold")) -> list[Entry]:
-        """Every entry (queued, claimed and held), oldest first. Unreadable envelopes are
-        skipped (an entry that moved while listing is simply read where it went, or missed)."""
+        """Every entry (queued, claimed and held), oldest first. An entry that moves while
+        listing is read where it went, or missed; one whose envelope cannot be parsed is left
+        out and described in self.problems ("path: why") for the caller to log."""
         out = []
+        self.problems = []
         for state_dir in include:
             d = self._dir(state_dir)
             try:
@@ -493,8 +500,10 @@ class Queue:
             for name in names:
                 try:
                     out.append(self._load(os.path.join(d, name), state_dir, name))
-                except (OSError, ValueError):
+                except OSError:
                     continue
+                except ValueError as exc:
+                    self.problems.append(str(exc))
         out.sort(key=lambda e: e.id)
         return out
 
