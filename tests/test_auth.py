@@ -249,3 +249,17 @@ def test_sasl_plain_raises_only_valueerror(s):
     except ValueError:
         return
     assert authcid and password and "\0" not in authcid + password + authzid
+
+
+def test_concurrent_changes_never_lose_each_other(tmp_path):
+    """Eight processes add a user each at the same moment: the lock and re-read keep all."""
+    import subprocess
+    import sys
+
+    p = tmp_path / "users"
+    code = ("import sys\nfrom mailtools.core.auth import Users\n"
+            "Users(sys.argv[1]).add(sys.argv[2], 'pw', 'BLF-CRYPT')\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(p), f"u{i}@example.test"]) for i in range(8)]
+    assert [pr.wait(timeout=60) for pr in procs] == [0] * 8
+    assert sorted(Users(p).list()) == sorted(f"u{i}@example.test" for i in range(8))
+    assert not [x for x in tmp_path.iterdir() if ".tmp." in x.name]
