@@ -29,15 +29,13 @@ import sys
 
 from mailtools.core.exitcodes import CantCreate, DataError, IOFailure, NoUser, TempFail, UsageError
 
-NAME = "mailtools deliver"
-
 # The options, shared by fast_main and cli/deliver.py: option -> (keyword, metavar, help).
 OPTIONS = {
     "--maildir": ("maildir", "PATH", "Deliver into this Maildir instead of the users' Maildirs."),
     "--folder": ("folder", "NAME", "Deliver into this Maildir++ folder (IMAP name, '/' for levels; created when missing)."),
     "-f": ("sender", "SENDER", "Envelope sender: added as 'Return-Path: <SENDER>' ('' or '<>' for a bounce)."),
 }
-USAGE = "usage: mailtools deliver [--maildir PATH] [--folder NAME] [-f SENDER] [ADDRESS...] < message"
+HINT = "(try 'mailtools deliver --help')"
 
 # errno -> exit code for a failed write. A permanent code (73, 74) makes the MTA bounce; use
 # it only when no retry can help. Everything else is 75, so the MTA keeps the message.
@@ -67,11 +65,11 @@ def parse_args(argv: list[str]) -> dict:
         else:
             name, value, eq = arg[:2], arg[2:], bool(arg[2:])
         if name not in OPTIONS:
-            raise UsageError(f"unknown option {name!r}\n{USAGE}")
+            raise UsageError(f"unknown option {name!r} {HINT}")
         key = OPTIONS[name][0]
         if not eq:
             if i >= len(argv):
-                raise UsageError(f"option {name} needs a {OPTIONS[name][1]}\n{USAGE}")
+                raise UsageError(f"option {name} needs a {OPTIONS[name][1]} {HINT}")
             value = argv[i]
             i += 1
         if opts[key] is not None:
@@ -158,7 +156,7 @@ def targets(opts: dict) -> list[tuple[str, list[str]]]:
         path = os.path.expanduser(opts["maildir"])
         return [(path, list(addresses))]
     if not addresses:
-        raise UsageError(f"give --maildir PATH or at least one ADDRESS\n{USAGE}")
+        raise UsageError(f"give --maildir PATH or at least one ADDRESS {HINT}")
     from mailtools.core import config
     from mailtools.core.address import normalise
 
