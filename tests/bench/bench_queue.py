@@ -111,16 +111,20 @@ def main() -> None:
         theirs = [POSTFIX_SENDMAIL, "-i", "-f", "bench@example.test", "rcpt@example.net"]
         have_postfix = os.path.exists(POSTFIX_SENDMAIL) and MAILDROP.is_dir() and os.geteuid() == 0
         before = set(os.listdir(MAILDROP)) if have_postfix else set()
-        a_ms, b_ms = [], []
+        floor = [sys.executable, "-c", "pass"]
+        a_ms, b_ms, f_ms = [], [], []
         for i in range(3 + a.n):  # 3 warm-ups each, then interleaved
             x = run_once(ours, data, env)
             y = run_once(theirs, data, env) if have_postfix else None
+            z = run_once(floor, b"", env)
             if i >= 3:
                 a_ms.append(x)
+                f_ms.append(z)
                 if y is not None:
                     b_ms.append(y)
         ma = statistics.median(a_ms)
         print(f"3. hand-off, one process per message: mailtools {ma:6.1f} ms (min {min(a_ms):.1f}, n={len(a_ms)})")
+        print(f"   (interpreter floor, python -c pass: {statistics.median(f_ms):.1f} ms)")
         if b_ms:
             mb = statistics.median(b_ms)
             print(f"                                      postfix   {mb:6.1f} ms (min {min(b_ms):.1f}, n={len(b_ms)})")
