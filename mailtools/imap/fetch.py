@@ -167,7 +167,7 @@ def render(folder, msg, seq: int, atts: list[Att], flags: bytes, with_uid: bool)
             elif k == "INTERNALDATE":
                 items.append(b"INTERNALDATE " + internaldate(info.idate))
             elif k == "ENVELOPE":
-                items.append(b"ENVELOPE " + info.envelope)
+                items.append(b"ENVELOPE " + folder.envelope(msg, info))
             else:
                 items.append(b"RFC822.HEADER " + _literal(info.header))
         elif k in ("BODYSTRUCTURE", "BODY"):

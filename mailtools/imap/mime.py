@@ -66,8 +66,22 @@ def get(hdrs: list[tuple[str, bytes]], name: str) -> bytes | None:
     return None
 
 
+_fields_re_cache: dict[tuple, re.Pattern] = {}
+
+
 def header_fields(header: bytes, names: set[str], negate: bool) -> bytes:
     """BODY[HEADER.FIELDS (...)] / .NOT: the matching raw lines (folding kept) + blank line."""
+    if not negate:
+        key = tuple(sorted(names))
+        rx = _fields_re_cache.get(key)
+        if rx is None:
+            alt = b"|".join(re.escape(n.encode("latin-1", "replace")) for n in key)
+            rx = re.compile(rb"^(?:" + alt + rb")[ \t]*:.*\r\n(?:[ \t].*\r\n)*", re.I | re.M)
+            if len(_fields_re_cache) > 100:
+                _fields_re_cache.clear()
+            _fields_re_cache[key] = rx
+        found = b"".join(m.group(0) for m in rx.finditer(header))
+        return found + b"\r\n"
     out = []
     keep = False
     for line in header.split(b"\r\n"):
@@ -87,12 +101,47 @@ def header_fields(header: bytes, names: set[str], negate: bool) -> bytes:
 # --- ENVELOPE --------------------------------------------------------------------------------
 
 
+_simple_addr = re.compile(
+    r'\s*(?:"((?:[^"\\]|\\.)*)"|([^"<>,;:()@]*?))\s*<([^<>"(),;:\s]+@[^<>"(),;:\s]+)>\s*$'
+    r'|\s*([^<>"(),;:\s]+@[^<>"(),;:\s]+)\s*$'
+)
+
+
+_chunk_re = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^,"])+')
+
+
+def _fast_addresses(text: str):
+    """The common shapes ('"N" <a@b>', 'N <a@b>', 'a@b', comma lists) without email.utils;
+    None when anything unusual (comments, groups, quoted commas) needs the full parser."""
+    if "(" in text or ":" in text or "\\" in text:
+        return None
+    if '"' in text and text.count('"') % 2:
+        return None
+    out = []
+    chunks = text.split(",") if '"' not in text else _chunk_re.findall(text)
+    for c in chunks:
+        if not c.strip():
+            continue
+        m = _simple_addr.match(c)
+        if not m:
+            return None
+        if m.group(4):
+            out.append(("", m.group(4)))
+        else:
+            name = m.group(1) if m.group(1) is not None else m.group(2)
+            out.append((name.replace('\\"', '"') if name else "", m.group(3)))
+    return out
+
+
 def _addresses(value: bytes | None) -> bytes:
     if value is None:
         return b"NIL"
     text = value.decode("utf-8", "surrogateescape")
     items = []
-    for name, addr in email.utils.getaddresses([text]):
+    pairs = _fast_addresses(text)
+    if pairs is None:
+        pairs = email.utils.getaddresses([text])
+    for name, addr in pairs:
         if not addr and not name:
             continue
         local, at, host = addr.rpartition("@")

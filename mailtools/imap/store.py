@@ -220,10 +220,16 @@ class Folder:
             return None
         data = mime.to_crlf(raw)
         header = mime.split(data)[0]
-        inf = Info(len(data), int(st.st_mtime), header, mime.envelope(header))
+        inf = Info(len(data), int(st.st_mtime), header, None)  # ENVELOPE: on first FETCH
         infos[m.base] = inf
         self.cache.put(m.base, inf)
         return inf
+
+    def envelope(self, m: Msg, inf: Info) -> bytes:
+        if inf.envelope is None:
+            inf.envelope = mime.envelope(inf.header)
+            self.cache.put(m.base, inf)
+        return inf.envelope
 
     def structure(self, m: Msg, extended: bool, data: bytes | None = None) -> bytes | None:
         inf = self.info_for(m)
