@@ -173,3 +173,38 @@ def test_hostile_message_bounded(srv):
     assert c.search(None, "TEXT", "nothing-like-this")[1] == [b""]
     assert time.monotonic() - t < 10
     c.logout()
+
+
+def test_outside_changes_and_restart_keep_uids(tmp_path):
+    root = make_root(tmp_path)
+    for i in range(3):
+        deliver(root, message(i + 1))
+    srv = Server(tmp_path)
+    try:
+        c = login(srv)
+        c.select("INBOX")
+        uv1 = c.response("UIDVALIDITY")[1]
+        time.sleep(1.1)
+        # mutt-style: flag a message by renaming its file in the Maildir
+        cur = maildir_of(root) / "cur"
+        f = sorted(cur.iterdir())[1]
+        f.rename(f.with_name(f.name.split(":2,")[0] + ":2,FS"))
+        deliver(root, message(4))
+        c.noop()
+        fetches = c.untagged_responses.get("FETCH", [])
+        assert any(b"UID 2 FLAGS (\\Flagged \\Seen" in x for x in fetches), fetches
+        assert c.untagged_responses.get("EXISTS")[-1] == b"4"
+        c.logout()
+    finally:
+        srv.stop()
+    srv = Server(tmp_path)
+    try:
+        c = login(srv)
+        c.select("INBOX")
+        assert c.response("UIDVALIDITY")[1] == uv1
+        typ, data = c.uid("SEARCH", None, "FLAGGED")
+        assert data == [b"2"]
+        assert c.uid("SEARCH", None, "ALL")[1] == [b"1 2 3 4"]
+        c.logout()
+    finally:
+        srv.stop()

@@ -226,3 +226,35 @@ def test_dovecot_written_maildir_same_uids(tmp_path):
     finally:
         dv.stop()
     assert dv_view2 == mt_view2
+
+
+FETCHMAIL = shutil.which("fetchmail")
+
+
+@pytest.mark.skipif(not FETCHMAIL, reason="fetchmail not installed")
+def test_fetchmail_imap_downloads_and_deletes(tmp_path):
+    root = make_root(tmp_path)
+    for i in range(3):
+        deliver(root, message(i + 1, subject=f"fetch me {i + 1}"))
+    srv = Server(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    rc = tmp_path / "fetchmailrc"
+    rc.write_text(
+        f'set no bouncemail\npoll 127.0.0.1 service {srv.port} protocol IMAP auth password\n'
+        f'  user "alice@example.test" there with password "{PASSWORD}" is root here\n'
+        f'  fetchall nokeep sslproto "" mda "/bin/sh -c \'cat > {out}/msg.$$\'"\n'
+    )
+    rc.chmod(0o600)
+    env = dict(os.environ, HOME=str(tmp_path), FETCHMAILHOME=str(tmp_path))
+    try:
+        p = subprocess.run([FETCHMAIL, "-f", str(rc), "--nosyslog", "-v"], capture_output=True, env=env, timeout=60)
+        assert p.returncode == 0, (p.stdout + p.stderr).decode()[-2000:]
+        got = sorted(f.read_bytes() for f in out.iterdir())
+        assert len(got) == 3 and all(b"Subject: fetch me" in g for g in got)
+        c = imaplib.IMAP4("127.0.0.1", srv.port)
+        c.login("alice@example.test", PASSWORD)
+        assert c.select("INBOX")[1] == [b"0"]  # nokeep: deleted and expunged on the server
+        c.logout()
+    finally:
+        srv.stop()
