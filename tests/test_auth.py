@@ -209,15 +209,16 @@ def test_load_users_rereads_when_changed(tmp_path):
 
 # -- property tests: the passwd-file parser and SASL PLAIN -----------------------------------
 
-_line_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), max_size=60)
+_line_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"), max_size=60)
 
 
 @settings(max_examples=80, deadline=None)
 @given(st.lists(_line_text, max_size=12))
 def test_users_parser_never_raises_and_reports_by_line(tmp_path_factory, lines):
     p = tmp_path_factory.mktemp("u") / "users"
-    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    p.write_bytes(("\n".join(lines) + "\n").encode("utf-8"))
     users = Users(p)
+    assert len(users.lines) == max(len(lines), 1)  # [] and [""] both write one empty line
     for problem in users.problems:
         n = int(problem.split(":")[1])
         assert 1 <= n <= len(lines)

@@ -318,10 +318,15 @@ class Users:
         self._parse(raw.decode("utf-8", "surrogateescape"))
 
     def _parse(self, text: str) -> None:
-        self.lines = text.splitlines()
+        # Lines end at LF only, as Dovecot reads them (str.splitlines would also split at VT,
+        # FF, U+2028... and a rewrite would then change those lines); a CR before it is ignored.
+        self.lines = text.split("\n")
+        if self.lines and self.lines[-1] == "":
+            self.lines.pop()
         self.records, self.problems = {}, []
         self.typical = "{ARGON2ID}"
-        for n, line in enumerate(self.lines, start=1):
+        for n, raw in enumerate(self.lines, start=1):
+            line = raw[:-1] if raw.endswith("\r") else raw
             stripped = line.strip()
             if not stripped or stripped.startswith("#"):
                 continue
@@ -376,7 +381,7 @@ class Users:
 
     def verify(self, user: str, password: str) -> bool:
         """True when `password` is right for `user`. Unknown users and broken or unsupported
-        hashes cost one dummy ARGON2ID verification and give False."""
+        hashes cost one dummy verification (like the file's typical hash) and give False."""
         rec = self.records.get(_key(user)) if isinstance(user, str) else None
         if rec is None or not isinstance(password, str) or not password:
             dummy_verify(password if isinstance(password, str) else "", self.typical)
