@@ -23,7 +23,7 @@ from mailtools.core.exitcodes import UsageError, error
 from mailtools.core.output import emit_json, is_tty
 
 PROG = "mailtools mx-lookup"
-CONCURRENCY = 256  # names resolved at once in bulk mode (each is 1 + 2 per exchanger queries)
+CONCURRENCY = 128  # names resolved at once in bulk mode (each is 1 + 2 per exchanger queries)
 WINDOW = 8192  # results buffered for in-order output behind a slow name
 
 # Exit status when several names give different answers: the most urgent wins.
@@ -84,18 +84,23 @@ def run(
 
 async def _run(names, resolver, out, checker) -> int:
     worst = 0
-    sem = asyncio.Semaphore(CONCURRENCY if checker is None else 8)
+    # At most `limit` names are being resolved at once: the producer takes a slot before it
+    # starts a name (so only it ever waits on the semaphore), the name gives it back when done.
+    limit = CONCURRENCY if checker is None else 8
+    slots = asyncio.Semaphore(limit)
 
     async def one(text: str):
         try:
-            mxdns.normalise_domain(text)
-        except ValueError as exc:
-            return Invalid(text, str(exc))
-        async with sem:
+            try:
+                mxdns.normalise_domain(text)
+            except ValueError as exc:
+                return Invalid(text, str(exc))
             result = await mxdns.lookup(text, resolver)
             if checker is not None:
                 result.checks = await checker.check(result)
             return result
+        finally:
+            slots.release()
 
     def emit(result) -> None:
         nonlocal worst
@@ -110,6 +115,7 @@ async def _run(names, resolver, out, checker) -> int:
     async def produce():
         try:
             async for text in _inputs(names):
+                await slots.acquire()
                 await queue.put(asyncio.ensure_future(one(text)))
                 out.queued()
         finally:

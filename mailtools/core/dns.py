@@ -21,6 +21,7 @@ import asyncio
 import ipaddress
 import random
 import re
+import socket
 import struct
 import time
 
@@ -44,6 +45,8 @@ class DNSTempFail(Exception):
 
 
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_SPACE = re.compile(r"[\s\x00]")
 
 
 def normalise_domain(text: str) -> str:
@@ -52,7 +55,7 @@ def normalise_domain(text: str) -> str:
     s = text
     if not s:
         raise ValueError("empty name")
-    if any(c.isspace() for c in s) or "\0" in s:
+    if _SPACE.search(s):
         raise ValueError("a name cannot contain spaces")
     if "@" in s:
         local, _, s = s.rpartition("@")
@@ -69,15 +72,13 @@ def normalise_domain(text: str) -> str:
     s = s.lower()
     if len(s) > 253:
         raise ValueError("domain name too long")
-    labels = s.split(".")
-    for label in labels:
-        if not _LABEL.match(label):
-            raise ValueError(f"invalid label {label!r}" if label else "empty label")
-    try:
-        ipaddress.ip_address(s)
-    except ValueError:
-        return s
-    raise ValueError("an IP address, not a domain")
+    if not _DOMAIN.fullmatch(s):
+        for label in s.split("."):
+            if not _LABEL.match(label):
+                raise ValueError(f"invalid label {label!r}" if label else "empty label")
+    if s[-1].isdigit() and _is_ip_literal(s):
+        raise ValueError("an IP address, not a domain")
+    return s
 
 
 def _to_alabels(s: str) -> str:
@@ -89,6 +90,12 @@ def _to_alabels(s: str) -> str:
     except Exception as exc:  # noqa: BLE001 - dnspython raises several IDNA error types
         raise ValueError(f"not a valid internationalised domain name ({exc})") from None
     return name.to_text(omit_final_dot=True)
+
+
+def _address_key(addr: str) -> tuple[bool, bytes]:
+    """IPv4 before IPv6, each in numeric order."""
+    v6 = ":" in addr
+    return v6, socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, addr)
 
 
 def _is_ip_literal(host: str) -> bool:
@@ -573,7 +580,7 @@ async def lookup(domain: str, resolver: Resolver, *, shuffle: bool = False) -> M
 
 async def _resolve_exchanger(resolver: Resolver, ex: Exchanger, *, implicit: bool = False) -> None:
     host = ex.host
-    if _is_ip_literal(host):
+    if (host[-1:].isdigit() or ":" in host) and _is_ip_literal(host):
         ex.warnings.append("MX target is an IP address, not a host name (RFC 5321 5.1)")
     answers = await asyncio.gather(resolver.query(host, wire.A), resolver.query(host, wire.AAAA), return_exceptions=True)
     nx = 0
@@ -592,7 +599,8 @@ async def _resolve_exchanger(resolver: Resolver, ex: Exchanger, *, implicit: boo
         if ans.nxdomain:
             nx += 1
         ex.addresses.extend(ans.records)
-    ex.addresses = sorted(set(ex.addresses), key=lambda a: (":" in a, ipaddress.ip_address(a)))
+    if len(ex.addresses) > 1:
+        ex.addresses = sorted(set(ex.addresses), key=_address_key)
     if not ex.addresses and not ex.tempfail:
         if nx == 2:
             ex.warnings.append("host does not exist (NXDOMAIN)")
