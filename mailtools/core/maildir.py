@@ -204,40 +204,52 @@ def sort_key(base: str) -> tuple:
     """Delivery order: seconds, then microseconds (M<usec>), then the name (as Dovecot sorts)."""
     sec, _, rest = base.partition(".")
     usec = 0
-    if rest.startswith("M"):
-        digits = ""
-        for c in rest[1:]:
-            if not c.isdigit():
-                break
-            digits += c
-        usec = int(digits) if digits else 0
+    if rest[:1] == "M":
+        tail = rest[1:]
+        n = len(tail) - len(tail.lstrip("0123456789"))
+        if n:
+            usec = int(tail[:n])
     return (int(sec) if sec.isdigit() else 0, usec, base)
 
 
 class MessageFile:
-    """One message file found by :meth:`Maildir.scan`. size and mtime are read lazily."""
+    """One message file found by :meth:`Maildir.scan`. path, size and mtime are made lazily
+    (a scan of 100k messages should not build 100k Path objects or stat every file)."""
 
-    __slots__ = ("path", "subdir", "name", "base", "flags", "_size", "_stat")
+    __slots__ = ("_path", "subdir", "name", "base", "flags", "_size", "_stat")
 
-    def __init__(self, path: str, subdir: str, name: str):
-        from pathlib import Path
-
-        self.path = Path(path)
+    def __init__(self, path, subdir: str, name: str):
+        self._path = os.fspath(path)
         self.subdir = subdir  # "new" or "cur"
         self.name = name  # the whole file name, info part included
         self.base, self.flags = parse_name(name)
-        self._size = size_from_name(self.base)
+        self._size = -1
         self._stat = None
+
+    @property
+    def path(self):
+        from pathlib import Path
+
+        return Path(self._path)
+
+    @property
+    def fspath(self) -> str:
+        return self._path
+
+    def __fspath__(self) -> str:
+        return self._path
 
     def _st(self):
         if self._stat is None:
-            self._stat = os.stat(self.path)
+            self._stat = os.stat(self._path)
         return self._stat
 
     @property
     def size(self) -> int:
-        if self._size is None:
-            self._size = self._st().st_size
+        """The ',S=' size from the name when present (what Dovecot trusts), else the file's."""
+        if self._size < 0:
+            s = size_from_name(self.base)
+            self._size = s if s is not None else self._st().st_size
         return self._size
 
     @property
@@ -482,8 +494,8 @@ class Maildir:
         """Move msg to cur/ with exactly these flags (a rename; the content is untouched)."""
         name = name_with_flags(msg.base, flags)
         dst = os.path.join(self.path, "cur", name)
-        if str(msg.path) != dst:
-            os.rename(msg.path, dst)
+        if msg.fspath != dst:
+            os.rename(msg.fspath, dst)
         return MessageFile(dst, "cur", name)
 
     def clean_tmp(self, max_age: float = TMP_MAX_AGE) -> int:
