@@ -26,13 +26,12 @@ def doveadm_pw(scheme: str, password: str, *extra: str) -> str:
 
 @needs_doveadm
 @pytest.mark.parametrize("scheme", ["SHA512-CRYPT", "SHA256-CRYPT", "BLF-CRYPT", "ARGON2ID", "ARGON2I"])
-@pytest.mark.parametrize("password", ["x", "correct horse battery staple", "pässwörd€"])
+@pytest.mark.parametrize("password", ["x", "correct horse pässwörd€"])
 def test_doveadm_hashes_verify(scheme, password):
     stored = doveadm_pw(scheme, password)
     assert stored.startswith("{" + scheme + "}")
     assert check_password(stored, password)
-    assert not check_password(stored, password + "!")
-    assert not check_password(stored, password[:-1] or "y")
+    assert not check_password(stored, password[:-1] + "y")
 
 
 @needs_doveadm
