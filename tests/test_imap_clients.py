@@ -223,9 +223,14 @@ def test_dovecot_written_maildir_same_uids(tmp_path):
     dv = Dovecot(tmp_path / "again", md)
     try:
         dv_view2 = _uids_and_flags(dv.port)
+        c = imaplib.IMAP4("127.0.0.1", dv.port)
+        c.login("alice@example.test", PASSWORD)
+        subscribed = c.lsub()[1]  # the subscriptions file mailtools wrote is Dovecot's format
+        c.logout()
     finally:
         dv.stop()
     assert dv_view2 == mt_view2
+    assert any(b"Sent" in s for s in subscribed) and any(b"Archive" in s for s in subscribed), subscribed
 
 
 FETCHMAIL = shutil.which("fetchmail")

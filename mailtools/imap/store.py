@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 from mailtools.core import maildir as md
@@ -253,9 +254,13 @@ class Folder:
 
 
 class Store:
-    """One user's mailboxes: name <-> Folder, shared by all of this process's sessions."""
+    """One user's mailboxes: name <-> Folder, shared by all of this process's sessions.
 
-    _folders: dict[str, Folder] = {}
+    At most MAX_FOLDERS folders stay in memory (least recently opened dropped first); a session
+    still holding a dropped one keeps using it, and the disk keeps both views consistent."""
+
+    _folders: "OrderedDict[str, Folder]" = OrderedDict()
+    MAX_FOLDERS = 64
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -270,6 +275,10 @@ class Store:
         f = Store._folders.get(p)
         if f is None:
             f = Store._folders[p] = Folder(Path(p))
+            while len(Store._folders) > Store.MAX_FOLDERS:
+                Store._folders.popitem(last=False)[1].flush()
+        else:
+            Store._folders.move_to_end(p)
         return f
 
     def exists(self, name: str) -> bool:
