@@ -290,3 +290,44 @@ def test_closed_stdout_is_not_an_error(dns, home):
     )
     assert p.stdout == b"multi.test 10 mx1.multi.test 192.0.2.1 2001:db8::1\n"
     assert b"Traceback" not in p.stderr and b"internal error" not in p.stderr
+
+
+def _on_a_tty(args, stdin_data=None, env_extra=None):
+    """Run mailtools with stdout/stderr on a pseudo-terminal; returns (status, text)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    env = dict(os.environ, NO_COLOR="1", COLUMNS="120", **(env_extra or {}))
+    p = subprocess.Popen([sys.executable, "-m", "mailtools", *args], stdin=subprocess.PIPE, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    if stdin_data is not None:
+        p.stdin.write(stdin_data)
+    p.stdin.close()
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    return p.wait(30), out.decode(errors="replace")
+
+
+def test_rich_table_on_a_terminal(dns, home):
+    rc, text = _on_a_tty(["mx-lookup", "--nameserver", dns.nameserver, "multi.test", "cname.test", "nosuch.test"])
+    assert rc == 68
+    assert "Pref" in text and "Addresses" in text and "Warnings" in text
+    assert "mx1.multi.test" in text and "2001:db8::1" in text
+    assert "RFC 2181" in text and "nxdomain" in text and "does not exist" in text
+    assert "\x1b[3" not in text  # NO_COLOR honoured
+
+
+def test_terminal_bulk_mode_shows_each_domain(dns, home):
+    rc, text = _on_a_tty(["mx-lookup", "--nameserver", dns.nameserver, "-"], stdin_data=b"aonly.test\nv6only.test\n")
+    assert rc == 0 and "aonly.test" in text and "2001:db8::30" in text

@@ -24,6 +24,7 @@ import re
 import socket
 import struct
 import time
+from collections import deque
 
 from mailtools.core import dnswire as wire
 
@@ -241,6 +242,39 @@ class _UDPClient:
                 fut.set_exception(exc)
 
 
+class _Slots:
+    """A counting semaphore whose release is O(1) however many wait (asyncio.Semaphore in
+    3.11 scans woken-but-not-yet-run waiters on every release)."""
+
+    def __init__(self, n: int):
+        self.free = n
+        self.waiters: deque = deque()
+
+    async def __aenter__(self):
+        if self.free > 0 and not self.waiters:
+            self.free -= 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        try:
+            await fut  # the releaser handed its slot straight to us
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self._release()  # got the slot just as we were cancelled: pass it on
+            raise
+
+    async def __aexit__(self, *exc):
+        self._release()
+
+    def _release(self) -> None:
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.free += 1
+
+
 def _fail_timeout(fut: asyncio.Future) -> None:
     if not fut.done():
         fut.set_exception(asyncio.TimeoutError())
@@ -325,7 +359,7 @@ class Resolver:
                 client.close()
             self._clients = {}
             self._inflight = {}
-            self._slots = asyncio.Semaphore(self.MAX_INFLIGHT)
+            self._slots = _Slots(self.MAX_INFLIGHT)
 
     async def _resolve(self, name: str, rtype: int) -> Answer:
         resp = await self._exchange(name, rtype)
