@@ -67,12 +67,16 @@ async def _connection(shared: _Shared, implicit_tls: bool, reader: asyncio.Strea
     sess.threaded_auth = True
     try:
         writer.write(sess.greeting())
+        loop = asyncio.get_running_loop()
+        last_input = loop.time()
         while not sess.closed:
             idling = sess.idle_tag is not None and sess.state == SELECTED
             try:
                 data = await asyncio.wait_for(reader.read(262144), IDLE_POLL if idling else AUTOLOGOUT)
+                last_input = loop.time()
             except asyncio.TimeoutError:
-                if idling:
+                # RFC 2177: clients re-issue IDLE within 29 minutes; silence beyond that is a dead peer
+                if idling and loop.time() - last_input < AUTOLOGOUT:
                     out = sess.poll()
                     if out:
                         await _emit(out, writer, sess, shared, reader)
