@@ -34,7 +34,7 @@ _RESINFO = re.compile(
     rf"\s*({_TOKEN})\s*=\s*({_TOKEN})((?:\s+{_TOKEN}\.{_TOKEN}\s*=\s*{_VALUE})*)\s*"
 )
 _PROP = re.compile(rf"({_TOKEN}\.{_TOKEN})\s*=\s*({_VALUE})")
-_AUTHSERV = re.compile(r"\s*([A-Za-z0-9_.-]+)\s*")
+_AUTHSERV = re.compile(r"\s*([A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*)\s*")
 _FAST_METHODS = frozenset(("spf", "dkim", "dmarc", "arc", "iprev", "auth", "bimi", "dkim-atps"))
 
 
@@ -83,7 +83,7 @@ def fast_parse(value: str):
             "method": r.group(1).lower(),
             "result": r.group(2).lower(),
             "reason": None,
-            "properties": dict(_PROP.findall(r.group(3))) if r.group(3) else {},
+            "properties": {k.lower(): v for k, v in _PROP.findall(r.group(3))} if r.group(3) else {},
         })
     return m.group(1), results
 

@@ -77,9 +77,10 @@ def _flatten(value: str) -> str:
         if m is None:
             out.append(value[pos:])
             break
-        if m.group() != "(":  # a stray ")" or a quoted-pair outside comments: keep as text
+        if m.group() != "(":  # a stray ")" or a quoted-pair outside comments: plain text
             end = m.end() + (1 if m.group() == "\\" else 0)
-            out.append(value[pos:end])
+            out.append(value[pos:m.start()])
+            out.append(value[m.start():end].translate(_HIDE))
             pos = end
             continue
         end = _comment_end(value, m.start())
