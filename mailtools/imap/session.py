@@ -58,7 +58,8 @@ STATE = {
     "MOVE": {SELECTED}, "UID": {SELECTED},
 }
 
-BASE_CAPS = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE"
+BASE_CAPS = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE"
+             " LIST-EXTENDED LIST-STATUS")
 SPECIAL = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk", "Archive": "\\Archive"}
 SUBSCRIPTIONS = "subscriptions"
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
@@ -578,39 +579,80 @@ class Session:
         return attrs
 
     def cmd_list(self, tag, cur, uid, lsub=False):
+        # RFC 5258 LIST-EXTENDED: LIST [(selection)] ref (pattern | (patterns)) [RETURN (options)]
         cur.sp()
+        select: set[str] = set()
+        if not lsub and cur.peek() == b"(":
+            select = {x.upper() for x in cur.paren_list(lambda c: c.atom())}
+            cur.sp()
+            if select - {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}:
+                raise ParseError("unknown LIST selection option")
+            if select == {"RECURSIVEMATCH"}:
+                raise ParseError("RECURSIVEMATCH needs another selection option")
         ref = cur.astring().decode("utf-8", "replace")
         cur.sp()
-        pat = cur.list_mailbox().decode("utf-8", "replace")
+        if not lsub and cur.peek() == b"(":
+            pats = [p.decode("utf-8", "replace") for p in cur.paren_list(lambda c: c.list_mailbox())]
+        else:
+            pats = [cur.list_mailbox().decode("utf-8", "replace")]
+        ret: set[str] = set()
+        status_items: list[str] = []
+        if not lsub and cur.take(b" RETURN "):
+            def opt(c):
+                word = c.atom().upper()
+                if word == "STATUS":
+                    c.sp()
+                    status_items.extend(x.upper() for x in c.paren_list(lambda c2: c2.atom()))
+                return word
+            ret = set(cur.paren_list(opt))
+            if ret - {"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"}:
+                raise ParseError("unknown LIST return option")
         cur.eol()
         word = "LSUB" if lsub else "LIST"
-        if pat == "" and not lsub:
+        if pats == [""] and not lsub:
             self.send('* LIST (\\Noselect) "/" ""')
             return "LIST completed"
-        rx = pattern_re(ref, pat)
+        rxs = [pattern_re(ref, p) for p in pats]
+
+        def match(n):
+            return any(rx.match(n) for rx in rxs)
+
         names = self.store.list()
         nameset = set(names)
+        subs = read_subscriptions(self.store.root) if (lsub or select & {"SUBSCRIBED"} or "SUBSCRIBED" in ret) else []
+        subset = set(subs)
         if lsub:
-            subs = read_subscriptions(self.store.root)
-            for s in subs:
-                if rx.match(s):
-                    attrs = [] if s in nameset or s.upper() == "INBOX" else ["\\Noselect"]
-                    self.send(f'* LSUB ({" ".join(attrs)}) "/" ' + astring_out(s).decode("utf-8", "replace"))
+            for n in subs:
+                if match(n):
+                    attrs = [] if n in nameset or n.upper() == "INBOX" else ["\\Noselect"]
+                    self.send(f'* LSUB ({" ".join(attrs)}) "/" ' + astring_out(n).decode("utf-8", "replace"))
             return "LSUB completed"
+        if "SUBSCRIBED" in select:
+            candidates = [n for n in subs]
+        else:
+            candidates = list(names)
         seen = set()
-        for n in names:
-            if rx.match(n):
-                seen.add(n)
-                self.send(f'* {word} ({" ".join(self._attrs(n, nameset))}) "/" ' + astring_out(n).decode("utf-8", "replace"))
+        for n in candidates:
+            if not match(n):
+                continue
+            attrs = self._attrs(n, nameset) if n in nameset else ["\\NonExistent"]
+            if "SPECIAL-USE" in select and n not in SPECIAL:
+                continue
+            if n in subset and (select & {"SUBSCRIBED"} or "SUBSCRIBED" in ret):
+                attrs.append("\\Subscribed")
+            seen.add(n)
+            self.send(f'* {word} ({" ".join(attrs)}) "/" ' + astring_out(n).decode("utf-8", "replace"))
+            if status_items and n in nameset:
+                self._status_line(n, status_items)
         # a '%' pattern also shows parents whose children match (RFC 3501 6.3.8)
-        if "%" in pat:
+        if any("%" in p for p in pats) and not select:
             for n in names:
                 parts = n.split("/")
                 for i in range(1, len(parts)):
                     p = "/".join(parts[:i])
-                    if p not in seen and p not in nameset and rx.match(p):
+                    if p not in seen and p not in nameset and match(p):
                         seen.add(p)
-                        self.send(f'* LIST (\\Noselect \\HasChildren) "/" ' + astring_out(p).decode())
+                        self.send('* LIST (\\Noselect \\HasChildren) "/" ' + astring_out(p).decode())
         return "LIST completed"
 
     def cmd_lsub(self, tag, cur, uid):
@@ -637,6 +679,10 @@ class Session:
         cur.eol()
         if not self.store.exists(name):
             raise No("[NONEXISTENT] Mailbox doesn't exist")
+        self._status_line(name, items)
+        return "STATUS completed"
+
+    def _status_line(self, name: str, items: list[str]) -> None:
         f = self.store.open(name)
         f.refresh()
         vals = []
@@ -654,7 +700,6 @@ class Session:
             else:
                 raise ParseError(f"unknown status item {it}")
         self.send(f"* STATUS {astring_out(name).decode()} ({' '.join(vals)})")
-        return "STATUS completed"
 
     def cmd_append(self, tag, cur, uid):
         name = self._mailbox_arg(cur)
