@@ -389,3 +389,44 @@ def test_sigkill_of_the_real_command(tmp_path):
         p.send_signal(signal.SIGKILL)
         p.wait()
         _check_no_partial(md, msgs)
+
+
+# -- the fast parser agrees with typer/click on every option form -------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+WORD = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789@._/", min_size=1, max_size=12)
+
+
+@st.composite
+def command_lines(draw):
+    args: list[str] = []
+    for opt in draw(st.permutations(["--maildir", "--folder", "-f"])):
+        if draw(st.booleans()):
+            value = draw(WORD)
+            form = draw(st.sampled_from(["split", "glued"]))
+            if form == "split":
+                args += [opt, value]
+            else:
+                args.append(f"{opt}={value}" if opt.startswith("--") else f"{opt}{value}")
+        for _ in range(draw(st.integers(0, 2))):
+            args.append(draw(WORD))
+    return args
+
+
+@settings(max_examples=60, deadline=None)
+@given(command_lines())
+def test_fast_parser_matches_click(argv):
+    import typer.main
+
+    from mailtools.cli import build_app
+    from mailtools.deliver import parse_args
+
+    global _CLICK_DELIVER
+    if "_CLICK_DELIVER" not in globals():
+        _CLICK_DELIVER = typer.main.get_command(build_app(only="deliver")).commands["deliver"]
+    ctx = _CLICK_DELIVER.make_context("deliver", list(argv))
+    fast = parse_args(argv)
+    assert {k: ctx.params[k] for k in ("maildir", "folder", "sender")} == {k: fast[k] for k in ("maildir", "folder", "sender")}
+    assert list(ctx.params["addresses"] or []) == fast["addresses"]
