@@ -9,6 +9,7 @@ search over 10,000 cached headers takes milliseconds; work per message is linear
 from __future__ import annotations
 
 import email.header
+import re
 import email.utils
 import time
 from datetime import date, datetime
@@ -75,8 +76,7 @@ def _header_has(ctx: Ctx, name: str | None, needle: str) -> bool:
     if inf is None:
         return False
     hdr = inf.header
-    nb = needle.lower().encode("utf-8")
-    if needle.isascii() and b"=?" not in hdr and nb not in hdr.lower():
+    if needle.isascii() and b"=?" not in hdr and needle.lower().encode() not in hdr.lower():
         return False
     for n, v in mime.headers(hdr):
         if name is None or n == name:
@@ -85,6 +85,18 @@ def _header_has(ctx: Ctx, name: str | None, needle: str) -> bool:
             if needle.lower() in decode_header(v).lower():
                 return True
     return False
+
+
+_needles: dict[str, "re.Pattern"] = {}
+
+
+def _needle_re(needle: str):
+    rx = _needles.get(needle)
+    if rx is None:
+        if len(_needles) > 64:
+            _needles.clear()
+        rx = _needles[needle] = re.compile(re.escape(needle.encode("ascii")), re.I)
+    return rx
 
 
 def _body_text(data: bytes) -> bytes:
