@@ -35,47 +35,55 @@ sys.path.insert(0, str(REPO))
 import support_dns  # noqa: E402
 
 # One upstream socket; query ids rewritten so concurrent clients never collide; each answer held
-# until `delay` after its query arrived (the answer itself comes from dnsmasq in well under 1 ms).
+# until `delay` after its query arrived. A plain select loop that drains both sockets on every
+# wake-up, so the forwarder itself costs a few microseconds per query.
 FORWARDER = r"""
-import asyncio, struct, sys
+import heapq, select, socket, struct, sys, time
 listen_port, upstream_port, delay = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+down = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+down.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+down.bind(("127.0.0.1", listen_port))
+up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+up.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+up.connect(("127.0.0.1", upstream_port))
+down.setblocking(False)
+up.setblocking(False)
 pending = {}  # upstream id -> (client addr, client id bytes, arrival time)
-next_id = 0
-
-class Up(asyncio.DatagramProtocol):
-    def connection_made(self, tr):
-        self.tr = tr
-    def datagram_received(self, data, _):
-        entry = pending.pop(struct.unpack_from("!H", data)[0], None)
-        if entry is None:
-            return
-        addr, cid, t0 = entry
-        loop = asyncio.get_running_loop()
-        loop.call_later(max(0.0, t0 + delay - loop.time()), down.tr.sendto, cid + data[2:], addr)
-
-class Down(asyncio.DatagramProtocol):
-    def connection_made(self, tr):
-        self.tr = tr
-    def datagram_received(self, data, addr):
-        global next_id
-        if len(data) < 12:
-            return
-        for _ in range(65536):
-            next_id = (next_id + 1) & 0xFFFF
-            if next_id not in pending:
+held = []  # heap of (due time, seq, data, addr)
+next_id = seq = 0
+print("ready", flush=True)
+while True:
+    timeout = max(0.0, held[0][0] - time.monotonic()) if held else None
+    readable, _, _ = select.select([down, up], [], [], timeout)
+    now = time.monotonic()
+    if down in readable:
+        while True:
+            try:
+                data, addr = down.recvfrom(65535)
+            except BlockingIOError:
                 break
-        pending[next_id] = (addr, data[:2], asyncio.get_running_loop().time())
-        up.tr.sendto(struct.pack("!H", next_id) + data[2:])
-
-async def main():
-    global up, down
-    loop = asyncio.get_running_loop()
-    _, up = await loop.create_datagram_endpoint(Up, remote_addr=("127.0.0.1", upstream_port))
-    _, down = await loop.create_datagram_endpoint(Down, local_addr=("127.0.0.1", listen_port))
-    print("ready", flush=True)
-    await asyncio.Event().wait()
-
-asyncio.run(main())
+            if len(data) < 12:
+                continue
+            for _ in range(65536):
+                next_id = (next_id + 1) & 0xFFFF
+                if next_id not in pending:
+                    break
+            pending[next_id] = (addr, data[:2], now)
+            up.send(struct.pack("!H", next_id) + data[2:])
+    if up in readable:
+        while True:
+            try:
+                data = up.recv(65535)
+            except BlockingIOError:
+                break
+            entry = pending.pop(struct.unpack_from("!H", data)[0], None)
+            if entry is not None:
+                seq += 1
+                heapq.heappush(held, (entry[2] + delay, seq, entry[1] + data[2:], entry[0]))
+    now = time.monotonic()
+    while held and held[0][0] <= now:
+        _, _, data, addr = heapq.heappop(held)
+        down.sendto(data, addr)
 """
 
 
