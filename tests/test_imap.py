@@ -208,3 +208,10 @@ def test_outside_changes_and_restart_keep_uids(tmp_path):
         c.logout()
     finally:
         srv.stop()
+
+
+def test_cli_bad_listen_and_tls_without_certificate(home, run):
+    p = run("imap-serve", "--listen", "nonsense", timeout=20)
+    assert p.returncode == 78 and b"HOST:PORT" in p.stderr
+    p = run("imap-serve", "--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0", timeout=20)
+    assert p.returncode == 78 and b"[tls]" in p.stderr
