@@ -15,7 +15,8 @@ import pytest
 
 from conftest import free_port
 from mailtools.smtpd import replies as R
-from mailtools.smtpd.server import bound_addresses, parse_listen, server_ssl_context, shutdown, start_server
+from mailtools.core.tls import server_context as server_ssl_context
+from mailtools.smtpd.server import bound_addresses, parse_listen, shutdown, start_server
 from mailtools.smtpd.session import Handler, Limits
 
 

@@ -287,14 +287,6 @@ def shutdown(servers) -> None:
                 proto.shutdown()
 
 
-def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
-    """A server context from PEM files: TLS 1.2+, the defaults Python considers safe."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key)
-    return ctx
-
-
 def bound_addresses(servers) -> list[str]:
     """'host:port' for every listening socket (for 'listening on ...' lines)."""
     out = []

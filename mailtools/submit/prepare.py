@@ -12,6 +12,7 @@ import os
 import time
 
 from mailtools.core.message import get_header, line_ending, split_header
+from mailtools.smtpd.received import rfc5322_date  # light: time only
 
 MAX_LINE = 998  # RFC 5322 2.1.1, without the CRLF
 
@@ -147,14 +148,6 @@ def remove_fields(header: bytes, names: tuple[str, ...]) -> bytes:
 
 
 # --- fix-ups --------------------------------------------------------------------------------
-def rfc5322_date(when: float | None = None) -> str:
-    t = time.localtime(when)
-    off = t.tm_gmtoff or 0
-    sign = "+" if off >= 0 else "-"
-    off = abs(off)
-    return time.strftime("%a, %d %b %Y %H:%M:%S ", t) + f"{sign}{off // 3600:02d}{off % 3600 // 60:02d}"
-
-
 def message_id(hostname: str) -> str:
     return f"<{time.time_ns():x}.{os.urandom(5).hex()}@{hostname}>"
 
