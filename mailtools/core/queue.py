@@ -751,7 +751,8 @@ def nudge(queue_dir) -> bool:
 
     Writes one byte to the FIFO queue_dir/nudge when a reader has it open; with no daemon (no
     FIFO, or no reader: ENXIO) or a full pipe (EAGAIN: it is awake already) nothing happens.
-    Returns True when a byte was written."""
+    Returns True when a byte was written. On a spool shared over NFS a FIFO is per host: daemons
+    elsewhere find the entry at their next timed pass."""
     path = os.path.join(os.fspath(queue_dir), NUDGE)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
