@@ -25,7 +25,7 @@ import fcntl
 import os
 import threading
 
-from mailtools.core.maildir import MessageFile, UidList, make_dirs, name_with_flags, parse_name
+from mailtools.core.maildir import UIDLIST, UidList, make_dirs, name_with_flags, parse_name
 from mailtools.pop3.session import AuthFailed, InUse, MaildropError, MessageGone
 
 LOCK_FILE = "mailtools-pop3.lock"
@@ -33,13 +33,14 @@ SIZE_CACHE = "mailtools-pop3-sizes"
 _CACHE_MAGIC = "mailtools-pop3-sizes 1"
 
 _held: set[str] = set()  # realpaths of maildrops locked by this process
+_snapshots: dict[str, tuple] = {}  # realpath -> (stamp, paths, sizes, uidls) of the last load
 _held_mutex = threading.Lock()
 
 
 def to_crlf(data: bytes) -> bytes:
     """Bare LF -> CRLF; CRLF and lone CR stay as they are (what Dovecot counts as vsize)."""
-    if b"\n" not in data:
-        return data
+    if b"\r" not in data:  # the usual Maildir file: one pass
+        return data.replace(b"\n", b"\r\n")
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
@@ -53,14 +54,6 @@ def _field(base: str, key: str) -> int | None:
         if f.startswith(key):
             v = f[len(key):]
             return int(v) if v.isdigit() else None
-    return None
-
-
-def _ext(fields: str, key: str) -> str | None:
-    """One field of a uidlist record's extensions ('W1234 P0001abcd' -> 'W': '1234')."""
-    for f in fields.split(" "):
-        if f.startswith(key):
-            return f[1:]
     return None
 
 
@@ -111,7 +104,7 @@ class MaildirDrop:
     def __init__(self, path: str, lock: Lock):
         self.path = path
         self.lock = lock
-        self.files: list[MessageFile] = []
+        self.paths: list[str] = []  # where each message file is (updated when it moved)
         self.sizes: list[int] = []
         self.uidls: list[str] = []
 
@@ -136,33 +129,90 @@ class MaildirDrop:
             raise
         return drop
 
-    def _load(self) -> None:
+    def _listing(self) -> tuple[UidList, dict[int, tuple[str, str]]]:
+        """The uidlist and uid -> (file path, base name), in UID order.
+
+        Fast path (the usual case: nothing delivered since the last sync): the uidlist already
+        names every file, so it is only read, without its lock and without rewriting it; files
+        it lists that are gone are simply not served. Otherwise UidList.sync gives the new
+        files their UIDs under the dotlock, exactly as imap-serve and Dovecot do."""
+        try:
+            ul = UidList.read(self.path)
+        except ValueError:
+            ul = None
+        if ul is not None:
+            by_base = ul.by_base
+            found: dict[int, tuple[str, str]] = {}
+            complete = True
+            for sub in ("new", "cur"):
+                d = os.path.join(self.path, sub)
+                for name in os.listdir(d):
+                    if name.startswith("."):
+                        continue
+                    base = name.partition(":")[0]
+                    uid = by_base.get(base)
+                    if uid is None:
+                        complete = False
+                        break
+                    found.setdefault(uid, (f"{d}/{name}", base))
+                if not complete:
+                    break
+            if complete:
+                return ul, dict(sorted(found.items()))
         ul = UidList.sync(self.path)
+        return ul, {uid: (os.fspath(mf.path), mf.base) for uid, mf in ul.files.items()}
+
+    def _stamp(self) -> tuple:
+        """What changes whenever the maildrop could have: the uidlist and both directories."""
+        out = []
+        for name in (UIDLIST, "new", "cur"):
+            try:
+                st = os.stat(os.path.join(self.path, name))
+                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except FileNotFoundError:
+                out.append(None)
+        return tuple(out)
+
+    def _load(self) -> None:
+        # A second login to an unchanged maildrop (fetchmail polling every few minutes) reuses
+        # what this process read last time; any delivery, rename or expunge changes the stamp.
+        stamp = self._stamp()
+        snap = _snapshots.get(self.lock.key)
+        if snap is not None and snap[0] == stamp:
+            self.paths, self.sizes, self.uidls = list(snap[1]), snap[2], snap[3]
+            return
+        ul, files = self._listing()
         cache = self._read_cache()
         fresh: dict[str, int] = {}
         validity = ul.uidvalidity
-        for uid, mf in ul.files.items():
-            ext = ul.ext.get(uid, "")
-            size = _field(mf.base, "W=")
-            if size is None and ext:
-                w = _ext(ext, "W")
+        exts = ul.ext
+        for uid, (path, base) in files.items():
+            ext = exts.get(uid)
+            size = uidl = None
+            if ext:  # Dovecot's record extensions: W<vsize>, P<pop3 uidl>, G<guid>, ...
+                fields = {f[:1]: f[1:] for f in ext.split(" ") if f}
+                w = fields.get("W")
                 size = int(w) if w and w.isdigit() else None
+                uidl = fields.get("P") or None
+            if size is None and ",W=" in base:
+                size = _field(base, "W=")
             if size is None:
-                size = cache.get(mf.base)
+                size = cache.get(base)
                 if size is None:
                     try:
-                        with open(mf.path, "rb") as f:
+                        with open(path, "rb") as f:
                             size = crlf_size(f.read())
                     except FileNotFoundError:
-                        continue  # expunged since the sync: not part of this maildrop
-                fresh[mf.base] = size
+                        continue  # expunged since the listing: not part of this maildrop
+                fresh[base] = size
             # Dovecot expands its default pop3_uidl_format %08Xu%08Xv in lower-case hex.
-            uidl = (_ext(ext, "P") if ext else None) or f"{uid:08x}{validity:08x}"
-            self.files.append(mf)
+            self.paths.append(path)
             self.sizes.append(size)
-            self.uidls.append(uidl)
+            self.uidls.append(uidl or f"{uid:08x}{validity:08x}")
         if fresh.keys() != cache.keys():
             self._write_cache(fresh)
+        if stamp == self._stamp():  # nothing changed while we read: worth remembering
+            _snapshots[self.lock.key] = (stamp, list(self.paths), self.sizes, self.uidls)
 
     def _read_cache(self) -> dict[str, int]:
         try:
@@ -198,7 +248,7 @@ class MaildirDrop:
     # --- the Maildrop protocol ------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.paths)
 
     def size(self, index: int) -> int:
         return self.sizes[index]
@@ -206,9 +256,9 @@ class MaildirDrop:
     def uidl(self, index: int) -> str:
         return self.uidls[index]
 
-    def _relocate(self, index: int) -> MessageFile | None:
+    def _relocate(self, index: int) -> str | None:
         """The file was renamed (flags changed by IMAP) or expunged: find it by base name."""
-        base = self.files[index].base
+        base = os.path.basename(self.paths[index]).partition(":")[0]
         for sub in ("cur", "new"):
             d = os.path.join(self.path, sub)
             try:
@@ -217,21 +267,20 @@ class MaildirDrop:
                 continue
             for n in names:
                 if n == base or n.startswith(base + ":"):
-                    mf = MessageFile(os.path.join(d, n), sub, n)
-                    self.files[index] = mf
-                    return mf
+                    self.paths[index] = path = f"{d}/{n}"
+                    return path
         return None
 
     def read(self, index: int) -> bytes:
         try:
-            with open(self.files[index].path, "rb") as f:
+            with open(self.paths[index], "rb") as f:
                 data = f.read()
         except FileNotFoundError:
-            mf = self._relocate(index)
-            if mf is None:
+            path = self._relocate(index)
+            if path is None:
                 raise MessageGone() from None
             try:
-                with open(mf.path, "rb") as f:
+                with open(path, "rb") as f:
                     data = f.read()
             except FileNotFoundError:
                 raise MessageGone() from None
@@ -243,12 +292,12 @@ class MaildirDrop:
         dirs: set[str] = set()
         for i in deleted:
             for attempt in (0, 1):
-                mf = self.files[i] if attempt == 0 else self._relocate(i)
-                if mf is None:
+                path = self.paths[i] if attempt == 0 else self._relocate(i)
+                if path is None:
                     break  # already gone: expunged elsewhere, which is what was asked
                 try:
-                    os.unlink(mf.path)
-                    dirs.add(os.path.dirname(mf.path))
+                    os.unlink(path)
+                    dirs.add(os.path.dirname(path))
                     break
                 except FileNotFoundError:
                     continue
@@ -256,13 +305,13 @@ class MaildirDrop:
                     failed = exc
                     break
         for i in retrieved:
-            mf = self.files[i]
-            if mf.subdir == "cur" and "S" in mf.flags:
+            path = self.paths[i]
+            subdir = os.path.basename(os.path.dirname(path))
+            base, flags = parse_name(os.path.basename(path))
+            if subdir == "cur" and "S" in flags:
                 continue
-            base, flags = parse_name(mf.name)
-            dst = os.path.join(self.path, "cur", name_with_flags(base, flags + "S"))
             try:
-                os.rename(mf.path, dst)
+                os.rename(path, os.path.join(self.path, "cur", name_with_flags(base, flags + "S")))
             except OSError:
                 pass  # renamed or expunged meanwhile: the flag is a courtesy
         for d in dirs:

@@ -107,7 +107,8 @@ def dot_stuff(data: bytes) -> bytes:
     """A CRLF message as a multi-line response body, terminator included (RFC 1939 3)."""
     if data.startswith(b"."):
         data = b"." + data
-    data = data.replace(b"\n.", b"\n..")
+    if b"\n." in data:
+        data = data.replace(b"\n.", b"\n..")
     if data and not data.endswith(b"\r\n"):
         data += b"\r\n"
     return data + b".\r\n"
@@ -165,6 +166,7 @@ class Session:
         self.maildrop: Maildrop | None = None
         self.deleted: set[int] = set()
         self.retrieved: set[int] = set()
+        self._multi: dict[str, bytes] = {}  # LIST/UIDL bodies, until DELE or RSET changes them
         self.bad_commands = 0
         self.auth_failures = 0
         self.closed = False
@@ -423,9 +425,12 @@ class Session:
             i = self._message(arg)
             return [line(R.OK_SCAN.format(num=i + 1, size=md.size(i)))]
         count, size = self._totals()
-        deleted = self.deleted
-        body = "".join(f"{i + 1} {md.size(i)}\r\n" for i in range(len(md)) if i not in deleted)
-        return [line(R.OK_LIST.format(count=count, size=size)) + body.encode() + b".\r\n"]
+        body = self._multi.get("LIST")
+        if body is None:
+            deleted = self.deleted
+            body = "".join(f"{i + 1} {md.size(i)}\r\n" for i in range(len(md)) if i not in deleted).encode()
+            self._multi["LIST"] = body
+        return [line(R.OK_LIST.format(count=count, size=size)) + body + b".\r\n"]
 
     def cmd_uidl(self, arg: str) -> list:
         md = self.maildrop
@@ -433,9 +438,12 @@ class Session:
         if arg:
             i = self._message(arg)
             return [line(R.OK_UIDL_ONE.format(num=i + 1, uidl=md.uidl(i)))]
-        deleted = self.deleted
-        body = "".join(f"{i + 1} {md.uidl(i)}\r\n" for i in range(len(md)) if i not in deleted)
-        return [line(R.OK_UIDL) + body.encode() + b".\r\n"]
+        body = self._multi.get("UIDL")
+        if body is None:
+            deleted = self.deleted
+            body = "".join(f"{i + 1} {md.uidl(i)}\r\n" for i in range(len(md)) if i not in deleted).encode()
+            self._multi["UIDL"] = body
+        return [line(R.OK_UIDL) + body + b".\r\n"]
 
     def cmd_retr(self, arg: str) -> list:
         i = self._message(arg)
@@ -455,12 +463,14 @@ class Session:
     def cmd_dele(self, arg: str) -> list:
         i = self._message(arg)
         self.deleted.add(i)
+        self._multi.clear()
         return [line(R.OK_DELE)]
 
     def cmd_rset(self, arg: str) -> list:
         if arg:
             raise _Error(R.ERR_ARGS, bad=True)
         self.deleted.clear()
+        self._multi.clear()
         count, size = self._totals()
         return [line(R.OK_RSET.format(count=count, size=size))]
 
