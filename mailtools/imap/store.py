@@ -75,10 +75,12 @@ class Folder:
         newest = max(sig[0], sig[1], sig[2][0] if sig[2] else 0)
         if not force and sig == self.sig and time.time_ns() - newest > DIRTY_NS:
             return False
-        ul = md.UidList.sync(self.path)
-        msgs = []
-        for uid, f in ul.files.items():
-            msgs.append(Msg(uid, f.base, f.flags, f.subdir, f.name))
+        fast = self._read_known()
+        if fast is not None:
+            ul, msgs = fast
+        else:
+            ul = md.UidList.sync(self.path)
+            msgs = [Msg(uid, f.base, f.flags, f.subdir, f.name) for uid, f in ul.files.items()]
         old = self.by_uid
         self.msgs = msgs
         self.by_uid = {m.uid: m for m in msgs}
@@ -92,6 +94,38 @@ class Folder:
         self.sig = self._signature()
         self.generation += 1
         return True
+
+    def _read_known(self):
+        """(uidlist, msgs) without taking the uidlist lock when every file already has a UID
+        and none vanished (the common case: flags renamed, nothing delivered); else None and
+        the caller runs UidList.sync. Dovecot replaces the uidlist by rename, so an unlocked
+        read sees a whole file."""
+        try:
+            ul = md.UidList.read(self.path)
+        except (ValueError, OSError):
+            return None
+        if ul is None:
+            return None
+        by_base = {b: u for u, b in ul.uids.items()}
+        msgs = []
+        parse = md.parse_name
+        for sub in ("new", "cur"):
+            try:
+                names = os.listdir(f"{self.spath}/{sub}")
+            except FileNotFoundError:
+                raise Gone(self.spath) from None
+            for n in names:
+                if n[:1] == ".":
+                    continue
+                base, flags = parse(n)
+                uid = by_base.get(base)
+                if uid is None:
+                    return None
+                msgs.append(Msg(uid, base, flags, sub, n))
+        if len(msgs) != len(by_base):
+            return None
+        msgs.sort(key=lambda m: m.uid)
+        return ul, msgs
 
     def touched(self) -> None:
         """We changed the folder ourselves: re-read it at the next refresh."""
