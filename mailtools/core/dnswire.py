@@ -8,6 +8,7 @@ WireError; the resolver then treats the answer as a failure of that server.
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 
@@ -29,6 +30,7 @@ class WireError(ValueError):
     """A message that is not valid DNS (or not one we can read)."""
 
 
+@functools.lru_cache(maxsize=4096)  # A and AAAA (and retries) ask for the same name
 def encode_name(name: str) -> bytes:
     """'mx.example.test' (ASCII, no trailing dot) -> wire labels. Raises WireError."""
     if not name or name == ".":
@@ -56,7 +58,7 @@ def build_query(qid: int, name: str, qtype: int, *, edns: bool = True, rd: bool 
 def _read_name(data: bytes, pos: int) -> tuple[str, int]:
     """Decode a possibly compressed name at pos; returns (lower-case text without trailing dot,
     position after the name in the original stream)."""
-    labels: list[str] = []
+    out = bytearray()
     end = -1
     hops = 0
     n = len(data)
@@ -67,7 +69,7 @@ def _read_name(data: bytes, pos: int) -> tuple[str, int]:
         if length == 0:
             pos += 1
             break
-        if length & 0xC0 == 0xC0:  # RFC 1035 4.1.4 compression pointer
+        if length >= 0xC0:  # RFC 1035 4.1.4 compression pointer
             if pos + 1 >= n:
                 raise WireError("truncated pointer")
             if end < 0:
@@ -77,14 +79,18 @@ def _read_name(data: bytes, pos: int) -> tuple[str, int]:
             if hops > 64:
                 raise WireError("compression loop")
             continue
-        if length & 0xC0:
+        if length > 63:
             raise WireError("unknown label type")
         pos += 1
         if pos + length > n:
             raise WireError("label runs past the end")
-        labels.append(data[pos : pos + length].decode("ascii", "backslashreplace").lower())
+        if out:
+            out += b"."
+        out += data[pos : pos + length]
         pos += length
-    return ".".join(labels), (end if end >= 0 else pos)
+    if len(out) > 254:
+        raise WireError("name too long")
+    return out.decode("ascii", "backslashreplace").lower(), (end if end >= 0 else pos)
 
 
 class Record:
