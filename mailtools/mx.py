@@ -57,8 +57,8 @@ def run(
             mxdns.normalise_domain(name)
         except ValueError as exc:
             raise UsageError(f"{name!r}: {exc}") from None
-    if timeout is not None and timeout <= 0:
-        raise UsageError("--timeout must be a positive number of seconds")
+    if timeout is not None and not 0 < timeout <= 3600:  # also refuses nan and inf
+        raise UsageError("--timeout must be a number of seconds between 0 and 3600")
     if not 0 < port < 65536:
         raise UsageError("--port must be between 1 and 65535")
     try:
