@@ -103,15 +103,19 @@ class _Error(Exception):
         self.bad = bad  # counts towards MAX_BAD_COMMANDS
 
 
-def dot_stuff(data: bytes) -> bytes:
-    """A CRLF message as a multi-line response body, terminator included (RFC 1939 3)."""
-    if data.startswith(b"."):
-        data = b"." + data
+def multiline(first: bytes, data: bytes) -> bytes:
+    """A reply line plus a CRLF message as a dot-stuffed multi-line body (RFC 1939 3)."""
     if b"\n." in data:
         data = data.replace(b"\n.", b"\n..")
-    if data and not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    return data + b".\r\n"
+    if data.startswith(b"."):
+        data = b"." + data
+    end = b".\r\n" if not data or data.endswith(b"\r\n") else b"\r\n.\r\n"
+    return b"".join((first, data, end))
+
+
+def dot_stuff(data: bytes) -> bytes:
+    """A CRLF message as a multi-line response body, terminator included."""
+    return multiline(b"", data)
 
 
 def top_of(data: bytes, lines: int) -> bytes:
@@ -166,7 +170,7 @@ class Session:
         self.maildrop: Maildrop | None = None
         self.deleted: set[int] = set()
         self.retrieved: set[int] = set()
-        self._multi: dict[str, bytes] = {}  # LIST/UIDL bodies, until DELE or RSET changes them
+        self._multi: dict = {}  # LIST/UIDL bodies and the total size, until DELE or RSET
         self.bad_commands = 0
         self.auth_failures = 0
         self.closed = False
@@ -312,11 +316,14 @@ class Session:
             raise _Error(R.ERR_SYS_TEMP, detail=f"Cannot read message {index + 1}: {exc.strerror}") from None
 
     def _totals(self) -> tuple[int, int]:
+        """(messages, octets) not marked deleted; the octets are summed once per change."""
         md = self.maildrop
         assert md is not None
-        count = len(md) - len(self.deleted)
-        size = sum(md.size(i) for i in range(len(md)) if i not in self.deleted)
-        return count, size
+        size = self._multi.get("SIZE")
+        if size is None:
+            size = sum(md.size(i) for i in range(len(md)) if i not in self.deleted)
+            self._multi["SIZE"] = size
+        return len(md) - len(self.deleted), size
 
     # --- AUTHORIZATION -----------------------------------------------------------------
 
@@ -449,7 +456,7 @@ class Session:
         i = self._message(arg)
         data = self._read(i)
         self.retrieved.add(i)
-        return [line(R.OK_RETR.format(size=len(data))) + dot_stuff(data)]
+        return [multiline(line(R.OK_RETR.format(size=len(data))), data)]
 
     def cmd_top(self, arg: str) -> list:
         parts = arg.split(" ")
@@ -458,7 +465,7 @@ class Session:
         i = self._message(parts[0])
         n = _number(parts[1], R.ERR_INVALID_LINES)
         data = top_of(self._read(i), n)
-        return [line(R.OK_TOP) + dot_stuff(data)]
+        return [multiline(line(R.OK_TOP), data)]
 
     def cmd_dele(self, arg: str) -> list:
         i = self._message(arg)
