@@ -532,6 +532,7 @@ class Queue:
 
     def get(self, qid: str) -> Entry:
         """The entry with this id wherever it is; raises QueueError when there is none."""
+        qid = qid.strip().upper()  # as an operator may type it
         for _ in range(3):  # it may move between finding and reading
             p, state_dir, name = self._find(qid)
             try:
@@ -683,6 +684,7 @@ class Queue:
         """Move a waiting entry to hold/. An entry being delivered gets a `hold` mark instead:
         its runner's release() (or recover()) then puts it in hold/ rather than back in new/.
         Raises QueueError for an unknown id."""
+        qid = qid.strip().upper()  # as an operator may type it
         self._ensure()
         p, state_dir, _ = self._find(qid)
         if state_dir == "hold":
@@ -702,6 +704,7 @@ class Queue:
 
     def release_hold(self, qid: str) -> None:
         """Move a held entry back to new/ (raises QueueError if it is not held)."""
+        qid = qid.strip().upper()  # as an operator may type it
         self._ensure()
         p, state_dir, _ = self._find(qid)
         if state_dir == "active" and os.path.exists(os.path.join(p, HOLD_MARK)):
@@ -721,6 +724,7 @@ class Queue:
 
     def delete(self, qid: str) -> None:
         """Remove a waiting or held entry for good (raises QueueError if claimed or unknown)."""
+        qid = qid.strip().upper()  # as an operator may type it
         self._ensure()
         p, state_dir, _ = self._find(qid)
         if state_dir == "active":
