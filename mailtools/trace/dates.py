@@ -90,17 +90,31 @@ def _year(text: str) -> int:
     return y
 
 
+_DAYS: dict = {}  # (year, month name, day) -> the day's epoch, or None when there is no such day
+
+
+def _day(y: int, mon: str, d: int) -> int | None:
+    key = (y, mon, d)
+    day = _DAYS.get(key, False)
+    if day is False:
+        month = _MONTHS.get(mon[:3].lower())
+        if month is None or not (1900 <= y <= 9999 and 1 <= d <= calendar.monthrange(y, month)[1]):
+            day = None
+        else:
+            day = calendar.timegm((y, month, d, 0, 0, 0, 0, 0, 0))
+        if len(_DAYS) > 4096:
+            _DAYS.clear()
+        _DAYS[key] = day
+    return day
+
+
 def _epoch(y, mon, d, hh, mi, ss, zone) -> int | None:
-    month = _MONTHS.get(mon[:3].lower())
-    off = _zone_offset(zone)
-    if month is None or off is None:
-        return None
-    if not (1900 <= y <= 9999 and 1 <= d <= calendar.monthrange(y, month)[1]):
-        return None
-    if hh > 23 or mi > 59 or ss > 60:
+    day = _day(y, mon, d)
+    off = _zone_offset(zone) if zone else 0
+    if day is None or off is None or hh > 23 or mi > 59 or ss > 60:
         return None
     ss = min(ss, 59)  # a leap second is the same instant for our purposes
-    return calendar.timegm((y, month, d, hh, mi, ss, 0, 0, 0)) - off
+    return day + hh * 3600 + mi * 60 + ss - off
 
 
 def _parse_once(text: str) -> int | None:

@@ -21,6 +21,8 @@ _FIELDS = re.compile(
     r"^(" + "|".join(re.escape(n) for n in WANTED) + r")[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)",
     re.IGNORECASE | re.MULTILINE,
 )
+_WANTED_SET = frozenset(WANTED)
+_FIELD_START = re.compile(r"\n(?![ \t])")
 # ftext: printable US-ASCII except ":" (RFC 5322 2.2), then the colon.
 _FIRST_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
@@ -57,7 +59,14 @@ def fields(header: bytes) -> list[tuple[str, str]]:
     text = header.decode("utf-8", "replace")
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", " ")
-    return [(m.group(1).lower(), m.group(2)) for m in _FIELDS.finditer(text)]
+    out = []
+    for field in _FIELD_START.split(text):  # a field ends where a line does not start with WSP
+        name, colon, value = field.partition(":")
+        if colon:
+            name = name.rstrip(" \t").lower()
+            if name in _WANTED_SET:
+                out.append((name, value))
+    return out
 
 
 def is_mbox(buf) -> bool:

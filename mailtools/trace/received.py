@@ -192,29 +192,38 @@ def parse_received(value: str) -> dict:
         elif cur is not None:
             values[cur].append(w)
 
+    lead = notes[None]
     hop = {
         "from_host": None, "from_ip": None, "from_rdns": None, "by_host": None, "with": None,
         "tls": None, "id": None, "for": None, "via": None, "envelope_from": None,
-        "comment": " ".join(" ".join(c.split()) for c in notes[None]) or None,
+        "comment": " ".join(" ".join(c.split()) for c in lead) if lead else None,
         "epoch": parse_date(date_text),
-        "date_text": " ".join(date_text.split()) if date_text else None,
+        "date_text": date_text,
     }
-    for name in ("with", "via"):
-        if values.get(name):
-            hop[name] = " ".join(values[name])
-    single = {name: _single(values[name], text) for name in ("from", "by", "id", "for") if values.get(name)}
-    if "from" in values:
-        _from_clause(hop, single.get("from"), notes["from"])
-    hop["by_host"] = _host(single.get("by"))
-    hop["id"] = single.get("id")
-    if "for" in single:
-        hop["for"] = single["for"].strip("<>") or None
-    said = "\n".join(comments)
+    v = values.get("with")
+    if v:
+        hop["with"] = " ".join(v)
+    v = values.get("via")
+    if v:
+        hop["via"] = " ".join(v)
+    v = values.get("from")
+    if v is not None:
+        _from_clause(hop, _single(v, text) if v else None, notes["from"])
+    v = values.get("by")
+    if v:
+        hop["by_host"] = _host(_single(v, text))
+    v = values.get("id")
+    if v:
+        hop["id"] = _single(v, text)
+    v = values.get("for")
+    if v:
+        hop["for"] = _single(v, text).strip("<>") or None
+    said = "\n".join(comments) if comments else ""
     if "envelope-" in said:
         m = _ENVELOPE_FROM.search(said)
         hop["envelope_from"] = m.group(1) if m else None
     tls_word = values["tls"][0] if values.get("tls") else None
-    hop["tls"] = tls.detect(said, hop["with"], notes.get("with", []), tls_word)
+    hop["tls"] = tls.detect(said, hop["with"], notes.get("with", ()), tls_word)
     return hop
 
 
@@ -222,6 +231,8 @@ def _single(vals: list, text: str) -> str:
     """The one token of a from/by/id/for clause. A fold inside a token ("mx.exa\\n mple.net")
     is undone: no second bare word may follow there, so a piece after such a fold is joined."""
     first = vals[0]
+    if len(vals) == 1:
+        return first
     for w in vals[1:]:
         if w.lower() in KEYWORDS or w[0] in "<(\x00" or not (
                 f"{first}\n {w}" in text or f"{first}\n\t{w}" in text):

@@ -78,7 +78,8 @@ def build_hops(received: list[str], warnings: list[dict]) -> list[dict]:
         p = parse_received(value)
         epoch = p["epoch"]
         if epoch is None:
-            what = f"cannot read the date {p['date_text']!r}" if p["date_text"] else "no date"
+            text = " ".join(p["date_text"].split()) if p["date_text"] else ""
+            what = f"cannot read the date {text!r}" if text else "no date"
             warnings.append({"kind": "unparseable-date", "hop": index, "detail": what[:200]})
         delay = epoch - prev if epoch is not None and prev is not None else None
         if delay is not None and delay < 0:

@@ -62,6 +62,12 @@ def detect(text: str, protocol: str | None, with_comments: list[str], tls_word: 
     """
     ver = cipher = None
     found = False
+    if not text:  # nothing said in comments: only the protocol name can tell
+        if tls_word:
+            return {"version": None, "cipher": tls_word}
+        if protocol and protocol.rsplit(None, 1)[-1].lower() in PROTOCOLS:
+            return {"version": None, "cipher": None}
+        return None
     low = text.lower()
     if "tls" in low or "ssl" in low or "cipher" in low or "encrypted" in low or "transport security" in low:
         m = _POSTFIX.search(text) if "using" in low else None
