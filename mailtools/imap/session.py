@@ -17,7 +17,7 @@ from mailtools.imap import fetch as fetchmod
 from mailtools.imap import mime, search as searchmod
 from mailtools.imap.parser import (
     Command, CommandReader, Continue, Cursor, Limits, ParseError, Refused,
-    astring_out, in_ranges, parse_seqset, quote, tag_of,
+    astring_out, in_ranges, mutf7_decode, mutf7_encode, parse_seqset, quote, tag_of,
 )
 from mailtools.imap.store import SYSTEM_FLAGS, Folder, Gone, Store
 
@@ -59,7 +59,7 @@ STATE = {
 }
 
 BASE_CAPS = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE"
-             " LIST-EXTENDED LIST-STATUS")
+             " LIST-EXTENDED LIST-STATUS UTF8=ACCEPT")
 SPECIAL = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk", "Archive": "\\Archive"}
 SUBSCRIPTIONS = "subscriptions"
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
@@ -151,6 +151,7 @@ class Session:
         self.out: list = []
         self.closed = False
         self.failures = 0
+        self.utf8 = False  # ENABLE UTF8=ACCEPT (RFC 6855)
         self.threaded_auth = False  # the transport verifies passwords in a thread
         self.pending_login: tuple | None = None  # (tag, user) while a password is checked
         self.backlog: list = []  # reader events that arrived while a login was pending
@@ -444,7 +445,7 @@ class Session:
     # -- authenticated --------------------------------------------------------------------
     def _mailbox_arg(self, cur) -> str:
         cur.sp()
-        name = cur.mailbox()
+        name = self.name_in(cur.mailbox())
         if len(name.encode()) > 512:
             raise No("[CANNOT] Mailbox name too long")
         try:
@@ -589,12 +590,13 @@ class Session:
                 raise ParseError("unknown LIST selection option")
             if select == {"RECURSIVEMATCH"}:
                 raise ParseError("RECURSIVEMATCH needs another selection option")
-        ref = cur.astring().decode("utf-8", "replace")
+        ref = self.name_in(cur.astring().decode("utf-8", "replace"))
         cur.sp()
         if not lsub and cur.peek() == b"(":
             pats = [p.decode("utf-8", "replace") for p in cur.paren_list(lambda c: c.list_mailbox())]
         else:
             pats = [cur.list_mailbox().decode("utf-8", "replace")]
+        pats = [self.name_in(p) for p in pats]
         ret: set[str] = set()
         status_items: list[str] = []
         if not lsub and cur.take(b" RETURN "):
@@ -625,7 +627,7 @@ class Session:
             for n in subs:
                 if match(n):
                     attrs = [] if n in nameset or n.upper() == "INBOX" else ["\\Noselect"]
-                    self.send(f'* LSUB ({" ".join(attrs)}) "/" ' + astring_out(n).decode("utf-8", "replace"))
+                    self.send(f'* LSUB ({" ".join(attrs)}) "/" ' + self.name_out(n))
             return "LSUB completed"
         if "SUBSCRIBED" in select:
             candidates = [n for n in subs]
@@ -641,7 +643,7 @@ class Session:
             if n in subset and (select & {"SUBSCRIBED"} or "SUBSCRIBED" in ret):
                 attrs.append("\\Subscribed")
             seen.add(n)
-            self.send(f'* {word} ({" ".join(attrs)}) "/" ' + astring_out(n).decode("utf-8", "replace"))
+            self.send(f'* {word} ({" ".join(attrs)}) "/" ' + self.name_out(n))
             if status_items and n in nameset:
                 self._status_line(n, status_items)
         # a '%' pattern also shows parents whose children match (RFC 3501 6.3.8)
@@ -652,7 +654,7 @@ class Session:
                     p = "/".join(parts[:i])
                     if p not in seen and p not in nameset and match(p):
                         seen.add(p)
-                        self.send('* LIST (\\Noselect \\HasChildren) "/" ' + astring_out(p).decode())
+                        self.send('* LIST (\\Noselect \\HasChildren) "/" ' + self.name_out(p))
         return "LIST completed"
 
     def cmd_lsub(self, tag, cur, uid):
@@ -665,12 +667,32 @@ class Session:
 
     def cmd_enable(self, tag, cur, uid):
         cur.sp()
-        cur.atom()
+        wanted = [cur.atom().upper()]
         while cur.take(b" "):
-            cur.atom()
+            wanted.append(cur.atom().upper())
         cur.eol()
-        self.send("* ENABLED")  # nothing we could enable (CONDSTORE/UTF8=ACCEPT not offered)
+        enabled = []
+        if "UTF8=ACCEPT" in wanted and not self.utf8:  # RFC 6855 3
+            self.utf8 = True
+            enabled.append("UTF8=ACCEPT")
+        self.send("* ENABLED" + "".join(" " + e for e in enabled))
         return "ENABLE completed"
+
+    def name_out(self, name: str) -> str:
+        """A mailbox name for the wire: modified UTF-7 (as stored), or UTF-8 once enabled."""
+        if self.utf8 and "&" in name:
+            try:
+                u = mutf7_decode(name)
+            except ValueError:
+                return astring_out(name).decode()
+            return '"' + u.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return astring_out(name).decode("utf-8", "replace")
+
+    def name_in(self, name: str) -> str:
+        """A mailbox name from the wire -> the stored (modified UTF-7) form."""
+        if self.utf8 and name != "INBOX":
+            return mutf7_encode(name)
+        return name
 
     def cmd_status(self, tag, cur, uid):
         name = self._mailbox_arg(cur)
@@ -699,7 +721,7 @@ class Session:
                 vals.append(f"UNSEEN {sum(1 for m in f.msgs if 'S' not in m.flags)}")
             else:
                 raise ParseError(f"unknown status item {it}")
-        self.send(f"* STATUS {astring_out(name).decode()} ({' '.join(vals)})")
+        self.send(f"* STATUS {self.name_out(name)} ({' '.join(vals)})")
 
     def cmd_append(self, tag, cur, uid):
         name = self._mailbox_arg(cur)
@@ -712,7 +734,14 @@ class Session:
         if cur.peek() == b'"':
             idate = parse_datetime(cur.quoted().decode("ascii", "replace"))
             cur.sp()
-        data = cur.literal()
+        if cur.take(b"UTF8 ("):  # RFC 6855 4: APPEND ... UTF8 (~{n}...)
+            if not self.utf8:
+                raise Bad("UTF8 APPEND needs ENABLE UTF8=ACCEPT")
+            cur.expect(b"~")
+            data = cur.literal()
+            cur.expect(b")")
+        else:
+            data = cur.literal()
         cur.eol()
         if not self.store.exists(name):
             raise No("[TRYCREATE] Mailbox doesn't exist")
