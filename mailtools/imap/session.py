@@ -229,7 +229,13 @@ class Session:
         """While idling: report changes to the selected mailbox (called by the transport)."""
         self.out = []
         if self.idle_tag and self.state == SELECTED:
-            self.sync(expunge_ok=True)
+            try:
+                self.sync(expunge_ok=True)
+            except Gone:
+                self.send("* BYE The selected mailbox was deleted")
+                self.out.append(Close())
+                self.closed = True
+        self._flush_folder()
         out, self.out = self.out, []
         return out
 
