@@ -306,3 +306,24 @@ def test_mutt_batch_mode(home, links, tmp_path):
     data = message_of(home, e)
     assert b"Subject: mutt subject" in data and b"<me@example.test>" in data
     assert data.count(b"Message-ID:") == 1 and data.endswith("grüße\n".encode())
+
+
+def test_q_runs_the_queue_once(home, links):
+    from conftest import free_port
+
+    cfg = Path(str(home) + "/../mailtools.toml").resolve()
+    cfg.write_text(cfg.read_text() + f'[relay]\nsmarthost = "127.0.0.1:{free_port()}"\nconnect_timeout = "2s"\n')
+    p = sendmail(links, "-q", "-f", "s@example.test", "r@remote.test")
+    assert p.returncode == 0, p.stderr
+    [e] = entries(home)
+    # queued, then one delivery attempt (the smarthost is down): deferred, still in the queue
+    assert e.recipients[0].attempts == 1 and e.recipients[0].state == "deferred"
+    assert sendmail(links, "-q", input=b"").returncode == 0  # -q alone reads no message
+
+
+def test_typer_definition_runs_the_same_code(home, capsys):
+    from mailtools.cli import run_typer
+
+    assert run_typer("submit", ["-b", "p"]) == 0
+    assert capsys.readouterr().out == "Mail queue is empty\n"
+    assert run_typer("submit", ["-o", "Q/tmp", "r@example.test"]) == 64
