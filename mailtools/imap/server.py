@@ -19,6 +19,7 @@ from mailtools.imap.session import SELECTED, CheckPassword, Close, Delay, Sessio
 
 log = logging.getLogger("mailtools.imap")
 AUTOLOGOUT = 30 * 60.0
+COMMAND_TIMEOUT = 5 * 60.0  # a half-sent command, or a client that never logs in
 IDLE_POLL = 0.5
 HANDSHAKE_TIMEOUT = 30.0
 
@@ -71,8 +72,11 @@ async def _connection(shared: _Shared, implicit_tls: bool, reader: asyncio.Strea
         last_input = loop.time()
         while not sess.closed:
             idling = sess.idle_tag is not None and sess.state == SELECTED
+            r = sess.reader
+            mid_command = bool(r.buf or r.parts or r.literal_left)
+            wait = IDLE_POLL if idling else COMMAND_TIMEOUT if mid_command or sess.state != SELECTED and not sess.user else AUTOLOGOUT
             try:
-                data = await asyncio.wait_for(reader.read(262144), IDLE_POLL if idling else AUTOLOGOUT)
+                data = await asyncio.wait_for(reader.read(262144), wait)
                 last_input = loop.time()
             except asyncio.TimeoutError:
                 # RFC 2177: clients re-issue IDLE within 29 minutes; silence beyond that is a dead peer
@@ -81,7 +85,7 @@ async def _connection(shared: _Shared, implicit_tls: bool, reader: asyncio.Strea
                     if out:
                         await _emit(out, writer, sess, shared, reader)
                     continue
-                writer.write(b"* BYE Autologout; idle for too long\r\n")
+                writer.write(b"* BYE Autologout; idle for too long\r\n")  # RFC 3501 5.4
                 break
             if not data:
                 break
