@@ -58,7 +58,8 @@ def copy_store(src: Path, dst: Path) -> None:
     if dst.exists():
         shutil.rmtree(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(src, dst)
+    # hard links: message files are never modified, only renamed, so both servers can share them
+    subprocess.run(["cp", "-al", str(src), str(dst)], check=True)
 
 
 def start_dovecot(maildir_user_dir: Path, hashed: str):
