@@ -24,7 +24,7 @@ COMMANDS: dict[str, Command] = {
     "deliver": Command("mailtools.cli.deliver", "Deliver a message from stdin into a Maildir (MDA)", "mailtools.deliver:fast_main"),
     "imap-serve": Command("mailtools.cli.imap", "Serve the Maildirs over IMAP4rev1"),
     "pop3-serve": Command("mailtools.cli.pop3", "Serve the Maildirs over POP3"),
-    "trace-headers": Command("mailtools.cli.trace", "Show the path a message took, hop by hop, from its Received headers"),
+    "trace-headers": Command("mailtools.cli.trace", "Show the path a message took, hop by hop, from its Received headers", "mailtools.trace.command:fast_main"),
     "serve": Command("mailtools.cli.serve", "Run the whole mail system in one process on unprivileged ports"),
     "user": Command("mailtools.cli.user", "Manage the users file (add, del, list, passwd)"),
 }
