@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import subprocess
 import time
@@ -263,3 +264,14 @@ def test_concurrent_changes_never_lose_each_other(tmp_path):
     assert [pr.wait(timeout=60) for pr in procs] == [0] * 8
     assert sorted(Users(p).list()) == sorted(f"u{i}@example.test" for i in range(8))
     assert not [x for x in tmp_path.iterdir() if ".tmp." in x.name]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_rewrite_keeps_mode_and_owner(tmp_path):
+    p = tmp_path / "users"
+    p.write_text("")
+    os.chown(p, 65534, 65534)
+    os.chmod(p, 0o640)
+    Users(p).add("alice@example.test", "pw", "BLF-CRYPT")
+    st = os.stat(p)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (65534, 65534, 0o640)

@@ -442,14 +442,21 @@ class Users:
             self._read()  # someone may have changed it since we read it
             change()
             try:
-                mode = os.stat(self.path).st_mode & 0o7777
+                st = os.stat(self.path)
             except FileNotFoundError:
-                mode = 0o600
+                st = None
+            mode = st.st_mode & 0o7777 if st else 0o600
             tmp = f"{self.path}.tmp.{os.getpid()}"
             data = ("\n".join(self.lines) + "\n").encode("utf-8", "surrogateescape") if self.lines else b""
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
             try:
                 os.fchmod(fd, mode)
+                if st and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                    # keep the owner too: servers running as another user must still read it
+                    try:
+                        os.fchown(fd, st.st_uid, st.st_gid)
+                    except PermissionError:
+                        pass
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
