@@ -974,15 +974,17 @@ class Session:
         src = self.folder
         dst = self.store.open(name)
         msgs = self._select_msgs(setstr, uid)
-        pairs = []
+        items, copied = [], []
         for seq, m in msgs:
             data = src.read(m)
             if data is None:
-                continue
+                continue  # expunged meanwhile (RFC 2180 4.4.1)
             info = src.info_for(m)
-            new_uid = dst.append(data, "".join(c for c in m.flags if c in "DFPRST") + dst.letters(
-                [k for k in src.flag_names(m.flags) if not k.startswith("\\")]), info.idate if info else None)
-            pairs.append((m.uid, new_uid))
+            letters = "".join(c for c in m.flags if c in "DFPRST") + dst.letters(
+                [k for k in src.flag_names(m.flags) if not k.startswith("\\")])
+            items.append((data, letters, info.idate if info else None))
+            copied.append(m.uid)
+        pairs = list(zip(copied, dst.append_many(items))) if items else []
         dst.flush()
         code = ""
         if pairs:

@@ -217,17 +217,25 @@ class Folder:
 
     def append(self, data: bytes, letters: str, idate: float | None) -> int:
         """Deliver data (durably, core.maildir.deliver) and return its UID."""
-        if b"\r\n" in data:
-            data = data.replace(b"\r\n", b"\n")  # Maildir files hold LF line ends, as deliver writes
-        path = md.deliver(self.path, data, flags=letters, folder_marker=self.path.name.startswith("."))
-        if idate is not None:
-            os.utime(path, (idate, idate))
-        base = md.parse_name(path.name)[0]
+        return self.append_many([(data, letters, idate)])[0]
+
+    def append_many(self, items) -> list[int]:
+        """Deliver each (data, flag letters, INTERNALDATE or None), then assign UIDs in one
+        uidlist sync (COPY of many messages must not re-read the folder per message)."""
+        bases = []
+        for data, letters, idate in items:
+            if b"\r\n" in data:
+                data = data.replace(b"\r\n", b"\n")  # Maildir files hold LF line ends, as deliver writes
+            path = md.deliver(self.path, data, flags=letters, folder_marker=self.path.name.startswith("."))
+            if idate is not None:
+                os.utime(path, (idate, idate))
+            bases.append(md.parse_name(path.name)[0])
         self.refresh(force=True)
-        for m in reversed(self.msgs):
-            if m.base == base:
-                return m.uid
-        return 0
+        by_base = {m.base: m.uid for m in self.msgs[-len(bases) - 64 :]} if bases else {}
+        missing = [b for b in bases if b not in by_base]
+        if missing:
+            by_base.update({m.base: m.uid for m in self.msgs})
+        return [by_base.get(b, 0) for b in bases]
 
     # -- cached message data --------------------------------------------------------------
     def _info_map(self) -> dict[str, Info]:
