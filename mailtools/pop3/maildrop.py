@@ -146,7 +146,11 @@ class MaildirDrop:
             complete = True
             for sub in ("new", "cur"):
                 d = os.path.join(self.path, sub)
-                for name in os.listdir(d):
+                try:
+                    names = os.listdir(d)
+                except FileNotFoundError:
+                    continue
+                for name in names:
                     if name.startswith("."):
                         continue
                     base = name.partition(":")[0]

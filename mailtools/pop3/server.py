@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import ssl
 
 from mailtools.pop3 import replies as R
-from mailtools.pop3.session import Close, Delay, Login, Session, StartTLS
+from mailtools.pop3.session import (
+    AuthFailed, Close, Delay, InUse, Login, MaildropError, Session, StartTLS)
 
 HANDSHAKE_TIMEOUT = 30.0
+MAX_PENDING_INPUT = 1 << 20
+log = logging.getLogger("mailtools.pop3")
 
 
 def parse_listen(spec: str) -> tuple[str | None, int]:
@@ -59,6 +63,7 @@ class POP3Protocol(asyncio.Protocol):
         self.session: Session | None = None
         self._busy = False  # an event (login, delay, TLS) is being carried out
         self._write_paused = False
+        self._read_paused = False
         self._closed = False
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -96,6 +101,11 @@ class POP3Protocol(asyncio.Protocol):
         self._last = self.loop.time()
         self.session.receive(data)
         self._pump()
+        # A client pipelining faster than we answer (or while a login is checked) is made to
+        # wait by TCP instead of filling our memory.
+        if not self._closed and not self._read_paused and self.session.pending() > MAX_PENDING_INPUT:
+            self._read_paused = True
+            self.transport.pause_reading()
 
     def eof_received(self):
         return False  # close our side too
@@ -120,8 +130,15 @@ class POP3Protocol(asyncio.Protocol):
     def _pump(self) -> None:
         """Handle buffered commands one by one until an event must wait for something."""
         while not (self._busy or self._closed or self._write_paused):
-            events = self.session.next_events()
+            try:
+                events = self.session.next_events()
+            except Exception:  # noqa: BLE001 - a bug ends this session, never the server
+                log.exception("pop3: internal error in a session")
+                events = self.session.internal_error()
             if events is None:
+                if self._read_paused:
+                    self._read_paused = False
+                    self.transport.resume_reading()
                 return
             self._run(events)
 
@@ -143,6 +160,15 @@ class POP3Protocol(asyncio.Protocol):
                 return
 
     async def _carry_out(self, ev, rest: list) -> None:
+        try:
+            await self._carry_out_1(ev, rest)
+        except Exception:  # noqa: BLE001 - a bug ends this session, never the server
+            log.exception("pop3: internal error in a session")
+            self._busy = False
+            if not self._closed:
+                self._run(self.session.internal_error())
+
+    async def _carry_out_1(self, ev, rest: list) -> None:
         if isinstance(ev, Delay):
             await asyncio.sleep(ev.seconds)
         elif isinstance(ev, Login):
@@ -161,6 +187,8 @@ class POP3Protocol(asyncio.Protocol):
         try:
             result = await self.loop.run_in_executor(None, self.listener.backend.login, ev.user, ev.password)
         except Exception as exc:  # noqa: BLE001 - AuthFailed, InUse, MaildropError, or a bug: a reply
+            if not isinstance(exc, (AuthFailed, InUse, MaildropError)):
+                log.exception("pop3: login for %r failed", ev.user)
             result = exc
         if self._closed:  # the client left while we were checking
             if not isinstance(result, BaseException):

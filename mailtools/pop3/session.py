@@ -187,6 +187,14 @@ class Session:
         if not self.closed:
             self._buf += data
 
+    def pending(self) -> int:
+        """Octets received and not yet handled (the transport stops reading past a limit)."""
+        return len(self._buf)
+
+    def internal_error(self) -> list:
+        """A bug in a handler: tell the client, release the maildrop, delete nothing."""
+        return [line(R.ERR_SYS_TEMP.format(detail="Internal error, try again later.")), *self._close()]
+
     def next_events(self) -> list | None:
         """Handle the next complete line in the buffer; None when there is none."""
         if self.closed:
