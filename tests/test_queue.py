@@ -372,3 +372,13 @@ def test_runners_killed_at_random_lose_nothing(q, tmp_path):
     subprocess.run([sys.executable, "-c", RUNNER, q.path, str(log)], check=True, timeout=60)
     assert q.entries() == [] and q.ids("active") == []
     assert set(log.read_text().split()) == set(ids)
+
+
+def test_queue_import_stays_light():
+    """submit's sendmail path imports the queue: no json, email, asyncio, uuid, socket, typer."""
+    code = ("import sys\nbefore = set(sys.modules)\nimport mailtools.core.queue\n"
+            "print(' '.join(sorted(set(sys.modules) - before)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = set(out.split())
+    heavy = {"json", "email", "asyncio", "uuid", "socket", "typer", "rich", "argparse", "logging", "datetime"}
+    assert not loaded & heavy, loaded & heavy
