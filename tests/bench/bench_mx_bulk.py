@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -100,33 +101,53 @@ def make_zone(n: int) -> tuple[dict, dict, list[str]]:
     return mx, hosts, names
 
 
-def time_cmd(cmd: list[str], stdin: bytes, expect_lines: int | None = None) -> float:
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def time_cmd(cmd: list[str], stdin: bytes, expect_lines: int | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the command)."""
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     p = subprocess.run(cmd, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     elapsed = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     if p.returncode not in (0, 9, 68):  # dig -f exits 9/0; mx-lookup 68 (some NXDOMAIN)
         raise SystemExit(f"{cmd[0]} failed ({p.returncode}): {p.stderr.decode()[-500:]}")
     if expect_lines is not None:
         got = p.stdout.count(b"\n")
         if got != expect_lines:
             raise SystemExit(f"{' '.join(cmd[:4])}: expected {expect_lines} lines, got {got}")
-    return elapsed
+    return elapsed, cpu
 
 
-def bench(port: int, names: list[str], dig_names: list[str], runs: int, tmp: str) -> tuple[float, float]:
+def bench(port: int, names: list[str], dig_names: list[str], runs: int, tmp: str, server_pid: int) -> dict:
+    """Median names/s of each side, and the CPU seconds the client and dnsmasq spent per run."""
     stdin = ("\n".join(names) + "\n").encode()
     dig_file = os.path.join(tmp, "dig.txt")
     with open(dig_file, "w") as f:
         f.write("".join(f"{n} MX\n" for n in dig_names))
     mt = [sys.executable, "-m", "mailtools", "mx-lookup", "--nameserver", f"127.0.0.1:{port}", "-"]
     dig = ["dig", "@127.0.0.1", "-p", str(port), "+tries=1", "+time=5", "+noall", "+answer", "-f", dig_file]
-    mt_rates, dig_rates = [], []
+    rows: dict[str, list] = {"mt": [], "dig": []}
     for _ in range(runs):
-        t = time_cmd(mt, stdin, expect_lines=len(names))
-        mt_rates.append(len(names) / t)
-        t = time_cmd(dig, b"")
-        dig_rates.append(len(dig_names) / t)
-    return statistics.median(mt_rates), statistics.median(dig_rates)
+        for key, cmd, n, inp, lines in (("mt", mt, len(names), stdin, len(names)), ("dig", dig, len(dig_names), b"", None)):
+            s0 = proc_cpu(server_pid)
+            wall, cpu = time_cmd(cmd, inp, expect_lines=lines)
+            rows[key].append((n / wall, cpu, proc_cpu(server_pid) - s0))
+    return {k: tuple(statistics.median(r[i] for r in v) for i in range(3)) for k, v in rows.items()}
+
+
+def report(title: str, r: dict, dig_names: int) -> None:
+    (mt, mt_cpu, mt_srv), (dg, dg_cpu, dg_srv) = r["mt"], r["dig"]
+    print(f"{title}:\n"
+          f"    mailtools mx-lookup -  {mt:9,.1f} names/s  (MX, A, AAAA; client CPU {mt_cpu:.2f} s, dnsmasq CPU {mt_srv:.2f} s)\n"
+          f"    dig -f                 {dg:9,.1f} names/s  (MX only, {dig_names} names; client CPU {dg_cpu:.2f} s, dnsmasq CPU {dg_srv:.2f} s)\n"
+          f"    ratio mailtools/dig    {mt / dg:9.2f}x", flush=True)
 
 
 def main() -> int:
@@ -146,15 +167,14 @@ def main() -> int:
     server = support_dns.start_dnsmasq(mx=mx, hosts=hosts, ttl=3600, tmpdir=tmp, extra=["cache-size=0"])
     forwarder = None
     try:
-        mt, dg = bench(server.port, names, names, args.runs, tmp)
-        print(f"(1) plain loopback dnsmasq: mailtools {mt:,.0f} names/s (MX+A+AAAA), dig -f {dg:,.0f} names/s (MX only); ratio {mt / dg:.2f}x")
+        r = bench(server.port, names, names, args.runs, tmp, server.pid)
+        report("(1) plain loopback dnsmasq", r, len(names))
         if not args.skip_delayed:
             fport = support_dns.free_udp_tcp_port()
             forwarder = subprocess.Popen([sys.executable, "-c", FORWARDER, str(fport), str(server.port), str(args.delay_ms / 1000)], stdout=subprocess.PIPE)
             forwarder.stdout.readline()
-            mt2, dg2 = bench(fport, names, names[: args.dig_delayed], args.runs, tmp)
-            print(f"(2) behind a {args.delay_ms:g} ms forwarder: mailtools {mt2:,.0f} names/s, dig -f {dg2:,.1f} names/s "
-                  f"(on {min(args.dig_delayed, len(names))} names); ratio {mt2 / dg2:.1f}x")
+            r = bench(fport, names, names[: args.dig_delayed], args.runs, tmp, server.pid)
+            report(f"(2) behind a {args.delay_ms:g} ms forwarder", r, min(args.dig_delayed, len(names)))
     finally:
         if forwarder is not None:
             forwarder.terminate()
