@@ -327,3 +327,10 @@ def test_typer_definition_runs_the_same_code(home, capsys):
     assert run_typer("submit", ["-b", "p"]) == 0
     assert capsys.readouterr().out == "Mail queue is empty\n"
     assert run_typer("submit", ["-o", "Q/tmp", "r@example.test"]) == 64
+
+
+def test_mbox_from_line_is_dropped(home, links):
+    msg = b"From someone@example.test Sat Nov 28 16:00:00 2026\nSubject: x\n\nbody\n"
+    assert sendmail(links, "r@example.test", input=msg).returncode == 0
+    data = message_of(home, entries(home)[0])
+    assert b"From someone" not in data and b"\nSubject: x\n" in data

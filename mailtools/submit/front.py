@@ -294,6 +294,8 @@ def submit(cfg, o: Options) -> int:
         for part in prepare.parse_address_list(arg) if ("," in arg or "<" in arg) else [arg]:
             recipients.append(envelope_address(part, hostname, "recipient"))
     data = read_message(sys.stdin.fileno(), stop_at_dot=not o.ignore_dots)
+    if data.startswith(b"From "):  # an mbox separator line is not a header field: drop it
+        data = data[data.find(b"\n") + 1:] if b"\n" in data else b""
     if not data.strip():
         raise DataError("empty message: nothing queued")
     longest = prepare.longest_line(data)
