@@ -114,3 +114,25 @@ def test_fast_auth_path_agrees_with_authres(authserv, resinfos):
         return
     if fast is not None:
         assert fast == reference, value
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="0123456789abcdefABCDEF:.", max_size=45))
+def test_ipv6_check_agrees_with_ipaddress(text):
+    import ipaddress
+
+    from mailtools.trace.received import is_ipv6
+
+    try:
+        expected = bool(ipaddress.IPv6Address(text))
+    except ValueError:
+        expected = False
+    assert is_ipv6(text) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=-2208988800, max_value=253402300799))
+def test_iso_matches_strftime(epoch):
+    from mailtools.trace.dates import iso
+
+    assert iso(epoch) == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

@@ -156,4 +156,14 @@ def iso(epoch: int | None) -> str | None:
     """UTC ISO-8601 with a "Z" (the JSON contract), or None."""
     if epoch is None:
         return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    day, secs = divmod(epoch, 86400)
+    prefix = _ISO_DAYS.get(day)
+    if prefix is None:
+        prefix = time.strftime("%Y-%m-%dT", time.gmtime(day * 86400))
+        if len(_ISO_DAYS) > 4096:
+            _ISO_DAYS.clear()
+        _ISO_DAYS[day] = prefix
+    return f"{prefix}{secs // 3600:02d}:{secs % 3600 // 60:02d}:{secs % 60:02d}Z"
+
+
+_ISO_DAYS: dict = {}

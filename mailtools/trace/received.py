@@ -13,7 +13,6 @@ this parser must beat a bare email.parser pass over the same mbox. It never rais
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
 from mailtools.trace import tls
@@ -35,6 +34,7 @@ _WS = re.compile(r"\s+")
 _HELO = re.compile(r"\b(?:helo|ehlo|lhlo)(?:\s*=\s*|\s+)(\[[^\]]*\]|[^\s()\[\],;]+)", re.I)
 _ENVELOPE_FROM = re.compile(r"\benvelope-(?:from|sender)\s*=?\s*<([^>]*)>", re.I)
 _IP_CANDIDATE = re.compile(r"[0-9A-Fa-f:.]+")
+_HEX = re.compile(r"[0-9A-Fa-f]+")
 _IPV4 = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3})(?::\d+)?")
 # An IP in TCP-info: a literal ("[192.0.2.1]", "[IPv6:2001:db8::1]", "[fe80::1%5]"), or a bare
 # address, maybe after "user@" (qmail) and with a port (Exim: "[192.0.2.1]:54321").
@@ -112,11 +112,31 @@ def normalise_ip(text: str) -> str | None:
         return m.group(1) if all(int(o) <= 255 for o in m.group(1).split(".")) else None
     if ":" not in text or not _IP_CANDIDATE.fullmatch(text):
         return None
-    try:
-        addr = ipaddress.IPv6Address(text)
-    except ValueError:
-        return None
-    return text.lower() if addr else None  # as written (mixed notation kept), lower case
+    return text.lower() if is_ipv6(text) else None  # as written (mixed notation kept)
+
+
+def is_ipv6(text: str) -> bool:
+    """RFC 4291 2.2 text forms (with "::" and a trailing dotted quad); faster than ipaddress."""
+    if text.count("::") > 1:
+        return False
+    groups = 8
+    if "." in text:  # x:x:x:x:x:x:d.d.d.d
+        head, _, quad = text.rpartition(":")
+        m = _IPV4.fullmatch(quad)
+        if not m or m.group(0) != quad or any(int(o) > 255 for o in quad.split(".")):
+            return False
+        # "...::d.d.d.d" leaves head ending in ":" (keep the "::"); else drop nothing
+        text, groups = (head + ":" if head.endswith(":") else head), 6
+    if "::" in text:
+        left, _, right = text.partition("::")
+        parts = (left.split(":") if left else []) + (right.split(":") if right else [])
+        if len(parts) > groups - 1:
+            return False
+    else:
+        parts = text.split(":")
+        if len(parts) != groups:
+            return False
+    return all(0 < len(p) <= 4 and _HEX.fullmatch(p) for p in parts)
 
 
 def _ip_in(text: str) -> str | None:
