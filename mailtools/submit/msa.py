@@ -170,6 +170,9 @@ async def start(cfg, listen=None, tls_listen=None):
     ctx = tlsmod.context_from_config(cfg)
     if tls_listen and ctx is None:
         raise ConfigError("--tls-listen needs a certificate: set [tls] cert and key")
+    if ctx is None and listen and not cfg.submit.allow_plaintext_auth:
+        log("warning: no [tls] cert: STARTTLS is not offered, so AUTH (and submission) works "
+            "only on loopback listeners")
     queue = Queue(cfg.queue_dir)
     try:
         return await start_server(
