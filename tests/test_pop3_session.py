@@ -199,3 +199,40 @@ def test_top():
     assert top_of(msg, 99) == msg
     assert top_of(b"\r\nbody\r\n", 0) == b"\r\n"
     assert top_of(b"A: 1\r\n", 5) == b"A: 1\r\n"
+
+
+_COMMANDS = st.sampled_from([
+    b"STAT", b"LIST", b"LIST 1", b"LIST 9", b"UIDL", b"UIDL 2", b"RETR 1", b"RETR 2", b"RETR 3",
+    b"TOP 2 1", b"DELE 1", b"DELE 2", b"DELE 3", b"DELE 4", b"RSET", b"NOOP", b"CAPA",
+    b"STLS", b"USER x", b"AUTH PLAIN", b"*", b"RETR", b"DELE x", b"\xff",
+])
+
+
+@given(st.lists(_COMMANDS, max_size=30), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_deletions_only_at_quit(commands, quit_at_end):
+    """Whatever a logged-in client sends, the maildrop changes only at QUIT, and then exactly
+    the messages marked since the last RSET are deleted."""
+    s, b = new_session()
+    login(s, b)
+    marked: set[int] = set()
+    for c in commands:
+        out, _ = drive(s, b, c + b"\r\n")
+        assert b.drops[0].committed is None
+        if out.startswith(b"+OK Marked"):
+            marked.add(int(c.split()[1]) - 1)
+        elif c == b"RSET" and out.startswith(b"+OK"):
+            marked.clear()
+        if s.closed:
+            break
+    if s.closed:  # too many bad commands: nothing deleted
+        assert b.drops[0].committed is None
+        return
+    if quit_at_end:
+        out, _ = drive(s, b, b"QUIT\r\n")
+        assert b.drops[0].committed is not None
+        assert set(b.drops[0].committed[0]) == marked
+    else:
+        s.connection_lost()
+        assert b.drops[0].committed is None
+    assert b.drops[0].closed

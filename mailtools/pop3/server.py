@@ -11,37 +11,17 @@ sockets: the autologout timer (RFC 1939 3) and the connection limit.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import ssl
 
 from mailtools.pop3 import replies as R
+from mailtools.smtpd.server import _is_loopback, bound_addresses, parse_listen  # shared listener helpers
 from mailtools.pop3.session import (
     AuthFailed, Close, Delay, InUse, Login, MaildropError, Session, StartTLS)
 
 HANDSHAKE_TIMEOUT = 30.0
 MAX_PENDING_INPUT = 1 << 20
 log = logging.getLogger("mailtools.pop3")
-
-
-def parse_listen(spec: str) -> tuple[str | None, int]:
-    """'127.0.0.1:110' | '[::1]:110' | ':110' (every address) -> (host, port); ValueError."""
-    spec = spec.strip()
-    if spec.startswith("["):
-        host, _, rest = spec[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, _, port = spec.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"listen address needs HOST:PORT, not {spec!r}")
-    return (host or None) if host != "*" else None, int(port)
-
-
-def _is_loopback(sockname) -> bool:
-    try:
-        return ipaddress.ip_address(str(sockname[0]).split("%")[0]).is_loopback
-    except (ValueError, TypeError, IndexError):
-        return False
 
 
 class _Listener:
@@ -249,7 +229,7 @@ async def start(cfg, listen=None, tls_listen=None) -> list:
                 try:
                     host, port = parse_listen(spec)
                 except ValueError as exc:
-                    raise UsageError(str(exc)) from None
+                    raise UsageError(f"{exc} (expected HOST:PORT)") from None
                 server = await loop.create_server(
                     lambda implicit=implicit: POP3Protocol(listener, implicit),
                     host, port, ssl=ssl_context if implicit else None, reuse_address=True,
@@ -290,9 +270,7 @@ def run(cfg, listen=None, tls_listen=None) -> int:
             raise Unavailable("no listeners (--listen / --tls-listen, or [pop3] listen)")
         for server in servers:
             kind = "POP3 over TLS" if server._mailtools_implicit else "POP3"
-            for sock in server.sockets:
-                host, port = sock.getsockname()[:2]
-                addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            for addr in bound_addresses([server]):
                 sys.stdout.write(f"mailtools pop3-serve: listening on {addr} ({kind})\n")
         sys.stdout.flush()
         stop = asyncio.Event()
