@@ -129,14 +129,8 @@ def test_closed_pipe_is_not_an_error(tmp_path):
     assert p2.stdout.decode().splitlines() == ["message: 1", "message-id: <20261128095959.1A2B3C4D5E@mail.example.org>"]
 
 
-def _pty_run(args, env_extra=None, timeout=60):
-    """Run with stdout and stderr on a pseudo-terminal; return everything it wrote."""
-    master, slave = pty.openpty()
-    env = dict(os.environ, COLUMNS="160", LINES="50", TERM="xterm-256color", **(env_extra or {}))
-    env.pop("NO_COLOR", None)
-    proc = subprocess.Popen([*mailtools_cmd(), *map(str, args)], stdin=subprocess.DEVNULL,
-                            stdout=slave, stderr=slave, env=env)
-    os.close(slave)
+def _drain(master, proc, timeout=60) -> bytes:
+    """Everything written to the pty's master side until the process ends."""
     chunks = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -153,7 +147,19 @@ def _pty_run(args, env_extra=None, timeout=60):
             break
     proc.wait(timeout=10)
     os.close(master)
-    return proc.returncode, b"".join(chunks).decode("utf-8", "replace")
+    return b"".join(chunks)
+
+
+def _pty_run(args, env_extra=None):
+    """Run with stdout and stderr on a pseudo-terminal; return everything it wrote."""
+    master, slave = pty.openpty()
+    env = dict(os.environ, COLUMNS="160", LINES="50", TERM="xterm-256color", **(env_extra or {}))
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen([*mailtools_cmd(), *map(str, args)], stdin=subprocess.DEVNULL,
+                            stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    out = _drain(master, proc)
+    return proc.returncode, out.decode("utf-8", "replace")
 
 
 def test_terminal_shows_a_table_with_the_slowest_hop(tmp_path):
@@ -180,20 +186,7 @@ def test_progress_bar_on_a_terminal_for_a_big_mbox(tmp_path):
         proc = subprocess.Popen([*mailtools_cmd(), "trace-headers", "--json", "--all", str(box)],
                                 stdout=out, stderr=slave, env=env)
         os.close(slave)
-        seen = b""
-        while True:
-            r, _, _ = select.select([master], [], [], 0.2)
-            if r:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:
-                    break
-                if not data:
-                    break
-                seen += data
-            elif proc.poll() is not None:
-                break
-        assert proc.wait(timeout=60) == 0
-    os.close(master)
+        seen = _drain(master, proc)
+    assert proc.returncode == 0
     assert b"tracing" in seen and b"messages" in seen  # the bar, on stderr (a terminal)
     assert len(out_file.read_bytes().splitlines()) == 2_500_000 // len(one)  # stdout: only JSON
