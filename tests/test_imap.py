@@ -215,3 +215,51 @@ def test_cli_bad_listen_and_tls_without_certificate(home, run):
     assert p.returncode == 78 and b"HOST:PORT" in p.stderr
     p = run("imap-serve", "--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0", timeout=20)
     assert p.returncode == 78 and b"[tls]" in p.stderr
+
+
+MULTI = b"""From: a@example.test
+Subject: parts
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="XX"
+
+preamble
+--XX
+Content-Type: text/plain; charset=utf-8
+
+first part
+--XX
+Content-Type: message/rfc822
+
+From: inner@example.test
+Subject: inner
+
+inner body
+--XX
+Content-Type: application/octet-stream; name="a.bin"
+Content-Disposition: attachment; filename="a.bin"
+Content-Transfer-Encoding: base64
+
+AAEC
+--XX--
+"""
+
+
+def test_multipart_sections(srv):
+    deliver(srv.root, MULTI)
+    c = login(srv)
+    c.select("INBOX")
+    typ, data = c.fetch("1", "(BODYSTRUCTURE)")
+    bs = data[0]
+    assert b'("text" "plain" ("charset" "utf-8") NIL NIL "7bit" 10 0' in bs
+    assert b'("message" "rfc822" NIL NIL NIL "7bit"' in bs and b'"inner"' in bs
+    assert b'("attachment" ("filename" "a.bin"))' in bs and b'"mixed" ("boundary" "XX")' in bs
+    parts = {}
+    for sect in ("1", "2.HEADER", "2.TEXT", "3", "3.MIME", "2.1"):
+        typ, data = c.fetch("1", f"(BODY.PEEK[{sect}])")
+        parts[sect] = data[0][1]
+    assert parts["1"] == b"first part"
+    assert parts["2.HEADER"] == b"From: inner@example.test\r\nSubject: inner\r\n\r\n"
+    assert parts["2.TEXT"] == b"inner body" and parts["2.1"] == b"inner body"
+    assert parts["3"] == b"AAEC"
+    assert parts["3.MIME"].startswith(b"Content-Type: application/octet-stream")
+    c.logout()

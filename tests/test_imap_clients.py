@@ -167,6 +167,15 @@ class Dovecot:
         subprocess.run(["doveadm", "-c", str(self.conf), "stop"], capture_output=True, timeout=30)
 
 
+def _structures(port):
+    c = imaplib.IMAP4("127.0.0.1", port)
+    c.login("alice@example.test", PASSWORD)
+    c.select("INBOX", readonly=True)
+    typ, data = c.fetch("1:*", "(BODYSTRUCTURE ENVELOPE BODY)")
+    c.logout()
+    return data
+
+
 def _uids_and_flags(port):
     c = imaplib.IMAP4("127.0.0.1", port)
     c.login("alice@example.test", PASSWORD)
@@ -187,10 +196,13 @@ def _uids_and_flags(port):
 
 @pytest.mark.skipif(not DOVECOT, reason="dovecot not installed")
 def test_dovecot_written_maildir_same_uids(tmp_path):
+    from test_imap import MULTI
+
     root = make_root(tmp_path)
     md = maildir_of(root)
     for i in range(4):
         deliver(root, message(i + 1))
+    deliver(root, MULTI)
     dv = Dovecot(tmp_path, md)
     try:
         c = imaplib.IMAP4("127.0.0.1", dv.port)
@@ -202,11 +214,13 @@ def test_dovecot_written_maildir_same_uids(tmp_path):
         c.append("INBOX", "(\\Seen)", None, message(9, subject="appended by dovecot").replace(b"\n", b"\r\n"))
         c.logout()
         dv_view = _uids_and_flags(dv.port)
+        dv_structures = _structures(dv.port)
     finally:
         dv.stop()
     srv = Server(tmp_path)
     try:
         mt_view = _uids_and_flags(srv.port)
+        assert _structures(srv.port) == dv_structures  # byte for byte, multipart included
         # and the reverse: mailtools changes, Dovecot reads them back
         c = imaplib.IMAP4("127.0.0.1", srv.port)
         c.login("alice@example.test", PASSWORD)
@@ -219,7 +233,7 @@ def test_dovecot_written_maildir_same_uids(tmp_path):
         srv.stop()
     assert mt_view[1] == dv_view[1]
     assert mt_view[0] == dv_view[0]
-    assert [r[0] for r in mt_view[1]] == [1, 2, 4, 5]
+    assert [r[0] for r in mt_view[1]] == [1, 2, 4, 5, 6]
     dv = Dovecot(tmp_path / "again", md)
     try:
         dv_view2 = _uids_and_flags(dv.port)

@@ -16,7 +16,7 @@ import sqlite3
 from pathlib import Path
 
 CACHE_NAME = "mailtools-imap.cache"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # bump when a cached rendering changes
 
 
 class Info:

@@ -296,10 +296,15 @@ def _lang(p: Part) -> bytes:
     return quote(v) if v else b"NIL"
 
 
+def _lines(body: bytes) -> int:
+    """Text lines: CRLFs in the body, as Dovecot counts them."""
+    return body.count(b"\r\n")
+
+
 def structure(p: Part, extended: bool) -> bytes:
     if p.type == b"multipart":
         kids = b"".join(structure(c, extended) for c in p.children)
-        out = kids + b" " + quote(p.subtype.upper())
+        out = kids + b" " + quote(p.subtype)
         if extended:
             out += b" %s %s %s %s" % (_plist(p.params), _disposition(p), _lang(p), quote(get(p.hdrs, "content-location")))
         return b"(" + out + b")"
@@ -308,19 +313,19 @@ def structure(p: Part, extended: bool) -> bytes:
         params = [(b"charset", b"us-ascii"), *params]
     enc = get(p.hdrs, "content-transfer-encoding")
     fields = [
-        quote(p.type.upper()),
-        quote(p.subtype.upper()),
+        quote(p.type),
+        quote(p.subtype),
         _plist(params),
         quote(get(p.hdrs, "content-id")),
         quote(get(p.hdrs, "content-description")),
-        quote(enc.upper() if enc else b"7BIT"),
+        quote(enc.lower() if enc else b"7bit"),
         b"%d" % len(p.body),
     ]
     if p.message is not None:
         m = p.message
-        fields += [envelope(m.header), structure(m, extended), b"%d" % p.body.count(b"\r\n")]
+        fields += [envelope(m.header), structure(m, extended), b"%d" % _lines(p.body)]
     elif p.type == b"text":
-        fields.append(b"%d" % p.body.count(b"\r\n"))
+        fields.append(b"%d" % _lines(p.body))
     if extended:
         fields += [quote(get(p.hdrs, "content-md5")), _disposition(p), _lang(p), quote(get(p.hdrs, "content-location"))]
     return b"(" + b" ".join(fields) + b")"
