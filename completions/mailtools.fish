@@ -56,7 +56,7 @@ complete -c mailtools -n '__fish_seen_subcommand_from submit' -s N -r -x -d 'DSN
 complete -c mailtools -n '__fish_seen_subcommand_from submit' -s R -r -x -d 'DSN RET: hdrs or full.'
 complete -c mailtools -n '__fish_seen_subcommand_from submit' -s V -r -x -d 'DSN envelope id.'
 complete -c mailtools -n '__fish_seen_subcommand_from submit' -s B -r -x -d 'Body type: 7BIT or 8BITMIME.'
-complete -c mailtools -n '__fish_seen_subcommand_from submit' -s b -r -x -d 'm: queue the message (default); p: list the queue; s: SMTP on stdin/stdout.'
+complete -c mailtools -n '__fish_seen_subcommand_from submit' -s b -r -x -d 'm: queue the message (default); p: list the queue; s: SMTP on stdin/stdout; d: run the submission server on the configured listeners.'
 complete -c mailtools -n '__fish_seen_subcommand_from submit' -s o -r -x -d 'Sendmail option: -oi is -i; the rest are ignored; -oQ is refused.'
 complete -c mailtools -n '__fish_seen_subcommand_from submit' -s q -d 'Run the queue once (as \'relay --once\').'
 complete -c mailtools -n '__fish_seen_subcommand_from submit' -s v -d 'Print the queue log line on stderr.'

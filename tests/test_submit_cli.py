@@ -81,7 +81,7 @@ def test_parse_values_glued_and_separate():
 
 
 @pytest.mark.parametrize("argv", [
-    ["-C", "/etc/other.cf"], ["-Cfile"], ["-X", "/tmp/log"], ["-oQ/tmp/q"], ["-G"], ["-bd"],
+    ["-C", "/etc/other.cf"], ["-Cfile"], ["-X", "/tmp/log"], ["-oQ/tmp/q"], ["-G"], ["-bv"],
     ["--nope"], ["-f"], ["-Bbinary"], ["-Nsometimes"], ["-Rall"],
 ])
 def test_refused_options(argv):

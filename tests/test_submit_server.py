@@ -246,3 +246,19 @@ def test_sigterm_stops_cleanly(home, tls_ca):
     m.stop()
     assert m.proc.returncode == 0
     assert "listening on 127.0.0.1:" in m.log()
+
+
+def test_bd_uses_the_configured_listeners(home, tls_ca):
+    port = free_port()
+    cfg = Path(str(home) + "/../mailtools.toml").resolve()
+    cfg.write_text(cfg.read_text() + f'[submit]\nlisten = ["127.0.0.1:{port}"]\n')
+    proc = subprocess.Popen([*mailtools_cmd(), "submit", "-bd"], stderr=subprocess.PIPE)
+    try:
+        wait_port(port, proc=proc)
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
+            assert c.ehlo("c.example.test")[0] == 250 and not c.has_extn("starttls")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=10)[1].decode()
+    assert proc.returncode == 0 and f"listening on 127.0.0.1:{port}" in err
+    assert "warning: no [tls] cert" in err

@@ -17,7 +17,8 @@ from mailtools.cli import CONTEXT
 _EPILOG = (
     "Sendmail-style options typer cannot show: -oi (same as -i), -oXXX (other sendmail options, "
     "e.g. -oem -odi: ignored), -FNAME/-fADDR/-B8BITMIME (values may be glued), -bm (default), "
-    "-bp (list the queue, as mailq), -bs (SMTP on stdin/stdout), -bi (no-op), -h N, -L LABEL, "
+    "-bp (list the queue, as mailq), -bs (SMTP on stdin/stdout), -bd (the server on [submit] "
+    "listen/tls_listen), -bi (no-op), -h N, -L LABEL, "
     "-O OPT, -n, -U, -m (ignored). Refused (exit 64): -C, -X, -oQ and unknown options. Exit "
     "status: 0 queued (fsynced), 64 usage (bad option or address, no recipients), 65 bad data "
     "(empty message, line over 998 octets), 75 the queue cannot be written (try again), 78 bad "
@@ -40,7 +41,7 @@ def register(app: typer.Typer) -> None:
         ret: Optional[str] = typer.Option(None, "-R", metavar="RET", help="DSN RET: hdrs or full."),
         envid: Optional[str] = typer.Option(None, "-V", metavar="ENVID", help="DSN envelope id."),
         body: Optional[str] = typer.Option(None, "-B", metavar="TYPE", help="Body type: 7BIT or 8BITMIME."),
-        mode: Optional[str] = typer.Option(None, "-b", metavar="MODE", help="m: queue the message (default); p: list the queue; s: SMTP on stdin/stdout."),
+        mode: Optional[str] = typer.Option(None, "-b", metavar="MODE", help="m: queue the message (default); p: list the queue; s: SMTP on stdin/stdout; d: run the submission server on the configured listeners."),
         option: Optional[List[str]] = typer.Option(None, "-o", metavar="OPT", help="Sendmail option: -oi is -i; the rest are ignored; -oQ is refused."),
         queue_run: bool = typer.Option(False, "-q", help="Run the queue once (as 'relay --once')."),
         verbose: bool = typer.Option(False, "-v", help="Print the queue log line on stderr."),

@@ -127,12 +127,12 @@ def _value_option(o: Options, c: str, value: str) -> None:
             raise UsageError("option -oQ is not supported (refused for safety)")
         # -oem, -odi, -odb, -om, -oXXX: sendmail options with no meaning here, ignored
     elif c == "b":
-        if value in ("m", "p", "s"):
+        if value in ("m", "p", "s", "d"):  # -bd: the server on the configured listeners
             o.mode = value
         elif value == "i":  # newaliases: there is no alias database, nothing to do
             o.mode = "i"
         else:
-            raise UsageError(f"mode -b{value} is not supported (only -bm, -bp, -bs)")
+            raise UsageError(f"mode -b{value} is not supported (only -bm, -bp, -bs, -bd, -bi)")
     elif c == "B":
         body = value.upper()
         if body not in ("7BIT", "8BITMIME"):
@@ -181,7 +181,7 @@ def _main(argv: list[str], prog: str) -> int:
     from mailtools.core import config
 
     cfg = config.load()
-    if o.listen or o.tls_listen:
+    if o.listen or o.tls_listen or o.mode == "d":
         from mailtools.submit import msa
 
         return msa.serve(cfg, o.listen, o.tls_listen)

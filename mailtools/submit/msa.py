@@ -184,8 +184,9 @@ async def start(cfg, listen=None, tls_listen=None):
 
 
 def serve(cfg, listen: list[str], tls_listen: list[str]) -> int:
-    """`submit --listen/--tls-listen`: run the submission server alone until SIGTERM/SIGINT.
-    Command-line listener lists replace the config's (DESIGN.md)."""
+    """`submit --listen/--tls-listen` (or `-bd`, with the config's listeners): run the
+    submission server alone until SIGTERM/SIGINT. Command-line listener lists replace the
+    config's (DESIGN.md)."""
     import asyncio
     import signal
 
