@@ -262,3 +262,16 @@ def test_bd_uses_the_configured_listeners(home, tls_ca):
         err = proc.communicate(timeout=10)[1].decode()
     assert proc.returncode == 0 and f"listening on 127.0.0.1:{port}" in err
     assert "warning: no [tls] cert" in err
+
+
+@pytest.mark.skipif(not shutil.which("swaks"), reason="swaks not installed")
+def test_swaks_implicit_tls_auth_login_pipelined(msa, tls_ca):
+    p = subprocess.run(
+        ["swaks", "--server", "127.0.0.1", "--port", str(msa.tls_port), "--tlsc", "--tls-ca-path", tls_ca.ca_file,
+         "--auth", "LOGIN", "--auth-user", "bob@example.test", "--auth-password", "bobpw", "--pipeline",
+         "--from", "bob@example.test", "--to", "a@remote.test,b@remote.test", "--helo", "client.example.test"],
+        capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    [e] = msa.entries()
+    assert [r.address for r in e.recipients] == ["a@remote.test", "b@remote.test"]
+    assert b"with ESMTPSA" in msa.message(e)
