@@ -250,7 +250,7 @@ class _Slots:
         self.free = n
         self.waiters: deque = deque()
 
-    async def __aenter__(self):
+    async def acquire(self) -> None:
         if self.free > 0 and not self.waiters:
             self.free -= 1
             return
@@ -260,19 +260,21 @@ class _Slots:
             await fut  # the releaser handed its slot straight to us
         except BaseException:
             if fut.done() and not fut.cancelled():
-                self._release()  # got the slot just as we were cancelled: pass it on
+                self.release()  # got the slot just as we were cancelled: pass it on
             raise
 
-    async def __aexit__(self, *exc):
-        self._release()
-
-    def _release(self) -> None:
+    def release(self) -> None:
         while self.waiters:
             fut = self.waiters.popleft()
             if not fut.done():
                 fut.set_result(None)
                 return
         self.free += 1
+
+
+def _where(server: tuple[str, int]) -> str:
+    host, port = server
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _fail_timeout(fut: asyncio.Future) -> None:
@@ -395,7 +397,12 @@ class Resolver:
         servers = self.nameservers
         last = "timed out"
         attempt = 0
-        async with self._slots:
+        slots = self._slots
+        if slots.free > 0 and not slots.waiters:  # the common case, without an await
+            slots.free -= 1
+        else:
+            await slots.acquire()
+        try:
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0.001:
@@ -403,7 +410,6 @@ class Resolver:
                 server = servers[attempt % len(servers)]
                 rounds = attempt // len(servers)
                 attempt += 1
-                where = f"{server[0]}:{server[1]}"
                 srtt = self._srtt.get(server)
                 rto = min(self.timeout / 3, max(self.MIN_RTO, 4 * srtt)) if srtt is not None else self.timeout / 3
                 rto = min(remaining, rto * (2 ** rounds))
@@ -414,18 +420,20 @@ class Resolver:
                     if resp.truncated:  # RFC 7766 5: retry over TCP
                         resp = await self._tcp(server, name, rtype, max(0.1, deadline - loop.time()))
                 except asyncio.TimeoutError:
-                    last = f"no answer from {where} (timed out)"
+                    last = f"no answer from {_where(server)} (timed out)"
                     continue
                 except (OSError, wire.WireError, EOFError, asyncio.IncompleteReadError) as exc:
-                    last = f"{where}: {exc or type(exc).__name__}"
+                    last = f"{_where(server)}: {exc or type(exc).__name__}"
                     if attempt >= 3 * len(servers):
                         break
                     continue
                 if resp.rcode in (wire.NOERROR, wire.NXDOMAIN):
                     return resp
-                last = f"{wire.RCODE_NAMES.get(resp.rcode, resp.rcode)} from {where}"
+                last = f"{wire.RCODE_NAMES.get(resp.rcode, resp.rcode)} from {_where(server)}"
                 if attempt >= 3 * len(servers):  # a server that says SERVFAIL is asked thrice
                     break
+        finally:
+            slots.release()
         raise DNSTempFail(f"{name} {wire.TYPE_NAMES.get(rtype, rtype)}: {last}")
 
     def _client(self, server: tuple[str, int]) -> _UDPClient:
