@@ -146,6 +146,20 @@ def is_known_user(cfg, address: str) -> bool:
     return load_users(cfg).exists(normalise(address))
 
 
+def mailbox_owner(cfg, address: str) -> str | None:
+    """The local user whose Maildir gets mail for address: the address itself, else without a
+    '+extension' (bob+lists@ -> bob@, as Postfix and Dovecot do with recipient_delimiter '+');
+    None for an unknown user."""
+    if is_known_user(cfg, address):
+        return address
+    local, at, domain = address.rpartition("@")
+    if at and "+" in local.lstrip("+"):
+        base = local.split("+", 1)[0] + "@" + domain
+        if base != address and is_known_user(cfg, base):
+            return base
+    return None
+
+
 def targets(opts: dict) -> list[tuple[str, list[str]]]:
     """[(maildir path, [Delivered-To addresses])], one per copy to write. Loads the
     configuration only for ADDRESS mode; raises UsageError, NoUser, ConfigError."""
@@ -163,12 +177,13 @@ def targets(opts: dict) -> list[tuple[str, list[str]]]:
     cfg = config.load()
     out, seen = [], set()
     for addr in addresses:
-        if not is_known_user(cfg, addr):
+        owner = mailbox_owner(cfg, addr)
+        if owner is None:
             raise NoUser(f"unknown user: {addr}")
         key = normalise(addr).lower()
         if key not in seen:
             seen.add(key)
-            out.append((os.fspath(cfg.maildir_for(addr)), [normalise(addr)]))
+            out.append((os.fspath(cfg.maildir_for(owner)), [normalise(addr)]))
     return out
 
 

@@ -213,6 +213,16 @@ def test_several_addresses_each_get_their_own_copy(run, home):
         assert got == b"Return-Path: <>\r\nDelivered-To: %s@example.test\r\n" % u.encode() + MSG_CRLF
 
 
+def test_plus_extension_goes_to_the_base_user(run, home):
+    md = home / "mail" / "example.test" / "bob"
+    md.mkdir(parents=True)
+    r = run("deliver", "bob+lists@example.test", input=MSG)
+    assert r.returncode == 0, r.stderr
+    assert only_message(md) == b"Delivered-To: bob+lists@example.test\n" + MSG
+    assert run("deliver", "carol+x@example.test", input=MSG).returncode == 67
+    assert run("deliver", "+x@example.test", input=MSG).returncode == 67
+
+
 def test_one_unknown_address_delivers_nothing(run, home):
     (home / "mail" / "example.test" / "bob").mkdir(parents=True)
     r = run("deliver", "bob@example.test", "ghost@example.test", input=MSG)
