@@ -50,13 +50,22 @@ def _note(message: str) -> None:
     sys.stderr.write(f"mailtools user: {message}\n")
 
 
-def add(cfg, address: str, password: str, scheme: str = "ARGON2ID", make_maildir: bool = True) -> str:
-    """Add a user, then create its Maildir; returns the canonical user name."""
+def check_new(cfg, address: str) -> str:
+    """Before asking for a password: the canonical name, or DataError (65) / CantCreate (73).
+    A domain that is not local gets a note (the user can log in and send, nothing more)."""
     name = auth.check_username(address)
+    if auth.Users(cfg.users_file).exists(name):
+        raise auth.CantCreate(f"user {name} already exists")
     domain = name.rpartition("@")[2]
     if not cfg.is_local_domain(domain):
         _note(f"note: {domain} is not in local_domains: this user can log in and send, "
               "but mail to it is relayed elsewhere, not delivered here")
+    return name
+
+
+def add(cfg, address: str, password: str, scheme: str = "ARGON2ID", make_maildir: bool = True) -> str:
+    """Add a user, then create its Maildir; returns the canonical user name."""
+    name = auth.check_username(address)
     if make_maildir:
         # first, so a user never exists without its Maildir (a failed add leaves an empty one)
         create_maildir(cfg, name)

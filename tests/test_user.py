@@ -224,3 +224,9 @@ userdb {{
                     break
                 time.sleep(0.05)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_non_local_domain_gets_a_note(home, run):
+    r = run("user", "add", "ext@example.org", "--password-stdin", "--scheme", "BLF-CRYPT", input=b"pw\n")
+    assert r.returncode == 0 and b"not in local_domains" in r.stderr
+    assert Users(users_file(home)).verify("ext@example.org", "pw")

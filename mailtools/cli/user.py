@@ -46,12 +46,10 @@ def register(app: typer.Typer) -> None:
         no_maildir: bool = typer.Option(False, "--no-maildir", help="Do not create the Maildir (for example when it lives elsewhere)."),
     ) -> int:
         from mailtools import user
-        from mailtools.core import auth, config
+        from mailtools.core import config
 
         cfg = config.load()
-        name = auth.check_username(address)  # 65 before asking for a password
-        if auth.Users(cfg.users_file).exists(name):
-            raise auth.CantCreate(f"user {name} already exists")
+        name = user.check_new(cfg, address)  # 65/73 before asking for a password
         password = user.read_password(password_stdin, f"Password for {name}")
         user.add(cfg, name, password, scheme, make_maildir=not no_maildir)
         return 0
