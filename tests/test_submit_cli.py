@@ -334,3 +334,19 @@ def test_mbox_from_line_is_dropped(home, links):
     assert sendmail(links, "r@example.test", input=msg).returncode == 0
     data = message_of(home, entries(home)[0])
     assert b"From someone" not in data and b"\nSubject: x\n" in data
+
+
+def test_config_cache_never_stale(home, links, tmp_path):
+    # core/config.py caches the parsed TOML per user; a changed file must be read again
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    assert sendmail(links, "r", env=env).returncode == 0
+    assert (tmp_path / "cache" / "mailtools" / "config.marshal").exists()
+    cfg = Path(str(home) + "/../mailtools.toml").resolve()
+    cfg.write_text(cfg.read_text().replace("mx.example.test", "other.example.test"))
+    assert sendmail(links, "r", env=env).returncode == 0
+    first, second = entries(home)
+    assert first.recipients[0].address == "r@mx.example.test"
+    assert second.recipients[0].address == "r@other.example.test"
+    cfg.write_text("not = [valid toml")
+    p = sendmail(links, "r", env=env)
+    assert p.returncode == 78 and b"not valid TOML" in p.stderr

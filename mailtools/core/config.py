@@ -281,6 +281,49 @@ def find_path() -> str | None:
     return None
 
 
+def _cache_file() -> str | None:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "mailtools", "config.marshal") if os.path.isabs(base) else None
+
+
+def _parse_toml(path: str, raw: bytes) -> dict:
+    """TOML -> dict, through a per-user marshal cache of (path, raw bytes, parsed dict): importing
+    tomllib and compiling its regexes costs more start-up than the rest of `sendmail` or
+    `deliver` together. The cache is used only when it holds exactly these bytes, so it can
+    never be stale; any problem with it just means parsing."""
+    import marshal
+
+    cache = _cache_file()  # one per user: holds the last configuration read
+    try:
+        if cache:
+            with open(cache, "rb") as f:
+                cached_path, cached_raw, data = marshal.loads(f.read())
+            if cached_raw == raw and cached_path == path and isinstance(data, dict):
+                return data
+    except (OSError, ValueError, EOFError, TypeError):
+        pass
+    try:
+        import tomllib  # type: ignore[import-not-found]
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if cache:
+        try:
+            blob = marshal.dumps((path, raw, data))  # ValueError for types marshal lacks (dates)
+            os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)
+            tmp = f"{cache}.{os.getpid()}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold secrets
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+            os.replace(tmp, cache)
+        except (OSError, ValueError):
+            pass
+    return data
+
+
 def load(path: str | None = None, *, reload: bool = False) -> Config:
     """Load (once per process) and check the configuration."""
     global _cached
@@ -295,14 +338,7 @@ def load(path: str | None = None, *, reload: bool = False) -> Config:
                 raw = f.read()
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
-        try:
-            import tomllib  # type: ignore[import-not-found]
-        except ModuleNotFoundError:  # Python < 3.11
-            import tomli as tomllib  # type: ignore[no-redef]
-        try:
-            data = tomllib.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        data = _parse_toml(path, raw)
         cfg = from_dict(data, path, Path(path).resolve().parent)
     _cached = cfg
     return cfg

@@ -85,7 +85,10 @@ def main() -> None:
     # from source; a private pycache prefix, filled by the warm-up runs, avoids that without
     # writing into the source tree. The interpreter floor runs with the same settings.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env.update(MAILTOOLS_CONFIG=str(cfg), PYTHONPYCACHEPREFIX=str(work / "pycache"))
+    # XDG_CACHE_HOME: the parsed-config cache (core/config.py) of this run alone, so parallel
+    # test runs of other configurations do not evict it.
+    env.update(MAILTOOLS_CONFIG=str(cfg), PYTHONPYCACHEPREFIX=str(work / "pycache"),
+               XDG_CACHE_HOME=str(work / "cache"))
     print(f"message: {eml.stat().st_size} bytes; N={a.n}; load average {os.getloadavg()[0]:.1f}")
 
     results = {}
