@@ -143,7 +143,7 @@ class Checker:
             code, lines = await self._step(steps, "banner", _reply(reader), lambda r: f"{r[0]} {r[1][0]}")
             res["banner"] = f"{code} {lines[0]}"
             if code != 220:
-                raise self._fail(res, f"banner is not 220: {code} {lines[0]}")
+                raise StepFailed(f"banner is not 220: {code} {lines[0]}")
             ext = await self._ehlo(steps, reader, writer)
             res["extensions"] = ext
             res["starttls"] = "STARTTLS" in [e.split()[0].upper() for e in ext]
@@ -151,7 +151,7 @@ class Checker:
                 writer.write(b"STARTTLS\r\n")
                 code, lines = await self._step(steps, "starttls", _reply(reader), lambda r: f"{r[0]} {r[1][0]}")
                 if code != 220:
-                    raise self._fail(res, f"STARTTLS refused: {code} {lines[0]}")
+                    raise StepFailed(f"STARTTLS refused: {code} {lines[0]}")
                 sni = None if mxdns._is_ip_literal(host) else host
                 await self._step(steps, "tls", writer.start_tls(ctx, server_hostname=sni), lambda _: None)
                 res["tls"] = _tls_info(writer.get_extra_info("ssl_object"), host, verified=ctx.verify_mode != ssl.CERT_NONE)
@@ -169,14 +169,15 @@ class Checker:
 
     async def _ehlo(self, steps, reader, writer, name="ehlo") -> list[str]:
         writer.write(f"EHLO {self.helo}\r\n".encode())
-        code, lines = await self._step(steps, name, _reply(reader), lambda r: " ".join(x.split()[0] for x in r[1][1:]) or f"{r[0]}")
-        if code != 250:
-            raise self._fail(None, f"EHLO refused: {code} {lines[0]}")
-        return lines[1:]
-
-    @staticmethod
-    def _fail(res, message: str) -> StepFailed:
-        return StepFailed(message)
+        code, lines = await self._step(steps, name, _reply(reader), lambda r: " ".join(x.split()[0] for x in r[1][1:] if x.split()) or f"{r[0]}")
+        if code == 250:
+            return [x for x in lines[1:] if x.split()]
+        if name == "ehlo" and 500 <= code < 600:  # RFC 5321 4.1.4: an old server may know only HELO
+            writer.write(f"HELO {self.helo}\r\n".encode())
+            code, lines = await self._step(steps, "helo", _reply(reader), lambda r: f"{r[0]}")
+            if code == 250:
+                return []
+        raise StepFailed(f"{name.upper()} refused: {code} {lines[0]}")
 
 
 def _step_doc(name: str, ok: bool, t0: float, detail) -> dict:
