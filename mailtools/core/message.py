@@ -77,7 +77,7 @@ def iter_fields(header: bytes):
                 value.append(line)
             continue
         if name is not None:
-            yield name, _decode(b"".join(value).strip())
+            yield name, _decode(b"".join(value).strip(b" \t"))
         colon = line.find(b":")
         if colon <= 0:
             name = None
@@ -88,7 +88,7 @@ def iter_fields(header: bytes):
             continue
         value = [line[colon + 1 :]]
     if name is not None:
-        yield name, _decode(b"".join(value).strip())
+        yield name, _decode(b"".join(value).strip(b" \t"))
 
 
 def _decode(b: bytes) -> str:
