@@ -194,3 +194,36 @@ def test_refused_port_reported(check):
     srv = doc["checks"]["servers"][0]
     assert not srv["ok"] and srv["steps"][0]["step"] == "connect" and not srv["steps"][0]["ok"]
     assert "no exchanger completed an SMTP session" in doc["checks"]["faults"]
+
+
+def test_helo_only_server(check):
+    """An old server that refuses EHLO (502) is still diagnosed, over HELO."""
+    import socketserver
+    import threading
+
+    class Old(socketserver.StreamRequestHandler):
+        def handle(self):
+            self.wfile.write(b"220 old.example.test ready\r\n")
+            for line in self.rfile:
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    self.wfile.write(b"502 5.5.1 command not implemented\r\n")
+                elif verb == b"HELO":
+                    self.wfile.write(b"250 old.example.test\r\n")
+                elif verb == b"QUIT":
+                    self.wfile.write(b"221 bye\r\n")
+                    return
+
+    socketserver.TCPServer.allow_reuse_address = True
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Old)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        doc = _json(check("plain.test", server.server_address[1], "--json"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    srv = doc["checks"]["servers"][0]
+    assert srv["ok"] and srv["extensions"] == [] and srv["starttls"] is False
+    assert [s["step"] for s in srv["steps"]] == ["connect", "banner", "ehlo", "helo", "quit"]
+    assert srv["steps"][2]["detail"].startswith("502")
+    assert any("STARTTLS missing" in f for f in doc["checks"]["faults"])
