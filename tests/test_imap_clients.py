@@ -170,7 +170,8 @@ class Dovecot:
 def _structures(port):
     c = imaplib.IMAP4("127.0.0.1", port)
     c.login("alice@example.test", PASSWORD)
-    c.select("INBOX", readonly=True)
+    typ, data = c.select("INBOX", readonly=True)
+    assert typ == "OK", (port, data)
     typ, data = c.fetch("1:*", "(BODYSTRUCTURE ENVELOPE BODY)")
     c.logout()
     return data
@@ -180,6 +181,7 @@ def _uids_and_flags(port):
     c = imaplib.IMAP4("127.0.0.1", port)
     c.login("alice@example.test", PASSWORD)
     typ, data = c.select("INBOX")
+    assert typ == "OK", (port, data)
     uidvalidity = c.untagged_responses.get("UIDVALIDITY", [b"?"])[0] if "UIDVALIDITY" in c.untagged_responses else None
     typ, data = c.fetch("1:*", "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
     rows = []
@@ -203,6 +205,8 @@ def test_dovecot_written_maildir_same_uids(tmp_path):
     for i in range(4):
         deliver(root, message(i + 1))
     deliver(root, MULTI)
+    deliver(root, b'From: x@example.test\nTo: undisclosed-recipients:;\nCc: Team: a@example.test, "Q" <q@example.test>;\n'
+                  b'Reply-To: Someone (comment) <s@example.test>\nSubject: =?utf-8?q?gr=C3=BC=C3=9Fe?=\n\nbody\n')
     dv = Dovecot(tmp_path, md)
     try:
         c = imaplib.IMAP4("127.0.0.1", dv.port)
@@ -233,7 +237,7 @@ def test_dovecot_written_maildir_same_uids(tmp_path):
         srv.stop()
     assert mt_view[1] == dv_view[1]
     assert mt_view[0] == dv_view[0]
-    assert [r[0] for r in mt_view[1]] == [1, 2, 4, 5, 6]
+    assert [r[0] for r in mt_view[1]] == [1, 2, 4, 5, 6, 7]
     dv = Dovecot(tmp_path / "again", md)
     try:
         dv_view2 = _uids_and_flags(dv.port)

@@ -145,10 +145,30 @@ def _fast_addresses(text: str):
     return out
 
 
+_group_re = re.compile(r'\s*([^:;"<>@,()]+?)\s*:([^;]*);\s*,?')
+
+
 def _addresses(value: bytes | None) -> bytes:
     if value is None:
         return b"NIL"
     text = value.decode("utf-8", "surrogateescape")
+    if ":" in text and ";" in text:
+        # RFC 3501 7.4.2: a group is (NIL NIL "name" NIL) members... (NIL NIL NIL NIL)
+        out, pos = [], 0
+        for m in _group_re.finditer(text):
+            if text[pos : m.start()].strip(" ,"):
+                out.append(_address_items(text[pos : m.start()]))
+            out.append(b"(NIL NIL %s NIL)" % quote(m.group(1)) + _address_items(m.group(2)) + b"(NIL NIL NIL NIL)")
+            pos = m.end()
+        if pos:
+            if text[pos:].strip(" ,"):
+                out.append(_address_items(text[pos:]))
+            return b"(" + b"".join(out) + b")"
+    items = _address_items(text)
+    return b"(" + items + b")" if items else b"NIL"
+
+
+def _address_items(text: str) -> bytes:
     items = []
     pairs = _fast_addresses(text)
     if pairs is None:
@@ -156,13 +176,14 @@ def _addresses(value: bytes | None) -> bytes:
     for name, addr in pairs:
         if not addr and not name:
             continue
+        if "(" in name:  # comments are not part of the display name (Dovecot agrees)
+            stripped = re.sub(r"\s*\([^()]*\)", "", name).strip()
+            name = stripped or name.strip("() ")
         local, at, host = addr.rpartition("@")
         if not at:
             local, host = addr or "MISSING_MAILBOX", "MISSING_DOMAIN"
         items.append(b"(%s NIL %s %s)" % (quote(name or None), quote(local), quote(host)))
-    if not items:
-        return b"NIL"
-    return b"(" + b"".join(items) + b")"
+    return b"".join(items)
 
 
 def envelope(header: bytes) -> bytes:
