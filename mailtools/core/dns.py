@@ -178,8 +178,6 @@ class _UDPClient:
     datagram transport reads one datagram per loop iteration, which halves bulk throughput)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, server: tuple[str, int]):
-        import socket
-
         family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
