@@ -272,3 +272,23 @@ def test_cli_errors(run, home):
     assert b"HOST:PORT" in r.stderr
     r = run("pop3-serve", "--tls-listen", "127.0.0.1:0")
     assert r.returncode == 78 and b"certificate" in r.stderr
+
+
+def test_log_lines(pop):
+    p = connect(pop)
+    p.retr(1)
+    p.dele(2)
+    p.quit()
+    p = poplib.POP3("127.0.0.1", pop.port, timeout=10)
+    p.user(USER)
+    with pytest.raises(poplib.error_proto):
+        p.pass_("wrong")
+    p.close()
+    time.sleep(0.3)
+    code, out, err = pop.stop()
+    assert code == 0
+    assert b"mailtools pop3-serve: listening on 127.0.0.1:" in out
+    log = err.decode()
+    assert f"Login: user=<{USER}>, rip=127.0.0.1, messages=4" in log
+    assert f"Disconnected: Logged out top=0/0, retr=1/{len(crlf(MESSAGES[0]))}, del=1/4, user=<{USER}>" in log
+    assert "Aborted login (auth failed, 1 attempts): rip=127.0.0.1" in log

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
+import sys
 
 from mailtools.pop3 import replies as R
 from mailtools.smtpd.server import _is_loopback, bound_addresses, parse_listen  # shared listener helpers
@@ -22,6 +24,15 @@ from mailtools.pop3.session import (
 HANDSHAKE_TIMEOUT = 30.0
 MAX_PENDING_INPUT = 1 << 20
 log = logging.getLogger("mailtools.pop3")
+
+
+def say(line: str) -> None:
+    """One log line per event on stderr, Dovecot's shape: `pop3[PID]: Login: user=<...>, rip=...`."""
+    try:
+        sys.stderr.write(f"pop3[{os.getpid()}]: {line}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 class _Listener:
@@ -40,6 +51,7 @@ class POP3Protocol(asyncio.Protocol):
         self.implicit_tls = implicit_tls
         self.loop = asyncio.get_running_loop()
         self.transport = None
+        self.peer = "?"
         self.session: Session | None = None
         self._busy = False  # an event (login, delay, TLS) is being carried out
         self._write_paused = False
@@ -62,6 +74,7 @@ class POP3Protocol(asyncio.Protocol):
             return
         L.active.add(self)
         local = transport.get_extra_info("sockname") or ("", 0)
+        self.peer = str((transport.get_extra_info("peername") or ("?",))[0])
         self.session = Session(
             L.backend,
             hostname=cfg.hostname,
@@ -95,8 +108,19 @@ class POP3Protocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self.listener.active.discard(self)
-        if self.session is not None:
-            self.session.connection_lost()  # releases the maildrop, deletes nothing
+        s = self.session
+        if s is None:
+            return
+        if s.state == "AUTHORIZATION":
+            if s.auth_failures:
+                say(f"Aborted login (auth failed, {s.auth_failures} attempts): rip={self.peer}")
+        else:
+            c = s.counts
+            how = "Logged out" if s.state == "UPDATE" else "Disconnected, nothing deleted"
+            say(f"Disconnected: {how} top={c['top']}/{c['top_bytes']}, retr={c['retr']}/{c['retr_bytes']}, "
+                f"del={len(s.deleted) if s.state == 'UPDATE' else 0}/{s.maildrop_size}, "
+                f"user=<{s.login_name}>, rip={self.peer}")
+        s.connection_lost()  # releases the maildrop, deletes nothing
 
     def pause_writing(self) -> None:
         self._write_paused = True  # the client reads slowly: stop taking commands
@@ -174,6 +198,13 @@ class POP3Protocol(asyncio.Protocol):
             if not isinstance(result, BaseException):
                 result.close()
             return []
+        if not isinstance(result, BaseException):
+            tls = ", TLS" if self.session.tls_active else ""
+            say(f"Login: user=<{ev.user}>, rip={self.peer}{tls}, messages={len(result)}")
+        elif isinstance(result, InUse):
+            say(f"Login refused (maildrop in use): user=<{ev.user}>, rip={self.peer}")
+        elif isinstance(result, MaildropError):
+            say(f"Login failed: user=<{ev.user}>, rip={self.peer}: {result}")
         return self.session.login_result(result)
 
     async def _start_tls(self) -> bool:
@@ -257,7 +288,6 @@ def shutdown(servers) -> None:
 def run(cfg, listen=None, tls_listen=None) -> int:
     """`mailtools pop3-serve`: serve until SIGTERM/SIGINT; print each listening address."""
     import signal
-    import sys
 
     from mailtools.core.exitcodes import Unavailable
 

@@ -166,8 +166,10 @@ class Session:
         self.implementation = implementation
         self.state = AUTHORIZATION
         self.user: str | None = None  # from USER, waiting for PASS
-        self.login_name: str | None = None  # after a successful login
+        self.login_name: str | None = None  # being checked, then logged in
+        self.counts = {"retr": 0, "retr_bytes": 0, "top": 0, "top_bytes": 0}  # for the log
         self.maildrop: Maildrop | None = None
+        self.maildrop_size = 0  # messages at login
         self.deleted: set[int] = set()
         self.retrieved: set[int] = set()
         self._multi: dict = {}  # LIST/UIDL bodies and the total size, until DELE or RSET
@@ -207,6 +209,7 @@ class Session:
                 return None
             del buf[: nl + 1]
             self._discarding = False
+            self._sasl = None
             return self._bad(R.ERR_LINE_TOO_LONG)
         if nl < 0:
             if len(buf) > MAX_LINE:
@@ -216,9 +219,11 @@ class Session:
             return None
         if nl > MAX_LINE:
             del buf[: nl + 1]
+            self._sasl = None
             return self._bad(R.ERR_LINE_TOO_LONG)
         raw = bytes(buf[:nl])
         del buf[: nl + 1]
+        sasl, self._sasl = self._sasl, None  # a SASL exchange takes exactly one line
         if raw.endswith(b"\r"):
             raw = raw[:-1]
         try:
@@ -227,13 +232,14 @@ class Session:
             return self._bad(R.ERR_BAD_ENCODING)
         if "\0" in text or "\r" in text:
             return self._bad(R.ERR_ARGS)
-        if self._sasl is not None:
-            handler, self._sasl = self._sasl, None
-            return self._dispatch(handler, text)
+        if sasl is not None:
+            return self._dispatch(sasl, text)
         return self._command(text)
 
     def login_result(self, result: "Maildrop | BaseException") -> list:
         """What `backend.login` returned (a maildrop) or raised."""
+        if isinstance(result, BaseException):
+            self.login_name = None
         if isinstance(result, AuthFailed):
             self.auth_failures += 1
             self.user = None
@@ -248,6 +254,7 @@ class Session:
             detail = str(result) if isinstance(result, MaildropError) else "Cannot open the mailbox."
             return [line(R.ERR_SYS_TEMP.format(detail=detail))]
         self.maildrop = result
+        self.maildrop_size = len(result)
         self.state = TRANSACTION
         self.user = None
         return [line(R.OK_LOGGED_IN)]
@@ -370,6 +377,7 @@ class Session:
             raise _Error(R.ERR_PASS_WITHOUT_USER, bad=True)
         # RFC 1939 7: the password is the rest of the line (it may contain spaces).
         user, self.user = self.user, None
+        self.login_name = user
         return [Login(user, arg)]
 
     def cmd_auth(self, arg: str) -> list:
@@ -397,6 +405,7 @@ class Session:
             raise _Error(R.ERR_AUTH_MALFORMED, bad=True) from None
         if authzid and authzid != authcid:
             raise _Error(R.ERR_AUTHZID)
+        self.login_name = authcid
         return [Login(authcid, password)]
 
     def cmd_stls(self, arg: str) -> list:
@@ -464,6 +473,8 @@ class Session:
         i = self._message(arg)
         data = self._read(i)
         self.retrieved.add(i)
+        self.counts["retr"] += 1
+        self.counts["retr_bytes"] += len(data)
         return [multiline(line(R.OK_RETR.format(size=len(data))), data)]
 
     def cmd_top(self, arg: str) -> list:
@@ -473,6 +484,8 @@ class Session:
         i = self._message(parts[0])
         n = _number(parts[1], R.ERR_INVALID_LINES)
         data = top_of(self._read(i), n)
+        self.counts["top"] += 1
+        self.counts["top_bytes"] += len(data)
         return [multiline(line(R.OK_TOP), data)]
 
     def cmd_dele(self, arg: str) -> list:
