@@ -272,6 +272,22 @@ def test_keywords(tmp_path):
     assert (tmp_path / "dovecot-keywords").read_text() == "0 $Junk\n1 work\n2 new\n"
     with pytest.raises(ValueError):
         kw2.add("two words")
+    assert not (tmp_path / "dovecot-uidlist.lock").exists() and not (tmp_path / "dovecot-keywords.lock").exists()
+
+
+def test_keywords_wait_for_the_uidlist_lock(tmp_path):
+    (tmp_path / "dovecot-uidlist.lock").write_text("")
+    kw = Keywords(tmp_path)
+    import mailtools.core.maildir as mdm
+
+    old = mdm.LOCK_WAIT
+    mdm.LOCK_WAIT = 0.1
+    try:
+        with pytest.raises(TimeoutError):
+            kw.add("x")
+    finally:
+        mdm.LOCK_WAIT = old
+    assert not (tmp_path / "dovecot-keywords").exists()
 
 
 @settings(max_examples=50)

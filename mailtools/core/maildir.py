@@ -524,10 +524,11 @@ class DotLock:
     into the lock file and renamed over FILE (so the replace also releases the lock).
     A lock whose mtime has not changed for LOCK_STALE seconds is taken over."""
 
-    def __init__(self, target: str, wait: float = LOCK_WAIT, stale: float = LOCK_STALE):
+    def __init__(self, target: str, wait: float | None = None, stale: float | None = None):
         self.target = target
         self.path = target + ".lock"
-        self.wait, self.stale = wait, stale
+        self.wait = LOCK_WAIT if wait is None else wait
+        self.stale = LOCK_STALE if stale is None else stale
         self.fd: int | None = None
 
     def acquire(self) -> "DotLock":
@@ -655,7 +656,7 @@ class UidList:
             return None
 
     @classmethod
-    def sync(cls, maildir_path, *, wait: float = LOCK_WAIT) -> "UidList":
+    def sync(cls, maildir_path, *, wait: float | None = None) -> "UidList":
         """Under the dovecot-uidlist.lock dotlock: read the list, give new messages the next
         UIDs in delivery order, drop vanished ones, and write it back atomically if changed."""
         path = os.fspath(maildir_path)
@@ -700,7 +701,8 @@ class UidList:
 
 class Keywords:
     """Dovecot's `dovecot-keywords`: lines `<index> <name>`; index 0..25 is the file-name flag
-    letter 'a'..'z'. Written atomically under the `dovecot-keywords.lock` dotlock."""
+    letter 'a'..'z'. Changed only under the `dovecot-uidlist.lock` dotlock (as Dovecot does) and
+    replaced atomically through `dovecot-keywords.lock`."""
 
     MAX = 26
 
@@ -741,7 +743,10 @@ class Keywords:
         """Allocate an index for name (re-reading the file under the lock first)."""
         if not name or any(c in name for c in " \r\n\0"):
             raise ValueError(f"bad keyword: {name!r}")
-        with DotLock(self.path) as lock:
+        # Dovecot changes dovecot-keywords only while it holds the uidlist lock (its
+        # maildir-keywords.c relies on that), and replaces the file through its own dotlock.
+        uidlist_lock = DotLock(os.path.join(os.path.dirname(self.path), UIDLIST))
+        with uidlist_lock, DotLock(self.path) as lock:
             self.load()
             i = self.index(name)
             if i is not None:
