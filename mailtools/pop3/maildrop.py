@@ -45,7 +45,9 @@ def to_crlf(data: bytes) -> bytes:
 
 
 def crlf_size(data: bytes) -> int:
-    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+    """len(to_crlf(data)) without building it."""
+    n = len(data) + data.count(b"\n")
+    return n - data.count(b"\r\n") if b"\r" in data else n
 
 
 def _field(base: str, key: str) -> int | None:
@@ -164,7 +166,7 @@ class MaildirDrop:
             if complete:
                 return ul, dict(sorted(found.items()))
         ul = UidList.sync(self.path)
-        return ul, {uid: (os.fspath(mf.path), mf.base) for uid, mf in ul.files.items()}
+        return ul, {uid: (os.fspath(mf), mf.base) for uid, mf in ul.files.items()}
 
     def _stamp(self) -> tuple:
         """What changes whenever the maildrop could have: the uidlist and both directories."""
