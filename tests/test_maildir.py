@@ -27,6 +27,15 @@ def test_deliver_creates_dirs_and_lands_in_new(tmp_path):
     assert not (tmp_path / "Maildir" / "maildirfolder").exists()
 
 
+def test_deliver_recreates_a_missing_new_dir(tmp_path):
+    deliver(tmp_path, MSG)
+    import shutil
+
+    shutil.rmtree(tmp_path / "new")
+    p = deliver(tmp_path, MSG)
+    assert p.read_bytes() == MSG and os.listdir(tmp_path / "tmp") == []
+
+
 def test_deliver_with_flags_lands_in_cur_sorted(tmp_path):
     p = deliver(tmp_path, MSG, flags="SFa")
     assert p.parent.name == "cur"

@@ -123,7 +123,11 @@ def deliver_path(path, data: bytes, *, flags: str = "", folder_marker: bool = Fa
         subdir = "cur" if flags else "new"
         final = os.path.join(path, subdir, name + info)
         try:
-            os.link(tmp, final)
+            try:
+                os.link(tmp, final)
+            except FileNotFoundError:  # tmp/ was there but new/ or cur/ is missing
+                make_dirs(path, folder_marker)
+                os.link(tmp, final)
         except FileExistsError:
             _unlink_quietly(tmp)
             continue
