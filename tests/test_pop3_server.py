@@ -292,3 +292,25 @@ def test_log_lines(pop):
     assert f"Login: user=<{USER}>, rip=127.0.0.1, messages=4" in log
     assert f"Disconnected: Logged out top=0/0, retr=1/{len(crlf(MESSAGES[0]))}, del=1/4, user=<{USER}>" in log
     assert "Aborted login (auth failed, 1 attempts): rip=127.0.0.1" in log
+
+
+def test_idle_timeout_and_connection_limit(home):
+    write_config(home, extra='[pop3]\nidle_timeout = "1s"\nmax_connections = 2\n')
+    add_user(home)
+    srv = Server(home)
+    time.sleep(0.5)  # the probe connection of wait_port is gone
+    try:
+        a = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        b = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        fa, fb = a.makefile("rb"), b.makefile("rb")
+        assert fa.readline().startswith(b"+OK") and fb.readline().startswith(b"+OK")
+        c = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        assert c.makefile("rb").readline() == b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n"
+        t = time.monotonic()
+        assert fa.readline() == b"-ERR Disconnected for inactivity.\r\n"
+        assert fa.readline() == b""
+        assert 0.8 < time.monotonic() - t < 5
+        for s in (a, b, c):
+            s.close()
+    finally:
+        srv.stop()
