@@ -596,7 +596,7 @@ class Session:
             return
         refusal = self.handler.mail_from(self.info, tx, address)
         if refusal is not None and refusal.is_error:
-            self._reply(refusal)
+            self._error(refusal)  # policy refusals count too (Postfix's smtpd_hard_error_limit)
             return
         self.tx = tx
         self.state = MAIL
@@ -625,7 +625,7 @@ class Session:
             return
         refusal = self.handler.rcpt_to(self.info, tx, address)
         if refusal is not None and refusal.is_error:
-            self._reply(refusal)
+            self._error(refusal)  # e.g. guessing local users: ends after max_errors
             return
         tx.recipients.append(address)
         tx.rcpt_params.append(params)
