@@ -146,6 +146,7 @@ class _Output:
     def __init__(self, json_mode: bool, rich: bool, many: bool):
         self.json_mode, self.rich, self.many = json_mode, rich, many
         self.first = True
+        self.encode = None
         self.console = None
         if rich:
             from mailtools.core.output import console
@@ -158,9 +159,13 @@ class _Output:
         from mailtools.trace import render
 
         if self.json_mode:
-            import json
+            if self.encode is None:
+                import json
 
-            sys.stdout.write(json.dumps(report, ensure_ascii=False, separators=(",", ":")) + "\n")
+                # the same bytes as core.output.emit_json, minus the circular-reference check
+                self.encode = json.JSONEncoder(
+                    ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
+            sys.stdout.write(self.encode(report) + "\n")
         elif self.rich:
             if not self.first:
                 self.console.print()

@@ -35,7 +35,8 @@ _HELO = re.compile(r"\b(?:helo|ehlo|lhlo)(?:\s*=\s*|\s+)(\[[^\]]*\]|[^\s()\[\],;
 _ENVELOPE_FROM = re.compile(r"\benvelope-(?:from|sender)\s*=?\s*<([^>]*)>", re.I)
 _IP_CANDIDATE = re.compile(r"[0-9A-Fa-f:.]+")
 _HEX = re.compile(r"[0-9A-Fa-f]+")
-_IPV4 = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3})(?::\d+)?")
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]\d|\d)"
+_IPV4 = re.compile(rf"({_OCTET}(?:\.{_OCTET}){{3}})(?::\d+)?")
 # An IP in TCP-info: a literal ("[192.0.2.1]", "[IPv6:2001:db8::1]", "[fe80::1%5]"), or a bare
 # address, maybe after "user@" (qmail) and with a port (Exim: "[192.0.2.1]:54321").
 _IP_LITERAL = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]+)(?:%[^\]]*)?\]", re.I)
@@ -93,9 +94,9 @@ def _flatten(value: str) -> str:
 
 def normalise_ip(text: str) -> str | None:
     """An IP address from TCP-info: "IPv6:" prefix, "user@", zone id and port removed."""
-    m = _IPV4.fullmatch(text)  # fast path: a plain dotted quad
+    m = _IPV4.fullmatch(text)  # fast path: a plain dotted quad (octets checked by the regex)
     if m:
-        return m.group(1) if all(int(o) <= 255 for o in m.group(1).split(".")) else None
+        return m.group(1)
     text = text.strip()
     if text[:1] == "[":
         text = text[1:].split("]", 1)[0]
@@ -109,7 +110,7 @@ def normalise_ip(text: str) -> str | None:
         text = text.split("%", 1)[0]
     m = _IPV4.fullmatch(text)
     if m:
-        return m.group(1) if all(int(o) <= 255 for o in m.group(1).split(".")) else None
+        return m.group(1)
     if ":" not in text or not _IP_CANDIDATE.fullmatch(text):
         return None
     return text.lower() if is_ipv6(text) else None  # as written (mixed notation kept)
@@ -123,7 +124,7 @@ def is_ipv6(text: str) -> bool:
     if "." in text:  # x:x:x:x:x:x:d.d.d.d
         head, _, quad = text.rpartition(":")
         m = _IPV4.fullmatch(quad)
-        if not m or m.group(0) != quad or any(int(o) > 255 for o in quad.split(".")):
+        if not m or m.group(0) != quad:
             return False
         # "...::d.d.d.d" leaves head ending in ":" (keep the "::"); else drop nothing
         text, groups = (head + ":" if head.endswith(":") else head), 6
@@ -195,22 +196,26 @@ def _split(value: str):
 def parse_received(value: str) -> dict:
     """The hop described by one Received field value (the time as epoch seconds or None)."""
     words, comments, date_text, text = _split(value[:MAX_FIELD])
-    values: dict[str, list] = {}  # clause -> [(word, after_mid_fold)]
+    values: dict[str, list] = {}  # clause -> its words
     notes: dict[str | None, list] = {None: []}  # clause -> its comments (None: before any)
     cur = None
+    cur_words = None
+    cur_notes = notes[None]
     ci = 0
     for w in words:
         if w == _COMMENT:
-            notes[cur].append(comments[ci])
+            cur_notes.append(comments[ci])
             ci += 1
             continue
-        low = w.lower()
-        if (low in KEYWORDS and low not in values) or (low == "tls" and cur == "with" and "tls" not in values):
-            cur = low  # "tls": Exim 4.9x "with esmtps (TLS1.3) tls CIPHER"
-            values[cur] = []
-            notes[cur] = []
-        elif cur is not None:
-            values[cur].append(w)
+        if len(w) <= 4:  # only a short word can be a keyword: skip lower() for host names
+            low = w.lower()
+            if (low in KEYWORDS and low not in values) or (low == "tls" and cur == "with" and "tls" not in values):
+                cur = low  # "tls": Exim 4.9x "with esmtps (TLS1.3) tls CIPHER"
+                cur_words = values[cur] = []
+                cur_notes = notes[cur] = []
+                continue
+        if cur_words is not None:
+            cur_words.append(w)
 
     lead = notes[None]
     hop = {
