@@ -360,52 +360,7 @@ def astring_out(value: str) -> bytes:
     return quote(b)
 
 
-# --- modified UTF-7 (RFC 3501 section 5.1.3) ------------------------------------------------
+# --- modified UTF-7 (RFC 3501 section 5.1.3): one implementation, in core.maildir ----------
 
-
-def mutf7_decode(name: str) -> str:
-    """Wire/disk name -> Unicode; raises ValueError if not valid modified UTF-7."""
-    import base64
-
-    out, i = [], 0
-    while i < len(name):
-        c = name[i]
-        if c != "&":
-            if not (0x20 <= ord(c) <= 0x7E):
-                raise ValueError("not modified UTF-7")
-            out.append(c)
-            i += 1
-            continue
-        j = name.find("-", i)
-        if j < 0:
-            raise ValueError("unterminated &")
-        chunk = name[i + 1 : j]
-        if not chunk:
-            out.append("&")
-        else:
-            b = chunk.replace(",", "/")
-            b += "=" * (-len(b) % 4)
-            out.append(base64.b64decode(b, validate=True).decode("utf-16-be"))
-        i = j + 1
-    return "".join(out)
-
-
-def mutf7_encode(name: str) -> str:
-    import base64
-
-    out, buf = [], []
-
-    def flush():
-        if buf:
-            b = base64.b64encode("".join(buf).encode("utf-16-be")).decode().rstrip("=")
-            out.append("&" + b.replace("/", ",") + "-")
-            buf.clear()
-
-    for c in name:
-        if 0x20 <= ord(c) <= 0x7E:
-            flush()
-            out.append("&-" if c == "&" else c)
-        else:
-            buf.append(c)
-    flush()
-    return "".join(out)
+from mailtools.core.maildir import decode_mutf7 as mutf7_decode  # noqa: E402,F401
+from mailtools.core.maildir import encode_mutf7 as mutf7_encode  # noqa: E402,F401
