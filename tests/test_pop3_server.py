@@ -314,3 +314,16 @@ def test_idle_timeout_and_connection_limit(home):
             s.close()
     finally:
         srv.stop()
+
+
+def test_pipelined_script_that_closes_its_side(pop):
+    """printf 'USER..PASS..DELE 1\\r\\nQUIT\\r\\n' | nc -N: every command is answered and done."""
+    s = socket.create_connection(("127.0.0.1", pop.port), timeout=10)
+    s.sendall(f"USER {USER}\r\nPASS {PASSWORD}\r\nDELE 1\r\nQUIT\r\n".encode())
+    s.shutdown(socket.SHUT_WR)
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    assert data.endswith(b"+OK Marked to be deleted.\r\n+OK Logging out, 1 messages deleted.\r\n"), data
+    assert not pop.paths[0].exists()

@@ -56,6 +56,7 @@ class POP3Protocol(asyncio.Protocol):
         self._busy = False  # an event (login, delay, TLS) is being carried out
         self._write_paused = False
         self._read_paused = False
+        self._eof = False
         self._closed = False
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -101,7 +102,12 @@ class POP3Protocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self):
-        return False  # close our side too
+        # A script may pipeline USER..QUIT and close its sending side at once: answer what it
+        # sent (QUIT included) before closing; a plain EOF closes at once, deleting nothing.
+        self._eof = True
+        if self.session is not None and not self._closed and (self._busy or self.session.pending()):
+            return True
+        return False
 
     def connection_lost(self, exc) -> None:
         self._closed = True
@@ -140,6 +146,10 @@ class POP3Protocol(asyncio.Protocol):
                 log.exception("pop3: internal error in a session")
                 events = self.session.internal_error()
             if events is None:
+                if self._eof:
+                    self._closed = True
+                    self.transport.close()
+                    return
                 if self._read_paused:
                     self._read_paused = False
                     self.transport.resume_reading()
