@@ -86,6 +86,7 @@ class Session(MailboxCommands):
         self.closed = False
         self.failures = 0
         self.utf8 = False  # ENABLE UTF8=ACCEPT (RFC 6855)
+        self._users = users
         self.threaded_auth = False  # the transport verifies passwords in a thread
         self.pending_login: tuple | None = None  # (tag, user) while a password is checked
         self.backlog: list = []  # reader events that arrived while a login was pending
@@ -341,6 +342,7 @@ class Session(MailboxCommands):
             from mailtools.core.auth import load_users
 
             users = load_users(self.cfg)
+        self._users = users
         if self.threaded_auth:
             self.pending_login = (tag, user)
             self.out.append(CheckPassword(users, user, password))
@@ -354,6 +356,11 @@ class Session(MailboxCommands):
     def _login_result(self, user: str, ok: bool) -> str:
         path = None
         if ok:
+            # the name as written in the users file: 'ALICE@example.test ' and
+            # 'alice@example.test' are one user with one Maildir
+            rec = getattr(self._users, "get", lambda u: None)(user)
+            if rec is not None and getattr(rec, "name", None):
+                user = rec.name
             try:
                 path = self.cfg.maildir_for(user)
             except ValueError:
