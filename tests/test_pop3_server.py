@@ -327,3 +327,25 @@ def test_pipelined_script_that_closes_its_side(pop):
     s.close()
     assert data.endswith(b"+OK Marked to be deleted.\r\n+OK Logging out, 1 messages deleted.\r\n"), data
     assert not pop.paths[0].exists()
+
+
+def test_remembered_password_stops_working_when_changed(home, monkeypatch):
+    from mailtools.pop3.maildrop import MaildirBackend
+    from mailtools.pop3.session import AuthFailed
+    from mailtools.core import auth, config
+
+    write_config(home)
+    add_user(home)
+    cfg = config.load(str(home.parent / "mailtools.toml"), reload=True)
+    backend = MaildirBackend(cfg)
+    backend.login(USER, PASSWORD).close()
+    with monkeypatch.context() as m:
+        m.setattr(auth.Users, "verify", lambda *a: pytest.fail("the slow hash was checked again"))
+        backend.login(USER, PASSWORD).close()  # remembered
+    with pytest.raises(AuthFailed):
+        backend.login(USER, "wrong")
+    time.sleep(0.01)  # a new mtime for the users file
+    auth.Users(cfg.users_file).set_password(USER, "new password", scheme="BLF-CRYPT")
+    with pytest.raises(AuthFailed):
+        backend.login(USER, PASSWORD)
+    backend.login(USER, "new password").close()

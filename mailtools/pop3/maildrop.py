@@ -337,10 +337,48 @@ class MaildirDrop:
 
 
 class MaildirBackend:
-    """Logins against the users file; each user's maildrop is cfg.maildir_for(user)."""
+    """Logins against the users file; each user's maildrop is cfg.maildir_for(user).
+
+    A successful password check is remembered for VERIFIED_TTL seconds, as Dovecot's
+    auth_cache does, so a client polling every minute (fetchmail, getmail) does not pay for
+    a deliberately slow hash each time. Only an HMAC of (user, stored hash, password) under a
+    random per-process key is kept, and changing the password in the users file changes the
+    stored hash, so the old password stops working at once. Failures are never cached.
+    """
+
+    VERIFIED_TTL = 300.0
+    VERIFIED_MAX = 10000
 
     def __init__(self, cfg):
         self.cfg = cfg
+        self._key = os.urandom(32)
+        self._verified: dict[bytes, float] = {}
+        self._mutex = threading.Lock()
+
+    def _verify(self, users, user: str, password: str) -> bool:
+        import hashlib
+        import hmac
+        import time
+
+        rec = users.get(user)
+        if rec is None:
+            return users.verify(user, password)  # the dummy check: unknown users cost the same
+        tag = hmac.new(self._key, "\0".join((rec.name, rec.password, password)).encode("utf-8", "surrogatepass"),
+                       hashlib.sha256).digest()
+        now = time.monotonic()
+        with self._mutex:
+            expires = self._verified.get(tag)
+            if expires is not None and expires > now:
+                return True
+        if not users.verify(user, password):
+            return False
+        with self._mutex:
+            if len(self._verified) >= self.VERIFIED_MAX:
+                self._verified = {t: e for t, e in self._verified.items() if e > now}
+                if len(self._verified) >= self.VERIFIED_MAX:
+                    self._verified.clear()
+            self._verified[tag] = now + self.VERIFIED_TTL
+        return True
 
     def login(self, user: str, password: str) -> MaildirDrop:
         from mailtools.core.auth import load_users
@@ -349,7 +387,7 @@ class MaildirBackend:
             users = load_users(self.cfg)
         except OSError as exc:
             raise MaildropError(f"Cannot read the users file: {exc.strerror}") from None
-        if not users.verify(user, password):
+        if not self._verify(users, user, password):
             raise AuthFailed()
         rec = users.get(user)
         try:
