@@ -133,6 +133,7 @@ class POP3Protocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._last = self.loop.time()  # a client reading a large message is not idle
         self._pump()
 
     # --- events ------------------------------------------------------------------------------
