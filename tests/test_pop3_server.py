@@ -349,3 +349,18 @@ def test_remembered_password_stops_working_when_changed(home, monkeypatch):
     with pytest.raises(AuthFailed):
         backend.login(USER, PASSWORD)
     backend.login(USER, "new password").close()
+
+
+def test_large_message_byte_exact(pop):
+    import hashlib
+
+    body = b"".join(b"%06d " % i + b"x" * (i % 900) + (b"\n." if i % 7 == 0 else b"\n") for i in range(8000))
+    big = b"Subject: big\n\n" + body
+    maildir.deliver(pop.maildir, big)
+    p = connect(pop)
+    n, _ = p.stat()
+    resp, lines, octets = p.retr(n)
+    assert resp == f"+OK {len(crlf(big))} octets".encode()
+    got = wire_body(lines)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(crlf(big)).digest()
+    p.quit()
