@@ -310,7 +310,8 @@ def _parse_toml(path: str, raw: bytes) -> dict:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    if cache:
+    # Never copy a secret (a smarthost password) into a cache file in the user's home.
+    if cache and b"password" not in raw:
         try:
             blob = marshal.dumps((path, raw, data))  # ValueError for types marshal lacks (dates)
             os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)
