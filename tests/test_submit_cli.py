@@ -350,3 +350,12 @@ def test_config_cache_never_stale(home, links, tmp_path):
     cfg.write_text("not = [valid toml")
     p = sendmail(links, "r", env=env)
     assert p.returncode == 78 and b"not valid TOML" in p.stderr
+
+
+def test_bs_accepts_bare_lf_from_a_local_script(home, links):
+    script = (b"HELO localhost\nMAIL FROM:<root@example.test>\nRCPT TO:<r@example.test>\n"
+              b"DATA\nSubject: lf\n\nhi\n.\nQUIT\n")
+    p = sendmail(links, "-bs", input=script)
+    assert b"250 2.0.0 Ok: queued as " in p.stdout and b"221 2.0.0" in p.stdout
+    data = message_of(home, entries(home)[0])
+    assert data.endswith(b"Subject: lf\r\n\r\nhi\r\n")

@@ -233,9 +233,16 @@ def stdio(cfg, verbose: bool = False) -> int:
 
     alive = run_blocking(session, session.start(), send)
     fd = sys.stdin.fileno()
+    last_cr = False
     while alive:
         chunk = os.read(fd, 1 << 16)
         if not chunk:
             break
-        alive = run_blocking(session, session.feed(chunk), send)
+        # A local pipe, not the network: a script writing bare LF lines is trusted to mean
+        # CRLF (as Postfix's -bs does), so "\n.\n" ends its message here and only here.
+        fixed = chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if last_cr and chunk.startswith(b"\n"):
+            fixed = fixed[1:]  # the CR came at the end of the previous read
+        last_cr = chunk.endswith(b"\r")
+        alive = run_blocking(session, session.feed(fixed), send)
     return 0
