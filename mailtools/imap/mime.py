@@ -20,13 +20,11 @@ MAX_HEADERS = 200000
 
 def to_crlf(data: bytes) -> bytes:
     """Bare LF -> CRLF (Maildir files usually hold LF line ends)."""
+    if b"\r" not in data:  # the common case: one pass to look, one to convert
+        return data.replace(b"\n", b"\r\n")
     if data.count(b"\n") == data.count(b"\r\n"):
         return data
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-
-
-def crlf_size(data: bytes) -> int:
-    return len(data) + data.count(b"\n") - data.count(b"\r\n")
 
 
 def split(data: bytes) -> tuple[bytes, bytes]:
