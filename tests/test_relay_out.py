@@ -281,9 +281,10 @@ def test_overlapping_once_exits_at_once(env, dns):
 
 
 def test_four_concurrent_runners_deliver_each_message_once(env, dns, tmp_path):
-    n = 120
+    n = 400
     with support_sink.start_sink() as sink:
-        cfgs = [env.write(dns, sink.port)]
+        # few connections each, so no runner can swallow the whole queue before the others start
+        cfgs = [env.write(dns, sink.port, extra_relay="concurrency = 2")]
         # four "hosts" sharing one spool: each its own --once lock
         for i in range(1, 4):
             c = tmp_path / f"runner{i}.toml"
@@ -378,3 +379,20 @@ def test_usage_errors(env, dns):
     assert env.run("--json").returncode == 64
     assert env.run("--once", "--list").returncode == 64
     assert env.run("--once", "--smarthost", "host:notaport").returncode == 64
+
+
+def test_delay_warning_once(env, dns):
+    with support_sink.start_sink(soft=["RCPT"]) as sink:
+        env.write(dns, sink.port, extra_relay='delay_warning = "1s"')
+        box = env.maildir("alice@example.test")
+        env.enqueue("alice@example.test", ["bob@remote.test"], msg("slow"))
+        time.sleep(1.1)
+        r = env.run("--once")
+        assert "sender delay notification" in r.stderr.decode()
+        raw = _only_new(box)
+        assert b"Action: delayed" in raw and b"Status: 4.3.0" in raw and b"Will-Retry-Until: " in raw
+        (e,) = env.entries()
+        assert e.warned and e.recipients[0].state == "deferred"
+        r = env.run("--flush")
+        assert "sender delay notification" not in r.stderr.decode()
+        assert len(list((box / "new").iterdir())) == 1
