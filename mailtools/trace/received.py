@@ -29,7 +29,6 @@ _PARENS = re.compile(r"[()\\]")
 _HIDE = str.maketrans("();", "\uff08\uff09\uff1b")
 _UNHIDE = str.maketrans("\uff08\uff09\uff1b", "();")
 _COMMENT = "\x00"  # stands for the next comment in the word list
-_WS = re.compile(r"\s+")
 
 _HELO = re.compile(r"\b(?:helo|ehlo|lhlo)(?:\s*=\s*|\s+)(\[[^\]]*\]|[^\s()\[\],;]+)", re.I)
 _ENVELOPE_FROM = re.compile(r"\benvelope-(?:from|sender)\s*=?\s*<([^>]*)>", re.I)

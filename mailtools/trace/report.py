@@ -6,14 +6,11 @@ The JSON fields are a contract (DESIGN.md `trace-headers`): more may be added, n
 
 from __future__ import annotations
 
-import re
-
 from mailtools.trace import auth
 from mailtools.trace.dates import iso, parse_date
 from mailtools.trace.headers import check_header, fields
 from mailtools.trace.received import parse_received
 
-_WS = re.compile(r"\s+")
 MAX_HOPS = 1000  # a loop or a forged header may pile up Received fields; report the first ones
 
 
