@@ -29,7 +29,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def dispatch(args: list[str]) -> int:
     from mailtools import commands
-    from mailtools.core import config
 
     i = 0
     while i < len(args) and args[i].startswith("-"):
@@ -52,6 +51,8 @@ def dispatch(args: list[str]) -> int:
             else:
                 exitcodes.error("mailtools", "--config needs a FILE")
                 return exitcodes.USAGE
+            from mailtools.core import config  # only now: --help and --version stay light
+
             config.set_path(value)
             continue
         exitcodes.error("mailtools", f"unknown option {arg!r} (try 'mailtools --help')")
