@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from mailtools.core.message import get_header, line_ending, split_header
+from mailtools.core.message import get_header, iter_fields, line_ending, split_header
 from mailtools.smtpd.received import rfc5322_date  # light: time only
 
 MAX_LINE = 998  # RFC 5322 2.1.1, without the CRLF
@@ -189,12 +189,13 @@ def fixup(data: bytes, *, from_address: str, hostname: str, full_name: str | Non
         if fields and not fields.endswith(b"\n"):
             fields += eol
     fields = remove_fields(fields, ("Bcc",))
+    present = {name.lower() for name, _ in iter_fields(fields)}  # one pass over the header
     add = []
-    if not get_header(fields, "Date"):
+    if "date" not in present:
         add.append(("Date", rfc5322_date(when)))
-    if not get_header(fields, "Message-ID"):
+    if "message-id" not in present:
         add.append(("Message-ID", message_id(hostname)))
-    if not get_header(fields, "From"):
+    if "from" not in present:
         add.append(("From", from_value(from_address, full_name)))
     # trace values may be folded ("\r\n\t"): fold with the message's own line ending
     sep = eol.decode()
