@@ -1,0 +1,173 @@
+"""relay: unit and property tests of the pieces (no network beyond a loopback fake server)."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailtools.relay import client
+from mailtools.relay.bounce import Failure, build_dsn
+from mailtools.relay.runner import _origin, _split_hostport
+
+
+def unstuff(wire: bytes) -> bytes:
+    """What a receiving server reconstructs (RFC 5321 4.5.2)."""
+    assert wire.endswith(b"\r\n.\r\n") or wire == b".\r\n"
+    body = wire[:-3]
+    lines = body.split(b"\r\n")
+    return b"\r\n".join(line[1:] if line.startswith(b".") else line for line in lines)
+
+
+@given(st.binary(max_size=400) | st.text(alphabet="a.\r\n ", max_size=200).map(str.encode))
+@settings(max_examples=300, deadline=None)
+def test_prepare_data_transparency_and_line_ends(data):
+    wire = client.prepare_data(data)
+    # no bare CR or LF ever leaves
+    assert b"\n" not in wire.replace(b"\r\n", b"")
+    assert b"\r" not in wire.replace(b"\r\n", b"")
+    # the end marker appears exactly once, at the end
+    assert wire.endswith(b".\r\n")
+    assert (b"\r\n" + wire).find(b"\r\n.\r\n") == len(wire) - 3
+    # the content survives, with normalised line ends
+    norm = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    if norm and not norm.endswith(b"\r\n"):
+        norm += b"\r\n"
+    assert unstuff(wire) == norm
+
+
+def test_reply_properties():
+    r = client.Reply(250, ["2.0.0 Ok: queued as X"])
+    assert r.ok and r.status == "2.0.0" and r.text == "250 2.0.0 Ok: queued as X"
+    assert client.Reply(451, ["try later"]).status == "4.0.0"
+    assert client.Reply(550, ["5.1.1 no such user"]).status == "5.1.1"
+    assert client.Reply(421, [""]).temporary and not client.Reply(554, [""]).temporary
+
+
+def test_needs_smtputf8():
+    assert client.needs_smtputf8("a@b.test", ["jörg@x.test"])
+    assert not client.needs_smtputf8("", ["a@x.test"])
+
+
+def test_split_hostport():
+    assert _split_hostport("smtp.example.net:587") == ("smtp.example.net", 587)
+    assert _split_hostport("[2001:db8::1]:465") == ("2001:db8::1", 465)
+    assert _split_hostport("relay.example.net") == ("relay.example.net", 25)
+
+
+def test_origin_from_top_received():
+    data = (b"Received: from client.example.test (client.example.test [192.0.2.7])\r\n"
+            b"\tby mx.example.test (mailtools) with ESMTPSA id 1; Sat, 28 Nov 2026 10:00:00 +0000\r\n"
+            b"Received: from older\r\n\r\nbody\r\n")
+    assert _origin(data) == ("from client.example.test (client.example.test [192.0.2.7])\r\n\t", " with ESMTPSA")
+    assert _origin(b"Subject: x\n\nReceived: from body.test\n") == ("", "")
+
+
+def test_dsn_structure_and_headers_only():
+    original = b"From: a@example.test\r\nSubject: the original\r\nMessage-ID: <m1@example.test>\r\n\r\nsecret body\r\n"
+    raw = build_dsn(reporting_mta="mx.example.test", qid="ABC123", sender="a@example.test", arrival=0,
+                    failures=[Failure("b@remote.test", "5.1.1", "host mx said: 550 5.1.1 no", "mx.remote.test")],
+                    original=original)
+    assert b"\n" not in raw.replace(b"\r\n", b"")
+    m = email.message_from_bytes(raw)
+    assert m["To"] == "<a@example.test>" and m["Auto-Submitted"] == "auto-replied"
+    assert m.get_content_type() == "multipart/report"
+    human, status, headers = m.get_payload()
+    assert "<b@remote.test>: host mx said" in human.get_payload()
+    per = status.get_payload()
+    fields = "".join(p.as_string() for p in per)
+    assert "Reporting-MTA: dns; mx.example.test" in fields and "Status: 5.1.1" in fields
+    assert "Final-Recipient: rfc822; b@remote.test" in fields and "Action: failed" in fields
+    assert "Subject: the original" in headers.as_string() and "secret body" not in headers.as_string()
+
+
+def test_dsn_for_utf8_recipient_uses_global_delivery_status():
+    raw = build_dsn(reporting_mta="h", qid="Q", sender="a@example.test", arrival=0,
+                    failures=[Failure("jörg@remote.test", "5.6.7", "no SMTPUTF8")], original=b"Subject: x\r\n\r\n")
+    assert b"message/global-delivery-status" in raw and "utf-8; jörg@remote.test".encode() in raw
+
+
+class FakeServer:
+    """A loopback SMTP server that answers from a script, for client edge cases."""
+
+    def __init__(self, greeting: bytes, replies: dict):
+        self.greeting, self.replies, self.seen = greeting, replies, []
+
+    async def handle(self, reader, writer):
+        writer.write(self.greeting)
+        while True:
+            line = await reader.readline()
+            if not line:
+                break
+            self.seen.append(line)
+            verb = line.split(b" ")[0].split(b":")[0].strip().upper()
+            out = self.replies.get(verb)
+            if out is None:
+                continue
+            writer.write(out)
+            await writer.drain()
+            if verb == b"QUIT":
+                break
+        writer.close()
+
+
+async def _open(server: FakeServer, **kw):
+    srv = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    conn = client.SMTPConnection(client.ClientConfig(helo="me.example.test", tls="none",
+                                                     timeouts=client.Timeouts(2, 2, 2), **kw))
+    try:
+        await conn.open("fake", "127.0.0.1", port)
+        return conn, srv
+    except Exception:
+        srv.close()
+        raise
+
+
+def test_helo_fallback_and_endless_reply_capped():
+    async def go():
+        fs = FakeServer(b"220 old server\r\n", {b"EHLO": b"502 what\r\n", b"HELO": b"250 hi\r\n"})
+        conn, srv = await _open(fs)
+        assert not conn.esmtp and conn.extensions == {}
+        conn.close()
+        srv.close()
+        endless = b"220-" + b"x" * (client.MAX_REPLY_LINE * 2) + b"\r\n220 ok\r\n"
+        fs2 = FakeServer(endless, {})
+        with pytest.raises(client.ConnectionLost, match="too long"):
+            await _open(fs2)
+
+    asyncio.run(go())
+
+
+def test_greeting_554_is_permanent_and_timeout_is_connection_lost():
+    async def go():
+        with pytest.raises(client.SMTPClientError) as exc:
+            await _open(FakeServer(b"554 go away\r\n", {}))
+        assert exc.value.permanent and exc.value.reply.code == 554
+        with pytest.raises(client.ConnectionLost, match="timeout"):
+            await _open(FakeServer(b"", {}))
+
+    asyncio.run(go())
+
+
+def test_pipelined_transaction_in_two_writes_per_recipient_outcomes():
+    async def go():
+        replies = {
+            b"EHLO": b"250-fake\r\n250-PIPELINING\r\n250 SIZE 100000\r\n",
+            b"MAIL": b"250 2.1.0 ok\r\n", b"RCPT": b"250 2.1.5 ok\r\n", b"DATA": b"354 go\r\n",
+            b".": b"250 2.0.0 queued\r\n", b"QUIT": b"221 bye\r\n",
+        }
+        fs = FakeServer(b"220 fake ESMTP\r\n", replies)
+        conn, srv = await _open(fs)
+        res = await conn.send("a@example.test", ["b@x.test", "c@x.test"], client.prepare_data(b"Subject: s\n\nbody\n"))
+        assert [res.outcome(i).code for i in range(2)] == [250, 250]
+        await conn.quit()
+        srv.close()
+        lines = [ln for ln in fs.seen if not ln.startswith(b"EHLO")]
+        assert lines[0].startswith(b"MAIL FROM:<a@example.test> SIZE=")
+        return lines
+
+    asyncio.run(go())
