@@ -99,10 +99,14 @@ def test_two_sessions_see_each_other_and_idle_wakes_on_delivery(srv):
     line = f.readline()
     assert line == b"* 2 EXISTS\r\n"
     assert time.monotonic() - t < 1.5
-    s.sendall(b"DONE\r\n")
+    # DONE and a command with a LITERAL+ in the same packet: the literal is read as one
+    s.sendall(b"DONE\r\n4 APPEND INBOX {25+}\r\nSubject: pipelined\r\n\r\nhi\r\n")
     while not (line := f.readline()).startswith(b"3 "):
         pass
     assert line.startswith(b"3 OK")
+    while not (line := f.readline()).startswith(b"4 "):
+        pass
+    assert line.startswith(b"4 OK [APPENDUID")
     # the other session is told at its next command, and an expunge elsewhere arrives too
     b.store("1", "+FLAGS", "(\\Deleted)")
     b.expunge()

@@ -82,8 +82,17 @@ class CommandReader:
         return self.parts[0] if self.parts else bytes(self.buf[:200])
 
     def feed(self, data: bytes) -> list:
+        """Add data and return every event it completes (for tests and simple callers)."""
         self.buf += data
-        out: list = []
+        return list(self.events())
+
+    def push(self, data: bytes) -> None:
+        self.buf += data
+
+    def events(self):
+        """Yield events one at a time, lazily: a caller that switches raw_lines (IDLE,
+        AUTHENTICATE) or stops (STARTTLS, a pending login) between two events has the rest of
+        the buffer read the new way, or kept for later."""
         lim = self.limits
         while True:
             if self.literal_left:
@@ -105,18 +114,20 @@ class CommandReader:
             if nl < 0:
                 if len(self.buf) > lim.max_line:
                     # RFC 7162 section 4 suggests servers bound line length; say why.
-                    out.append(Refused(tag_of(self._first_line()), "Line too long"))
+                    ev = Refused(tag_of(self._first_line()), "Line too long")
                     self.parts.clear()
                     self.size = self.nliterals = 0
                     self.buf.clear()
                     self.discarding = True
+                    yield ev  # (state is updated before each yield: a caller may stop here)
                 break
             line = bytes(self.buf[: nl + 1])
             del self.buf[: nl + 1]
             if len(line) > lim.max_line:
-                out.append(Refused(tag_of(self._first_line() if self.parts else line), "Line too long"))
+                ev = Refused(tag_of(self._first_line() if self.parts else line), "Line too long")
                 self.parts.clear()
                 self.size = self.nliterals = 0
+                yield ev
                 continue
             self.size += len(line)
             m = None if self.raw_lines else _LITERAL_END.search(line)
@@ -137,24 +148,23 @@ class CommandReader:
                     self.size = self.nliterals = 0
                     # RFC 7888 section 4: a refused non-synchronising literal is on its way
                     # anyway; the stream can no longer be trusted, so the connection ends.
-                    out.append(Refused(tag, problem, fatal=not sync))
                     if not sync:
                         self.buf.clear()
-                        return out
+                    yield Refused(tag, problem, fatal=not sync)
+                    if not sync:
+                        return
                     continue
                 self.parts.append(line[: m.start()] + b"{%d}\r\n" % n)
                 self.literal_left = n
                 if sync:
-                    out.append(Continue())
-                if n == 0:
-                    continue
+                    yield Continue()
                 continue
             body = line[:-2] if line.endswith(b"\r\n") else line[:-1]
             self.parts.append(body)
-            out.append(Command(b"".join(self.parts)))
+            ev = Command(b"".join(self.parts))
             self.parts.clear()
             self.size = self.nliterals = 0
-        return out
+            yield ev
 
 
 # --- grammar -------------------------------------------------------------------------------

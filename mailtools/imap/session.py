@@ -89,7 +89,6 @@ class Session(MailboxCommands):
         self._users = users
         self.threaded_auth = False  # the transport verifies passwords in a thread
         self.pending_login: tuple | None = None  # (tag, user) while a password is checked
-        self.backlog: list = []  # reader events that arrived while a login was pending
 
     # -- plumbing -----------------------------------------------------------------------
     def greeting(self) -> bytes:
@@ -112,7 +111,8 @@ class Session(MailboxCommands):
 
     def feed(self, data: bytes) -> list:
         self.out = []
-        self._run(self.reader.feed(data) if data else [])
+        self.reader.push(data)
+        self._run()
         self._flush_folder()
         out, self.out = self.out, []
         return out
@@ -127,20 +127,15 @@ class Session(MailboxCommands):
             self.send(f"{tag} OK {text}")
         except No as exc:
             self.send(f"{tag} NO {exc}")
-        events, self.backlog = self.backlog, []
-        self._run(events)
+        self._run()
         self._flush_folder()
         out, self.out = self.out, []
         return out
 
-    def _run(self, events) -> None:
-        events = list(events)
-        for i, ev in enumerate(events):
-            if self.closed:
-                break
-            if self.pending_login is not None:
-                self.backlog.extend(events[i:])
-                return
+    def _run(self) -> None:
+        """Handle the reader's events one at a time: IDLE/AUTHENTICATE switch how the next
+        line is read, and STARTTLS or a pending login stop reading (the rest waits)."""
+        for ev in self.reader.events():
             if isinstance(ev, Continue):
                 self.send("+ Ready for literal data")
             elif isinstance(ev, Refused):
@@ -154,7 +149,9 @@ class Session(MailboxCommands):
                 self.command(ev.data)
                 if self.out and isinstance(self.out[-1], StartTLS):
                     self.reader.reset()  # RFC 3501 6.2.1: pipelined plaintext is discarded
-                    break
+                    return
+            if self.closed or self.pending_login is not None:
+                return
 
     def _flush_folder(self):
         if self.folder is not None:
