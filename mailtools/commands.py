@@ -20,7 +20,7 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {
     "mx-lookup": Command("mailtools.cli.mx", "Show where mail for a domain goes: MX hosts in delivery order, diagnosis", "mailtools.mx:fast_main"),
     "submit": Command("mailtools.cli.submit", "Queue a message (sendmail drop-in), or run the SMTP submission server", "mailtools.submit.front:submit_main"),
-    "relay": Command("mailtools.cli.relay", "Run the mail queue to MX hosts or a smarthost; accept inbound SMTP for local domains"),
+    "relay": Command("mailtools.cli.relay", "Run the mail queue to MX hosts or a smarthost; accept inbound SMTP for local domains", "mailtools.relay.main:fast_main"),
     "deliver": Command("mailtools.cli.deliver", "Deliver a message from stdin into a Maildir (MDA)", "mailtools.deliver:fast_main"),
     "imap-serve": Command("mailtools.cli.imap", "Serve the Maildirs over IMAP4rev1"),
     "pop3-serve": Command("mailtools.cli.pop3", "Serve the Maildirs over POP3"),

@@ -109,3 +109,32 @@ async def _serve(cfg, listen, smarthost) -> int:
     except asyncio.TimeoutError:
         pass  # claimed entries are recovered by the next runner
     return exitcodes.OK
+
+
+_FLAGS = {"--once": "once", "--flush": "flush", "--list": "list_", "--json": "json_mode"}
+_VALUES = {"--smarthost": "smarthost", "--hold": "hold", "--release": "release", "--delete": "delete"}
+
+
+def fast_main(argv: list[str]):
+    """The light front (no typer: `relay --once` runs from cron every few minutes). Handles the
+    queue modes; anything else (--listen, --help, a typo) goes to typer (NotImplemented)."""
+    kw: dict = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if arg in _FLAGS:
+            kw[_FLAGS[arg]] = True
+        elif name in _VALUES:
+            if not eq:
+                if i + 1 >= len(argv):
+                    return NotImplemented
+                i += 1
+                value = argv[i]
+            kw[_VALUES[name]] = value
+        else:
+            return NotImplemented
+        i += 1
+    if not kw:
+        return NotImplemented  # the daemon: typer prints nothing extra, but keep one path
+    return run(**kw)
