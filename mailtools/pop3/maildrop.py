@@ -324,12 +324,12 @@ class MaildirDrop:
                 except OSError as exc:
                     failed = exc
                     break
+        cur_prefix = os.path.join(self.path, "cur") + "/"
         for i in retrieved:
             path = self.paths[i]
-            subdir = os.path.basename(os.path.dirname(path))
-            base, flags = parse_name(os.path.basename(path))
-            if subdir == "cur" and "S" in flags:
-                continue
+            base, flags = parse_name(path.rpartition("/")[2])
+            if "S" in flags and path.startswith(cur_prefix):
+                continue  # already Seen (the usual case for a client that keeps mail)
             try:
                 os.rename(path, os.path.join(self.path, "cur", name_with_flags(base, flags + "S")))
             except OSError:
