@@ -20,7 +20,6 @@ _WANTED_SET = frozenset(WANTED)
 _FIELD_START = re.compile(r"\n(?![ \t])")
 # ftext: printable US-ASCII except ":" (RFC 5322 2.2), then the colon.
 _FIRST_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 class NotAMessage(ValueError):
@@ -31,8 +30,11 @@ def header_end(buf, start: int = 0, end: int | None = None) -> int:
     """Offset where the header section starting at `start` ends (the blank line), or `end`."""
     if end is None:
         end = len(buf)
-    m = _HEADER_END.search(buf, start, end)
-    return m.start() + 1 if m else end
+    lf = buf.find(b"\n\n", start, end)  # plain finds (memchr speed), not a regex scan
+    crlf = buf.find(b"\n\r\n", start, lf if lf >= 0 else end)
+    if crlf >= 0:
+        return crlf + 1
+    return lf + 1 if lf >= 0 else end
 
 
 def check_header(header: bytes) -> None:
