@@ -560,7 +560,11 @@ class Session:
     def _cmd_mail(self, arg: str) -> None:
         parsed = self._path(arg, "FROM:")
         if parsed is None:
-            self._error(R.SYNTAX.with_text("Syntax: MAIL FROM:<address> [parameters]"))
+            # RFC 3463 3.2: a path that is there but malformed is X.1.7 (as Postfix answers);
+            # a missing FROM: or path is a command syntax error, X.5.4.
+            bad_path = arg[:5].upper() == "FROM:" and arg[5:].strip()
+            self._error(R.BAD_SENDER_SYNTAX if bad_path else
+                        R.SYNTAX.with_text("Syntax: MAIL FROM:<address> [parameters]"))
             return
         address, params = parsed
         tx = Transaction(sender=address)
@@ -605,7 +609,11 @@ class Session:
     def _cmd_rcpt(self, arg: str) -> None:
         parsed = self._path(arg, "TO:")
         if parsed is None or not parsed[0]:
-            self._error(R.SYNTAX.with_text("Syntax: RCPT TO:<address> [parameters]"))
+            # RFC 3463 3.2: a malformed or empty path is X.1.3 (as Postfix answers); a missing
+            # TO: or path is a command syntax error, X.5.4.
+            bad_path = arg[:3].upper() == "TO:" and arg[3:].strip()
+            self._error(R.BAD_ADDRESS_SYNTAX if bad_path else
+                        R.SYNTAX.with_text("Syntax: RCPT TO:<address> [parameters]"))
             return
         address, params = parsed
         tx = self.tx
