@@ -64,7 +64,7 @@ complete -c mailtools -n '__fish_seen_subcommand_from submit' -l listen -r -x -d
 complete -c mailtools -n '__fish_seen_subcommand_from submit' -l tls-listen -r -x -d 'Submission over implicit TLS (port 465 style); repeatable; replaces [submit] tls_listen.'
 complete -c mailtools -n '__fish_seen_subcommand_from submit' -l json -d 'With -bp: one JSON object per queue entry.'
 complete -c mailtools -n '__fish_seen_subcommand_from submit' -l help -d 'Show help and exit.'
-complete -c mailtools -n '__fish_seen_subcommand_from trace-headers' -l json -d 'One JSON object per message, one per line (fields: DESIGN.md).'
+complete -c mailtools -n '__fish_seen_subcommand_from trace-headers' -l json -d 'One JSON object per message, one per line (fields: man mailtools-trace-headers).'
 complete -c mailtools -n '__fish_seen_subcommand_from trace-headers' -l all -d 'Keep going past input items that are not messages (exit 65 at the end).'
 complete -c mailtools -n '__fish_seen_subcommand_from trace-headers' -l help -d 'Show help and exit.'
 complete -c mailtools -n '__fish_seen_subcommand_from trace-headers' -F

@@ -14,10 +14,10 @@ def register(app: typer.Typer) -> None:
     @app.command("trace-headers", help=COMMANDS["trace-headers"].summary, context_settings=CONTEXT)
     def trace_headers_cmd(
         file: Optional[str] = typer.Argument(
-            None, metavar="[FILE|-]", help="A message or an mbox (default: standard input)."
+            None, metavar="FILE|-", help="A message or an mbox (default: standard input)."
         ),
         json_mode: bool = typer.Option(
-            False, "--json", help="One JSON object per message, one per line (fields: DESIGN.md)."
+            False, "--json", help="One JSON object per message, one per line (fields: man mailtools-trace-headers)."
         ),
         keep_going: bool = typer.Option(
             False, "--all", help="Keep going past input items that are not messages (exit 65 at the end)."
