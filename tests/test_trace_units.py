@@ -156,3 +156,19 @@ def test_rich_view_bar_scaled_to_the_slowest_hop():
 def test_delay_format():
     assert [render.fmt_delay(s) for s in (None, 0, 59, 61, 3600, 90000, -5)] == [
         "-", "+0s", "+59s", "+1m01s", "+1h00m", "+1d01h", "-5s"]
+
+
+def test_control_characters_never_reach_the_terminal():
+    r = build(b"Received: from evil\x1b[2J.example (x [192.0.2.1]) by \x1b]0;pwned\x07mx.example with SMTP; "
+              b"Thu, 28 Nov 2026 10:00:00 +0000\nSubject: \x1b[31mred\n")
+    assert "\x1b" not in render.plain(r)
+    from rich.console import Console
+
+    buf = io.StringIO()
+    Console(file=buf, width=200, force_terminal=True).print(render.table(r))
+    assert "\x1b[2J" not in buf.getvalue() and "\x1b]0;" not in buf.getvalue()
+
+
+def test_latin1_header_is_read_as_latin1():
+    r = build("From: J\u00fcrgen <j@example.test>\nReceived: by x id 1; Thu, 28 Nov 2026 10:00:00 +0000\n".encode("latin-1"))
+    assert r["from"] == "J\u00fcrgen <j@example.test>"

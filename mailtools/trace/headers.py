@@ -51,9 +51,13 @@ def check_header(header: bytes) -> None:
 def fields(header: bytes) -> list[tuple[str, str]]:
     """(lower-case name, value) for the wanted fields, in order, folds kept as "\\n" + WSP.
 
-    Bytes are decoded as UTF-8 (RFC 6532); invalid sequences become U+FFFD, never an error.
+    Bytes are decoded as UTF-8 (RFC 6532); a header section that is not UTF-8 is read as
+    Latin-1 (old 8-bit headers: "Jürgen" stays readable), never an error.
     """
-    text = header.decode("utf-8", "replace")
+    try:
+        text = header.decode("utf-8")
+    except UnicodeDecodeError:
+        text = header.decode("latin-1")
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", " ")
     out = []

@@ -6,6 +6,20 @@
 from __future__ import annotations
 
 BAR_WIDTH = 20
+# Header text is attacker-controlled: control characters (an ESC starts a terminal escape
+# sequence) never reach the terminal; they show as U+FFFD. JSON escapes them by itself.
+_CONTROLS = {c: "\ufffd" for c in [*range(0x00, 0x09), *range(0x0b, 0x20), 0x7f, *range(0x80, 0xa0)]}
+
+
+def printable(value):
+    """The report (or any part of it) with control characters replaced, for the text views."""
+    if isinstance(value, str):
+        return value.translate(_CONTROLS)
+    if isinstance(value, dict):
+        return {k: printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [printable(v) for v in value]
+    return value
 
 
 def fmt_delay(seconds: int | None) -> str:
@@ -69,6 +83,7 @@ def hop_line(h: dict) -> str:
 
 def plain(report: dict, number: int | None = None) -> str:
     """Line-oriented text: `key: value` lines, one `hop N ...` line per hop, warnings last."""
+    report = printable(report)
     lines = []
     if number is not None:
         lines.append(f"message: {number}")
@@ -103,6 +118,7 @@ def table(report: dict, number: int | None = None):
     from rich.table import Table
     from rich.text import Text
 
+    report = printable(report)
     title = report.get("subject") or report.get("message_id") or "message"
     if number is not None:
         title = f"#{number}  {title}"
@@ -130,8 +146,8 @@ def table(report: dict, number: int | None = None):
         delay_style = "red" if delay is not None and delay < 0 else None
         src = h["from_host"] or (f"({h['comment']})" if h["comment"] and not h["by_host"] else "")
         t.add_row(
-            str(h["index"]), Text(src), h["from_ip"] or "", h["by_host"] or "", h["with"] or "",
-            tls_text(h["tls"]) or Text("none", style="dim"),
+            str(h["index"]), Text(src), Text(h["from_ip"] or ""), Text(h["by_host"] or ""),
+            Text(h["with"] or ""), Text(tls_text(h["tls"])) if h["tls"] else Text("none", style="dim"),
             (h["timestamp"] or "?").replace("T", " ").rstrip("Z"),
             Text(fmt_delay(delay), style=delay_style or ""),
             Text(_bar(delay, longest), style="yellow" if h["index"] != slow else "red"),
