@@ -8,13 +8,11 @@ feature for programs that cron and MTAs run once per message). A test checks the
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections import namedtuple
 
-
-class Command(NamedTuple):
-    cli: str  # module with register(app)
-    summary: str
-    fast: str | None = None  # "module:function" taking argv (after the command name)
+# cli: module with register(app); summary: one line; fast: "module:function" taking argv (after
+# the command name), or None. (collections.namedtuple: typing costs start-up time.)
+Command = namedtuple("Command", "cli summary fast", defaults=(None,))
 
 
 COMMANDS: dict[str, Command] = {

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
-from typing import Any
 
 from mailtools.core.exitcodes import ConfigError
 
@@ -24,7 +22,7 @@ SYSTEM_CONFIG = "/etc/mailtools/mailtools.toml"
 # Type tags: "str", "int", "number", "bool", "list[str]", "duration" ("5m", "4h", "5d", or
 # seconds as a number), "list[duration]", "table" (free-form, checked by its user).
 # Each entry: key -> (type tag, default). Nested dicts are TOML tables.
-SCHEMA: dict[str, Any] = {
+SCHEMA: dict = {
     "hostname": ("str", None),  # None: /etc/mailname, else the host name (no DNS query)
     "root": ("str", None),  # None: $MAILTOOLS_HOME or ~/.local/share/mailtools
     "local_domains": ("list[str]", None),  # None: ["localhost", hostname]
@@ -179,7 +177,16 @@ def _build(schema: dict, data: dict, path: str, source: str) -> Section:
     return Section(values)
 
 
+def _path(*parts):
+    # pathlib is imported on first use: `deliver --maildir` and `sendmail` start without it.
+    from pathlib import Path
+
+    return Path(*parts)
+
+
 def default_root() -> Path:
+    from pathlib import Path
+
     home = os.environ.get("MAILTOOLS_HOME")
     if home:
         return Path(home)
@@ -215,7 +222,7 @@ class Config(Section):
 
     @property
     def users_file(self) -> Path:
-        p = Path(self.auth.users)
+        p = _path(self.auth.users)
         return p if p.is_absolute() else self.root / p
 
     def is_local_domain(self, domain: str) -> bool:
@@ -241,7 +248,7 @@ def from_dict(data: dict, source: str = "<config>", base: Path | None = None) ->
     if cfg.root is None:
         cfg.root = default_root()
     else:
-        root = Path(os.path.expanduser(cfg.root))
+        root = _path(os.path.expanduser(cfg.root))
         cfg.root = root if root.is_absolute() or base is None else base / root
     if base is not None:  # relative certificate paths are relative to the config file
         for attr in ("cert", "key"):
@@ -340,6 +347,6 @@ def load(path: str | None = None, *, reload: bool = False) -> Config:
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
         data = _parse_toml(path, raw)
-        cfg = from_dict(data, path, Path(path).resolve().parent)
+        cfg = from_dict(data, path, _path(path).resolve().parent)
     _cached = cfg
     return cfg
