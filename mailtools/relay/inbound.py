@@ -94,6 +94,14 @@ def _valid_domain(domain: str) -> bool:
         return False
 
 
+def _postmaster(cfg, local: str) -> str:
+    """Bare 'postmaster' (RFC 5321 4.5.1: MUST be accepted with no domain) as an address of
+    ours: the hostname when it is a local domain, else the first local domain."""
+    if cfg.is_local_domain(cfg.hostname) or not cfg.local_domains:
+        return f"{local.lower()}@{cfg.hostname}"
+    return f"{local.lower()}@{cfg.local_domains[0]}"
+
+
 class InboundHandler(Handler):
     auth_mechanisms = ()  # no AUTH on the MX port: submission is elsewhere
 
@@ -111,7 +119,7 @@ class InboundHandler(Handler):
 
     def rcpt_to(self, info: ConnInfo, tx: Transaction, address: str):
         if "@" not in address:  # bare "postmaster" (RFC 5321 4.5.1)
-            address = f"{address}@{self.cfg.hostname}"
+            address = _postmaster(self.cfg, address)
         domain = address.rpartition("@")[2]
         if not self.cfg.is_local_domain(domain):
             return R.RELAY_DENIED
@@ -135,7 +143,7 @@ class InboundHandler(Handler):
         delivered = 0
         for rcpt in tx.recipients:
             if "@" not in rcpt:
-                rcpt = f"{rcpt}@{self.cfg.hostname}"
+                rcpt = _postmaster(self.cfg, rcpt)
             received = received_value(
                 helo=info.helo, peer_ip=info.peer_ip, by_host=self.cfg.hostname, protocol=proto,
                 queue_id=info.session_id, recipient=rcpt, tls=info.tls, when=now,
