@@ -6,6 +6,7 @@ import imaplib
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -140,7 +141,9 @@ service imap-login {{
 
 class Dovecot:
     def __init__(self, tmp: Path, maildir: Path):
-        self.d = tmp / "dovecot"
+        # a short directory: Dovecot's unix sockets live under base_dir (108-byte path limit)
+        self.d = Path(tempfile.mkdtemp(prefix="mtidv"))
+        self.d.chmod(0o755)
         (self.d / "run").mkdir(parents=True)
         (self.d / "state").mkdir()
         (self.d / "home").mkdir()
@@ -165,6 +168,7 @@ class Dovecot:
 
     def stop(self):
         subprocess.run(["doveadm", "-c", str(self.conf), "stop"], capture_output=True, timeout=30)
+        shutil.rmtree(self.d, ignore_errors=True)
 
 
 def _structures(port):
