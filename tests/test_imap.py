@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from conftest import free_port
 from imap_helpers import PASSWORD, Server, deliver, maildir_of, make_root, message
 
 
@@ -141,8 +142,15 @@ def test_literal_limit_is_refused_before_continuation(srv):
 
 def test_starttls_discards_pipelined_commands(tmp_path, tls_ca):
     make_root(tmp_path, extra=f'[tls]\ncert = "{tls_ca.cert_file}"\nkey = "{tls_ca.key_file}"\n')
-    srv = Server(tmp_path)
+    tls_port = free_port()
+    srv = Server(tmp_path, "--tls-listen", f"127.0.0.1:{tls_port}")
     try:
+        ctx = ssl.create_default_context(cafile=tls_ca.ca_file)
+        # implicit TLS (993-style): no STARTTLS offered, AUTH=PLAIN allowed
+        c = imaplib.IMAP4_SSL("127.0.0.1", tls_port, ssl_context=ctx)
+        assert "STARTTLS" not in c.capabilities and "AUTH=PLAIN" in c.capabilities
+        assert c.login("alice@example.test", PASSWORD)[0] == "OK"
+        c.logout()
         s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
         f = s.makefile("rb")
         assert b"STARTTLS" in f.readline()
