@@ -593,7 +593,7 @@ def _pool(name: str):
     if name not in _POOLS:
         from concurrent.futures import ThreadPoolExecutor
 
-        _POOLS[name] = ThreadPoolExecutor(max_workers=16 if name == "spool" else 4, thread_name_prefix=f"relay-{name}")
+        _POOLS[name] = ThreadPoolExecutor(max_workers=8 if name == "spool" else 2, thread_name_prefix=f"relay-{name}")
     return _POOLS[name]
 
 
