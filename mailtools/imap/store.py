@@ -50,6 +50,9 @@ class Folder:
         self.by_uid: dict[int, Msg] = {}
         self.cache = Cache(self.path)
         self.info: dict[str, Info] | None = None
+        self.dirty = False
+        self.by_base: dict[str, Msg] = {}
+        self.names: dict[str, set] = {"new": set(), "cur": set()}
         self.generation = 0  # bumped on every change seen or made: sessions skip work when equal
         self._keywords: md.Keywords | None = None
         self._kw_sig = None
@@ -71,10 +74,15 @@ class Folder:
 
     def refresh(self, force: bool = False) -> bool:
         """Re-read the folder if anything may have changed; True when it was re-read."""
-        sig = self._signature()
+        sig = self._signature()  # taken first: a change made while we read shows next time
         newest = max(sig[0], sig[1], sig[2][0] if sig[2] else 0)
-        if not force and sig == self.sig and time.time_ns() - newest > DIRTY_NS:
+        if not force and not self.dirty and sig == self.sig and time.time_ns() - newest > DIRTY_NS:
             return False
+        self.dirty = False
+        if not force and self.msgs and self.sig is not None and sig[2] == self.sig[2] and self._incremental():
+            self.sig = sig
+            self.generation += 1
+            return True
         fast = self._read_known()
         if fast is not None:
             ul, msgs = fast
@@ -84,6 +92,9 @@ class Folder:
         old = self.by_uid
         self.msgs = msgs
         self.by_uid = {m.uid: m for m in msgs}
+        self.by_base = {m.base: m for m in msgs}
+        self.names = {"new": {m.name for m in msgs if m.subdir == "new"},
+                      "cur": {m.name for m in msgs if m.subdir == "cur"}}
         if self.info is not None and old:
             vanished = [m.base for u, m in old.items() if u not in self.by_uid]
             for b in vanished:
@@ -91,8 +102,38 @@ class Folder:
             self.cache.drop(vanished)
         self.uidvalidity = ul.uidvalidity
         self.nextuid = ul.nextuid
-        self.sig = self._signature()
+        self.sig = sig
         self.generation += 1
+        return True
+
+    def _incremental(self) -> bool:
+        """The uidlist did not change: compare the file names with the last reading and apply
+        renames (flag changes by us, mutt, Dovecot) in place. False when a message appeared or
+        vanished, which needs the full uidlist sync."""
+        p = self.spath
+        try:
+            now = {"new": set(os.listdir(p + "/new")), "cur": set(os.listdir(p + "/cur"))}
+        except FileNotFoundError:
+            raise Gone(p) from None
+        parse = md.parse_name
+        for sub in ("new", "cur"):
+            known = self.names[sub]
+            if now[sub] == known:
+                continue
+            for n in now[sub] - known:
+                if n[:1] == ".":
+                    continue
+                base, flags = parse(n)
+                m = self.by_base.get(base)
+                if m is None:
+                    return False  # a new message: it needs a UID
+                m.subdir, m.name, m.flags = sub, n, flags
+        for sub in ("new", "cur"):
+            for n in self.names[sub] - now[sub]:
+                m = self.by_base.get(parse(n)[0])
+                if m is not None and m.name not in now[m.subdir]:
+                    return False  # gone (expunged elsewhere)
+        self.names = now  # dot files in it are harmless: skipped above, unknown below
         return True
 
     def _read_known(self):
@@ -128,8 +169,8 @@ class Folder:
         return ul, msgs
 
     def touched(self) -> None:
-        """We changed the folder ourselves: re-read it at the next refresh."""
-        self.sig = None
+        """We changed the folder ourselves: look again at the next refresh."""
+        self.dirty = True
 
     # -- keywords -----------------------------------------------------------------------
     def keywords(self) -> md.Keywords:
