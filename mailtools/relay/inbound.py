@@ -141,9 +141,8 @@ class InboundHandler(Handler):
         now = time.time()
         failed = []
         delivered = 0
-        for rcpt in tx.recipients:
-            if "@" not in rcpt:
-                rcpt = _postmaster(self.cfg, rcpt)
+        rcpts = [r if "@" in r else _postmaster(self.cfg, r) for r in tx.recipients]
+        for rcpt in dict.fromkeys(rcpts):  # one copy per mailbox, even when named twice
             received = received_value(
                 helo=info.helo, peer_ip=info.peer_ip, by_host=self.cfg.hostname, protocol=proto,
                 queue_id=info.session_id, recipient=rcpt, tls=info.tls, when=now,
