@@ -757,12 +757,10 @@ def _next_due(runner: Runner) -> float:
     now = time.time()
     best = 60.0
     try:
-        for e in runner.queue.entries():
-            if getattr(e, "held", False):
-                continue
+        for e in runner.queue.entries(include=("new",)):  # not held, not claimed by others
             for r in e.recipients:
                 if r.state in PENDING:
-                    best = min(best, max(0.05, (r.next_attempt or now) - now))
+                    best = min(best, max(0.5, (r.next_attempt or now) - now))  # never a hot loop
     except OSError:
         pass
     return best
