@@ -31,7 +31,7 @@ def test_file_values_and_relative_root(tmp_path):
     assert cfg.local_domains == ["example.test"]
     assert cfg.dns.nameservers == ["127.0.0.1:5353"]
     assert cfg.relay.retry == [1.0, 2.0]
-    assert cfg.maildir_for("Alice@Example.Test") == tmp_path / "data" / "mail" / "example.test" / "Alice"
+    assert cfg.maildir_for("Alice@Example.Test") == tmp_path / "data" / "mail" / "example.test" / "alice"
     with pytest.raises(ValueError):
         cfg.maildir_for("../x@example.test")
 

@@ -229,14 +229,17 @@ class Config(Section):
         return domain.lower().rstrip(".") in self.local_domains
 
     def maildir_for(self, address: str) -> Path:
-        """root/mail/DOMAIN/LOCALPART for a full address; refuses names that could escape."""
+        """root/mail/domain/localpart for a full address, both lower-cased (as Dovecot's %Lu:
+        Alice@ and alice@ are one mailbox everywhere: deliver, relay, IMAP, POP3, user add);
+        refuses names that could escape the mail tree."""
         from mailtools.core.address import split_address
 
         local, domain = split_address(address)
+        local = local.lower()
         for part in (local, domain):
             if not part or part in (".", "..") or "/" in part or "\0" in part:
                 raise ValueError(f"unsafe mailbox name: {address!r}")
-        return self.mail_dir / domain.lower() / local
+        return self.mail_dir / domain / local
 
 
 def from_dict(data: dict, source: str = "<config>", base: Path | None = None) -> Config:
