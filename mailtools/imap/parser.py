@@ -50,7 +50,8 @@ class Refused:
 
 
 _LITERAL_END = re.compile(rb"\{(\d{1,20})(\+?)\}\r?\n\Z")
-_TAG = re.compile(rb"^([^\s(){%*\"\\+\]\x00-\x1f\x7f]+)")
+# RFC 3501 7.1.3: a line whose tag is not a whole tag (e.g. 'a{b NOOP') gets an untagged BAD
+_TAG = re.compile(rb"^([^\s(){%*\"\\+\]\x00-\x1f\x7f]+)(?=[ \r\n]|\Z)")
 
 
 def tag_of(line: bytes) -> str:

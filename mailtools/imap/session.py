@@ -194,8 +194,8 @@ class Session(MailboxCommands):
                 raise ParseError("bad tag")
             cur.sp()
             name = cur.atom().upper()
-        except ParseError:
-            self.send(f"{tag if tag != '*' else '*'} BAD Error in IMAP command: missing tag or command")
+        except ParseError:  # RFC 3501 7.1.3: untagged BAD when the line has no valid tag
+            self.send(f"{tag_of(data)} BAD Error in IMAP command: missing tag or command")
             return
         uid = False
         if name == "UID" and self.state == SELECTED:
