@@ -179,7 +179,8 @@ _astring_re = re.compile(b"[" + re.escape(_ASTRING_CHARS) + b"]+")
 _list_re = re.compile(b"[" + re.escape(_LIST_CHARS) + b"]+")
 _literal_re = re.compile(rb"\{(\d{1,20})\+?\}\r\n")
 _number_re = re.compile(rb"\d{1,10}")
-_seq_re = re.compile(rb"(?:\d+|\*)(?::(?:\d+|\*))?(?:,(?:\d+|\*)(?::(?:\d+|\*))?)*|\$")
+# RFC 3501 9: seq-number = nz-number / "*" (a 0 is a syntax error, BAD)
+_seq_re = re.compile(rb"(?:[1-9]\d*|\*)(?::(?:[1-9]\d*|\*))?(?:,(?:[1-9]\d*|\*)(?::(?:[1-9]\d*|\*))?)*|\$")
 
 
 class Cursor:
