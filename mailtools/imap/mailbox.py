@@ -278,6 +278,8 @@ class MailboxCommands:
         cur.sp()
         items = [x.upper() for x in cur.paren_list(lambda c: c.atom())]
         cur.eol()
+        if not items:  # RFC 3501 9: "(" status-att *(SP status-att) ")", at least one item
+            raise ParseError("empty status list")
         if not self.store.exists(name):
             raise No("[NONEXISTENT] Mailbox doesn't exist")
         self._status_line(name, items)
