@@ -207,6 +207,10 @@ auth_mechanisms = plain login
 first_valid_uid = 100
 mail_location = maildir:{self.mail}/%d/%n
 pop3_uidl_format = %08Xu%08Xv
+namespace inbox {{
+  inbox = yes
+  separator = /
+}}
 passdb {{
   driver = passwd-file
   args = {d}/users
@@ -278,6 +282,7 @@ class Conn:
     def __init__(self, port: int, timeout: float = 10.0):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.buf = b""
+        self.timed_out = False  # the last empty line() was a read timeout, not a close
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -287,8 +292,10 @@ class Conn:
         while b"\n" not in self.buf:
             try:
                 chunk = self.sock.recv(65536)
-            except (ConnectionResetError, socket.timeout):
+            except ConnectionResetError:
                 chunk = b""
+            except socket.timeout:
+                self.timed_out, chunk = True, b""
             if not chunk:
                 out, self.buf = self.buf, b""
                 return out
