@@ -31,6 +31,7 @@ MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 100
 MAX_RCPTS_PER_TRANSACTION = 100  # RFC 5321 4.5.3.1.8: servers must accept at least 100
 
+_timeout = getattr(asyncio, "timeout", None)  # Python 3.11+; wait_for before that
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
@@ -272,6 +273,9 @@ class SMTPConnection:
 
     async def _read_reply(self, timeout: float) -> Reply:
         try:
+            if _timeout is not None:  # no task per read (asyncio.wait_for makes one)
+                async with _timeout(timeout):
+                    return await self._read_reply_nowait()
             return await asyncio.wait_for(self._read_reply_nowait(), timeout)
         except asyncio.TimeoutError:
             raise ConnectionLost(f"timeout after {timeout:g}s waiting for a reply") from None
@@ -310,7 +314,14 @@ class SMTPConnection:
     async def _drain(self, timeout: float) -> None:
         assert self.writer is not None
         try:
-            await asyncio.wait_for(self.writer.drain(), timeout)
+            transport = self.writer.transport
+            if transport.get_write_buffer_size() == 0 and not transport.is_closing():
+                return  # all written already: nothing to wait for
+            if _timeout is not None:
+                async with _timeout(timeout):
+                    await self.writer.drain()
+            else:
+                await asyncio.wait_for(self.writer.drain(), timeout)
         except asyncio.TimeoutError:
             raise ConnectionLost(f"timeout after {timeout:g}s sending") from None
         except (ConnectionError, OSError, ssl.SSLError) as exc:
