@@ -3,7 +3,7 @@
 A :class:`Folder` is shared by every session of this process that has the folder open; it
 knows each message's UID (from Dovecot's `dovecot-uidlist`, through core.maildir.UidList),
 its file and its flags. "Nothing changed" is decided from the mtimes of new/, cur/ and the
-uidlist (never trusted within DIRTY_NS of a change, since directory mtimes are coarse), so a
+uidlist (not trusted within MTIME_MARGIN_NS of our last reading, since mtimes are coarse), so a
 100,000-message SELECT does not rescan the directory. Sessions keep their own snapshot (the
 sequence numbers the client knows) and compare it with the folder at the points where RFC 3501
 allows untagged EXISTS/EXPUNGE/FETCH.
@@ -24,7 +24,7 @@ from mailtools.imap.cache import Cache, Info
 LETTER_FLAG = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen", "T": "\\Deleted"}
 FLAG_LETTER = {v.lower(): k for k, v in LETTER_FLAG.items()}
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
-DIRTY_NS = 1_000_000_000
+MTIME_MARGIN_NS = 200_000_000  # well above a kernel clock tick (1-10 ms)
 
 
 class Gone(Exception):
@@ -51,6 +51,7 @@ class Folder:
         self.cache = Cache(self.path)
         self.info: dict[str, Info] | None = None
         self.dirty = False
+        self.read_ns = 0  # when the state was last read (time.time_ns() before the stat)
         self.by_base: dict[str, Msg] = {}
         self.names: dict[str, set] = {"new": set(), "cur": set()}
         self.generation = 0  # bumped on every change seen or made: sessions skip work when equal
@@ -74,13 +75,18 @@ class Folder:
 
     def refresh(self, force: bool = False) -> bool:
         """Re-read the folder if anything may have changed; True when it was re-read."""
+        started = time.time_ns()
         sig = self._signature()  # taken first: a change made while we read shows next time
-        newest = max(sig[0], sig[1], sig[2][0] if sig[2] else 0)
-        if not force and not self.dirty and sig == self.sig and time.time_ns() - newest > DIRTY_NS:
+        # Directory mtimes are coarse (a clock tick): a change in the same tick as our last
+        # reading would leave them equal, so they are only trusted when older than that
+        # reading by a margin. The uidlist is replaced by rename: its inode always changes.
+        if (not force and not self.dirty and sig == self.sig
+                and max(sig[0], sig[1]) < self.read_ns - MTIME_MARGIN_NS):
             return False
         self.dirty = False
         if not force and self.msgs and self.sig is not None and sig[2] == self.sig[2] and self._incremental():
             self.sig = sig
+            self.read_ns = started
             self.generation += 1
             return True
         fast = self._read_known()
@@ -102,7 +108,10 @@ class Folder:
             self.cache.drop(vanished)
         self.uidvalidity = ul.uidvalidity
         self.nextuid = ul.nextuid
-        self.sig = sig
+        # new/ and cur/ as they were before reading (a change meanwhile shows next time); the
+        # uidlist as it is now, since the sync above may have rewritten it itself
+        self.sig = (sig[0], sig[1], self._signature()[2])
+        self.read_ns = started
         self.generation += 1
         return True
 
