@@ -81,9 +81,20 @@ def _one(cur: Cursor) -> list[Att]:
     raise ParseError(f"unknown fetch attribute {word}")
 
 
+_WORD = re.compile(rb"[A-Za-z0-9.]+")
+
+
+def _listed(cur: Cursor) -> list[Att]:
+    """One fetch-att inside '(...)': the macros ALL, FULL and FAST stand alone (RFC 3501 9)."""
+    m = _WORD.match(cur.data, cur.pos)
+    if m and m.group(0).decode().upper() in MACROS:
+        raise ParseError("ALL, FULL and FAST are not allowed in a list")
+    return _one(cur)
+
+
 def parse_atts(cur: Cursor) -> list[Att]:
     if cur.peek() == b"(":
-        groups = cur.paren_list(_one)
+        groups = cur.paren_list(_listed)
         atts = [a for g in groups for a in g]
     else:
         atts = _one(cur)
@@ -195,7 +206,10 @@ def render(folder, msg, seq: int, atts: list[Att], flags: bytes, with_uid: bool)
                             if info is None:
                                 return None
                         header = info.header
-                body = section_bytes(a, data, header)
+                if not a.parts and a.spec == "HEADER.FIELDS" and data is None:
+                    body = folder.header_fields(msg, header, a.fields)  # cached per field list
+                else:
+                    body = section_bytes(a, data, header)
                 label = a.label.encode()
                 if a.partial is not None:
                     start, length = a.partial

@@ -84,7 +84,7 @@ def pattern_re(ref: str, pat: str) -> re.Pattern:
 
 class MailboxCommands:
     def cmd_create(self, tag, cur, uid):
-        name = self._mailbox_arg(cur).rstrip("/")
+        name = self._mailbox_arg(cur, strip_delimiter=True)
         cur.eol()
         if name == "INBOX" or self.store.exists(name):
             raise No("[ALREADYEXISTS] Mailbox already exists")

@@ -387,9 +387,11 @@ class Session(MailboxCommands):
         write_subscriptions(self.store.root, subs)
 
     # -- authenticated --------------------------------------------------------------------
-    def _mailbox_arg(self, cur) -> str:
+    def _mailbox_arg(self, cur, strip_delimiter: bool = False) -> str:
         cur.sp()
         name = self.name_in(cur.mailbox())
+        if strip_delimiter:  # RFC 3501 6.3.3: CREATE 'a/' creates 'a'
+            name = name.rstrip("/")
         if len(name.encode()) > 512:
             raise No("[CANNOT] Mailbox name too long")
         try:

@@ -50,6 +50,7 @@ class Folder:
         self.by_uid: dict[int, Msg] = {}
         self.cache = Cache(self.path)
         self.info: dict[str, Info] | None = None
+        self._hf: OrderedDict = OrderedDict()  # field list -> {base: HEADER.FIELDS bytes}
         self.dirty = False
         self.read_ns = 0  # when the state was last read (time.time_ns() before the stat)
         self.by_base: dict[str, Msg] = {}
@@ -105,6 +106,8 @@ class Folder:
             vanished = [m.base for u, m in old.items() if u not in self.by_uid]
             for b in vanished:
                 self.info.pop(b, None)
+                for per in self._hf.values():
+                    per.pop(b, None)
             self.cache.drop(vanished)
         self.uidvalidity = ul.uidvalidity
         self.nextuid = ul.nextuid
@@ -323,6 +326,22 @@ class Folder:
             inf.envelope = mime.envelope(inf.header)
             self.cache.put(m.base, inf)
         return inf.envelope
+
+    def header_fields(self, m: Msg, header: bytes, fields: list[str]) -> bytes:
+        """BODY[HEADER.FIELDS (...)], remembered in memory for the last few field lists
+        (clients ask for the same list on every sync)."""
+        key = tuple(fields)
+        per = self._hf.get(key)
+        if per is None:
+            per = self._hf[key] = {}
+            while len(self._hf) > 4:
+                self._hf.popitem(last=False)
+        else:
+            self._hf.move_to_end(key)
+        got = per.get(m.base)
+        if got is None:
+            got = per[m.base] = mime.header_fields(header, set(fields), False)
+        return got
 
     def structure(self, m: Msg, extended: bool, data: bytes | None = None) -> bytes | None:
         inf = self.info_for(m)
