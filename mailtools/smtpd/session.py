@@ -409,6 +409,9 @@ class Session:
         self._reply(R.VRFY_CANNOT if arg else R.SYNTAX)
 
     def _cmd_rset(self, arg: str) -> None:
+        if arg:  # RFC 5321 4.1.1.5: rset = "RSET" CRLF (as Postfix: 501 5.5.4)
+            self._error(R.SYNTAX.with_text("Syntax: RSET"))
+            return
         self.tx = None
         if self.state != CONNECTED:
             self.state = READY
