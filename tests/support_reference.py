@@ -275,6 +275,14 @@ service pop3-login {{
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def users_line(user: str = USER, password: str = PASSWORD) -> str:
+    """A mailtools users-file line with a SHA512-CRYPT hash: cheap to check, so the many logins
+    of the differential tests cost little (the schemes themselves are core/auth's tests)."""
+    from mailtools.core import auth
+
+    return f"{user}:{{SHA512-CRYPT}}{auth.sha_crypt(password.encode(), '$6$' + os.urandom(6).hex())}::::::\n"
+
+
 # --- the same raw client for both sides -------------------------------------------------------
 class Conn:
     """A line-level client over a plain socket: send raw bytes, read one reply / line at a time."""

@@ -173,6 +173,32 @@ CASES: dict[str, list] = {
     "append-huge-literal": [LOGIN, (b"a APPEND INBOX {4000000000}\r\n", "a+", None)],
     "append-huge-literal-plus": [LOGIN, (b"a APPEND INBOX {4000000000+}\r\n", "a", None)],
     "literal-in-select": [LOGIN, (b"a SELECT {5}\r\n", "+", None), (b"INBOX\r\n", "a", "EXISTS")],
+    "fetch-structure": [LOGIN, EXAMINE, cmd("a", "FETCH 1:* (BODYSTRUCTURE ENVELOPE INTERNALDATE)"),
+                        cmd("b", "FETCH 1 (FAST)"), cmd("c", "FETCH 1 ALL"), cmd("d", "FETCH 1 FULL")],
+    "fetch-lowercase-items": [LOGIN, EXAMINE, cmd("a", "fetch 1:* (uid rfc822.size)", "FETCH")],
+    "status-lowercase-items": [LOGIN, cmd("a", "status inbox (messages unseen)", "STATUS")],
+    "status-no-parens": [LOGIN, cmd("a", "STATUS INBOX MESSAGES")],
+    "list-subscribed": [LOGIN, cmd("a", 'LIST (SUBSCRIBED) "" *')],
+    "list-return-children": [LOGIN, cmd("a", 'LIST "" % RETURN (CHILDREN)', "LIST")],
+    "list-pattern-list": [LOGIN, cmd("a", 'LIST "" (INBOX Sent)', "LIST")],
+    "list-mutf7-name": [LOGIN, cmd("a", 'CREATE "Entw&APw-rfe"'), cmd("b", 'LIST "" Entw*', "LIST"),
+                        cmd("c", 'DELETE "Entw&APw-rfe"')],
+    "create-trailing-delimiter": [LOGIN, cmd("a", "CREATE Scratch2/"), cmd("b", 'LIST "" Scratch2', "LIST"),
+                                  cmd("c", "DELETE Scratch2")],
+    "create-dotdot": [LOGIN, cmd("a", "CREATE ../escape"), cmd("b", 'LIST "" *escape*', "LIST")],
+    "namespace": [LOGIN, cmd("a", "NAMESPACE")],
+    "id-nil": [cmd("a", "ID NIL")],
+    "enable-unknown": [LOGIN, cmd("a", "ENABLE X-FROB")],
+    "idle-before-select": [LOGIN, (b"a IDLE\r\n", "+", None), (b"DONE\r\n", "a", None)],
+    "idle-wrong-end": [LOGIN, EXAMINE, (b"a IDLE\r\n", "+", None), (b"STOP\r\n", "a", None), cmd("b", "NOOP")],
+    "uid-copy-nonexistent-uid": [LOGIN, EXAMINE, cmd("a", "UID COPY 99 Archive")],
+    "uid-store-nonexistent-uid": [LOGIN, cmd("s", "SELECT INBOX"), cmd("a", "UID STORE 99 +FLAGS (\\Flagged)"),
+                                  cmd("b", "EXPUNGE")],
+    "search-literal": [LOGIN, EXAMINE, (b"a SEARCH SUBJECT {3}\r\n", "+", None), (b"two\r\n", "a", "SEARCH")],
+    "search-deleted-answered": [LOGIN, EXAMINE, cmd("a", "SEARCH DELETED", "SEARCH"),
+                                cmd("b", "SEARCH UNANSWERED UNDRAFT", "SEARCH"), cmd("c", "SEARCH NEW", "SEARCH")],
+    "fetch-uid-star-empty-range": [LOGIN, EXAMINE, cmd("a", "UID FETCH 4:* UID", "FETCH")],
+    "append-bad-flags": [LOGIN, (b"a APPEND INBOX (\\Frob {5+}\r\nhello\r\n", "a", None), cmd("b", "NOOP")],
     "overlong-command": [LOGIN, cmd("a", "SEARCH SUBJECT " + "x" * 100000), cmd("b", "NOOP")],
 }
 
@@ -325,11 +351,9 @@ def _fill(maildir: Path) -> None:
 
 class MailtoolsIMAP:
     def __init__(self, tmp: Path):
-        from mailtools.core.auth import Users
-
         self.root = tmp / "root"
         self.root.mkdir()
-        Users(self.root / "users").add(ref.USER, ref.PASSWORD)
+        (self.root / "users").write_text(ref.users_line())
         _fill(self.root / "mail" / "example.test" / "alice")
         self.port = ref.free_port()
         cfg = tmp / "mailtools.toml"

@@ -99,6 +99,15 @@ CASES: dict[str, list] = {
     "broken-utf8-user": [(b"USER \xff\xfe@example.test\r\n", "s"), (P, "s"), (U, "s")],
     "overlong-line": [(b"USER " + b"a" * 10000 + b"\r\n", "s"), ("CLOSED", "")],
     "pipelined-login": [(U + P + b"STAT\r\nLIST\r\n", "s"), (None, "s"), (None, "s"), (None, "m")],
+    "rset-before-auth": [(b"RSET\r\n", "s")],
+    "noop-with-argument": [*LOGIN, (b"NOOP x\r\n", "s")],
+    "stat-with-argument": [*LOGIN, (b"STAT 1\r\n", "s")],
+    "list-trailing-space": [*LOGIN, (b"LIST 1 \r\n", "s")],
+    "list-leading-zeros": [*LOGIN, (b"LIST 0001\r\n", "s")],
+    "list-huge-number": [*LOGIN, (b"LIST 99999999999999999999\r\n", "s")],
+    "top-not-a-number": [*LOGIN, (b"TOP x 1\r\n", "s"), (b"TOP 1 x\r\n", "s")],
+    "dele-all-then-stat": [*LOGIN, (b"DELE 1\r\n", "s"), (b"DELE 2\r\n", "s"), (b"DELE 3\r\n", "s"),
+                           (b"STAT\r\n", "s"), (b"LIST\r\n", "m"), (b"UIDL\r\n", "n")],
     "pipelined-retr": [*LOGIN, (b"RETR 1\r\nRETR 2\r\nNOOP\r\n", "m"), (None, "m"), (None, "s")],
 }
 
@@ -115,6 +124,10 @@ ALLOWED: dict[str, dict[int, tuple]] = {
     # RFC 2449 4 (commands up to 255 octets) leaves the answer to a longer line open: Dovecot
     # says -ERR and hangs up, mailtools says -ERR and reads the next command.
     "overlong-line": {2: ("RFC 2449 4", "closed", "open")},
+    # RFC 1939 5 / 6: NOOP and STAT take no arguments ("Arguments: none"); mailtools refuses a
+    # command with one (-ERR), Dovecot ignores the extra words.
+    "noop-with-argument": {3: ("RFC 1939 5", "+OK", "-ERR")},
+    "stat-with-argument": {3: ("RFC 1939 5", "+OK", "-ERR")},
 }
 
 
@@ -175,11 +188,9 @@ def _fill(maildir: Path) -> None:
 
 class MailtoolsPOP3:
     def __init__(self, tmp: Path):
-        from mailtools.core.auth import Users
-
         self.root = tmp / "root"
         self.root.mkdir()
-        Users(self.root / "users").add(ref.USER, ref.PASSWORD)
+        (self.root / "users").write_text(ref.users_line())
         _fill(self.root / "mail" / "example.test" / "alice")
         self.port = ref.free_port()
         cfg = tmp / "mailtools.toml"

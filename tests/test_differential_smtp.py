@@ -110,6 +110,24 @@ CASES: dict[str, list] = {
                          (b"Subject: x\r\n\r\n..leading dot\r\n.\r\n", 1)],
     "bdat": [(EHLO, 1), (FROM, 1), (TO, 1), (b"BDAT 5 LAST\r\nhello", 1), (b"NOOP\r\n", 1)],
     "turn": [(EHLO, 1), (b"TURN\r\n", 1)],
+    "vrfy-unknown-user": [(EHLO, 1), (b"VRFY nobody@example.test\r\n", 1)],
+    "noop-vrfy-rset-before-helo": [(b"NOOP\r\n", 1), (b"VRFY alice@example.test\r\n", 1), (b"RSET\r\n", 1)],
+    "rset-with-argument": [(EHLO, 1), (b"RSET now\r\n", 1)],
+    "quit-with-argument": [(EHLO, 1), (b"QUIT now\r\n", 1), ("CLOSED", 0)],
+    "mail-smtputf8": [(EHLO, 1), ("MAIL FROM:<jörg@example.test> SMTPUTF8\r\n".encode(), 1), (TO, 1)],
+    "mail-utf8-without-smtputf8": [(EHLO, 1), ("MAIL FROM:<jörg@example.test>\r\n".encode(), 1)],
+    "mail-body-8bitmime": [(EHLO, 1), (b"MAIL FROM:<sender@example.test> BODY=8BITMIME\r\n", 1)],
+    "mail-body-unknown": [(EHLO, 1), (b"MAIL FROM:<sender@example.test> BODY=FROB\r\n", 1)],
+    "mail-size-not-a-number": [(EHLO, 1), (b"MAIL FROM:<sender@example.test> SIZE=abc\r\n", 1)],
+    "mail-size-fits": [(EHLO, 1), (b"MAIL FROM:<sender@example.test> SIZE=1000\r\n", 1)],
+    "ehlo-double-space": [(b"EHLO  client.example.test\r\n", 1), (FROM, 1)],
+    "helo-after-transaction": [(EHLO, 1), (FROM, 1), (TO, 1), (b"HELO again.example.test\r\n", 1), (b"DATA\r\n", 1)],
+    "long-data-line": [(EHLO, 1), (FROM, 1), (TO, 1), (b"DATA\r\n", 1),
+                       (b"Subject: x\r\n\r\n" + b"y" * 1500 + b"\r\n.\r\n", 1)],
+    "nul-in-data": [(EHLO, 1), (FROM, 1), (TO, 1), (b"DATA\r\n", 1), (b"Subject: x\r\n\r\na\x00b\r\n.\r\n", 1)],
+    "data-after-data": [(EHLO, 1), (FROM, 1), (TO, 1), (b"DATA\r\n", 1), (MSG, 1), (b"DATA\r\n", 1)],
+    "two-transactions": [(EHLO, 1), (FROM, 1), (TO, 1), (b"DATA\r\n", 1), (MSG, 1),
+                         (FROM, 1), (TO, 1), (b"DATA\r\n", 1), (MSG, 1)],
 }
 
 # Allowed differences: case -> {reply index: (reason, reference shape, mailtools shape)}.
@@ -136,6 +154,15 @@ ALLOWED: dict[str, dict[int, tuple]] = {
     # RFC 3030: BDAT exists only where CHUNKING is advertised; mailtools does not offer it
     # (502 5.5.1), Postfix does. The 5 octets then run into the next line on mailtools.
     "bdat": {4: ("RFC 3030 2, RFC 5321 4.2.4", "2xx", "5xx 5.5"), 5: ("RFC 3030 2", "2xx", "5xx 5.5")},
+    # RFC 5321 3.5.3 / 7.3: a server may answer every VRFY with 252 so that addresses cannot be
+    # harvested; Postfix (disable_vrfy_command = no) tells unknown users apart with 550 5.1.1.
+    "vrfy-unknown-user": {2: ("RFC 5321 3.5.3, 7.3", "5xx 5.1", "2xx")},
+    # RFC 6531 3.4 / 3.5: a non-ASCII address needs the SMTPUTF8 parameter (553 5.6.7 without
+    # it); Postfix takes it anyway.
+    "mail-utf8-without-smtputf8": {2: ("RFC 6531 3.4, 3.5", "2xx", "5xx 5.6")},
+    # RFC 5322 2.1.1 (MUST NOT exceed 998 characters) and RFC 5321 4.5.3.1.6 (1000 octets with
+    # CRLF): mailtools refuses such a message (550 5.6.0), Postfix folds the line and takes it.
+    "long-data-line": {5: ("RFC 5322 2.1.1, RFC 5321 4.5.3.1.6", "2xx", "5xx 5.6")},
 }
 
 
