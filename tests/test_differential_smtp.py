@@ -311,3 +311,31 @@ def test_bare_postmaster_lands_in_the_postmaster_maildir(servers):
     before = len(os.listdir(new))
     assert [shape(r) for r in converse(mt.port, steps)] == ["2xx", "2xx", "2xx", "2xx", "3xx", "2xx"]
     assert len(os.listdir(new)) == before + 1
+
+
+def _stored_body(new: Path, marker: bytes) -> bytes | None:
+    """The body of the one message in new/ that carries marker (other cases deliver too)."""
+    found = [p.read_bytes() for p in new.iterdir() if marker in p.read_bytes()]
+    assert len(found) <= 1, found
+    return found[0].split(b"\n\n", 1)[1] if found else None
+
+
+def test_stored_body_is_the_same(servers):
+    """The bytes a Maildir reader sees: dot-unstuffed (RFC 5321 4.5.2), the body unchanged,
+    stored with LF line ends by both (virtual(8) and mailtools)."""
+    pf, mt = servers
+    body = (b"plain line\r\n..one leading dot\r\n...two leading dots\r\n.\tdot tab\r\n"
+            b"trailing spaces   \r\n\r\n\r\nlast line")
+    marker = f"<stored.{os.getpid()}.{time.time()}@example.test>".encode()
+    msg = b"Subject: stored\r\nMessage-ID: " + marker + b"\r\n\r\n" + body + b"\r\n.\r\n"
+    steps = [(EHLO, 1), (FROM, 1), (TO, 1), (b"DATA\r\n", 1), (msg, 1)]
+    pf_new, mt_new = pf.maildir("alice") / "new", mt.root / "mail" / "example.test" / "alice" / "new"
+    assert shape(converse(pf.port, steps)[-1]) == "2xx"
+    assert shape(converse(mt.port, steps)[-1]) == "2xx"
+    deadline = time.monotonic() + 20  # Postfix delivers after its 250, through its queue
+    while _stored_body(pf_new, marker) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    want = _stored_body(pf_new, marker)
+    got = _stored_body(mt_new, marker)
+    assert want is not None and want == got
+    assert want.startswith(b"plain line\n.one leading dot\n..two leading dots\n")
