@@ -88,6 +88,12 @@ async def _serve(cfg, listen, smarthost) -> int:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Each inbound message is written and fsynced in a worker thread: enough of them that every
+    # session's fsync can wait on the disk at once (the journal commits them together).
+    from concurrent.futures import ThreadPoolExecutor
+
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=32,
+                                                 thread_name_prefix="relay-deliver"))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     servers = []
