@@ -143,7 +143,8 @@ def _fast_addresses(text: str):
     return out
 
 
-_group_re = re.compile(r'\s*([^:;"<>@,()]+?)\s*:([^;]*);\s*,?')
+# the group name is a phrase: atoms or a quoted-string (RFC 5322 3.4, "Team": a@b, c@d;)
+_group_re = re.compile(r'\s*("(?:[^"\\]|\\.)*"|[^:;"<>@,()]+?)\s*:([^;]*);\s*,?')
 
 
 def _addresses(value: bytes | None) -> bytes:
@@ -156,7 +157,10 @@ def _addresses(value: bytes | None) -> bytes:
         for m in _group_re.finditer(text):
             if text[pos : m.start()].strip(" ,"):
                 out.append(_address_items(text[pos : m.start()]))
-            out.append(b"(NIL NIL %s NIL)" % quote(m.group(1)) + _address_items(m.group(2)) + b"(NIL NIL NIL NIL)")
+            name = m.group(1)
+            if name.startswith('"'):
+                name = re.sub(r"\\(.)", r"\1", name[1:-1])
+            out.append(b"(NIL NIL %s NIL)" % quote(name) + _address_items(m.group(2)) + b"(NIL NIL NIL NIL)")
             pos = m.end()
         if pos:
             if text[pos:].strip(" ,"):
