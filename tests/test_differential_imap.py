@@ -35,6 +35,16 @@ MESSAGES = [
     b"From: Carol <carol@example.test>\nTo: alice@example.test\nSubject: three\nX-Long: " + b"x" * 200
     + b"\nDate: Wed, 4 Nov 2026 10:00:03 +0000\nMessage-ID: <3@example.test>\n\n"
     + b"".join(b"body line %d\n" % i for i in range(40)),
+    b"From: =?UTF-8?Q?J=C3=B6rg?= <joerg@example.test>\nTo: alice@example.test, \"Team\": a@example.test,"
+    b" b@example.test;\nCc: undisclosed-recipients:;\nSubject: =?UTF-8?B?ZsO8bmY=?=\n"
+    b"Date: Thu, 5 Nov 2026 10:00:04 +0100\nMessage-ID: <4@example.test>\nIn-Reply-To: <3@example.test>\n"
+    b"MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"outer\"\n\npreamble\n--outer\n"
+    b"Content-Type: multipart/alternative; boundary=inner\n\n--inner\nContent-Type: text/plain; charset=utf-8\n"
+    b"Content-Transfer-Encoding: quoted-printable\n\nf=C3=BCnf\n--inner\nContent-Type: text/html; charset=utf-8\n\n"
+    b"<p>f\xc3\xbcnf</p>\n--inner--\n--outer\nContent-Type: application/octet-stream; name=\"a.bin\"\n"
+    b"Content-Disposition: attachment; filename=\"a.bin\"\nContent-Transfer-Encoding: base64\n\n"
+    b"AAECAwQFBgcICQ==\n--outer\nContent-Type: message/rfc822\n\nFrom: inner@example.test\nSubject: inner\n\n"
+    b"inner body\n--outer--\nepilogue\n",
 ]
 SEEN = {0}  # message 1 is \Seen (delivered into cur/ with :2,S)
 FOLDERS = ["Archive", "Archive/2024", "Sent"]
@@ -175,6 +185,13 @@ CASES: dict[str, list] = {
     "literal-in-select": [LOGIN, (b"a SELECT {5}\r\n", "+", None), (b"INBOX\r\n", "a", "EXISTS")],
     "fetch-structure": [LOGIN, EXAMINE, cmd("a", "FETCH 1:* (BODYSTRUCTURE ENVELOPE INTERNALDATE)"),
                         cmd("b", "FETCH 1 (FAST)"), cmd("c", "FETCH 1 ALL"), cmd("d", "FETCH 1 FULL")],
+    "fetch-envelope": [LOGIN, EXAMINE, cmd("a", "FETCH 1:* ENVELOPE", "LINES")],
+    "fetch-bodystructure": [LOGIN, EXAMINE, cmd("a", "FETCH 1:* BODYSTRUCTURE", "LINES"),
+                            cmd("b", "FETCH 1:* BODY", "LINES")],
+    "fetch-mime-parts": [LOGIN, EXAMINE, cmd("a", "FETCH 4 (BODY.PEEK[1.1] BODY.PEEK[1.2.MIME] BODY.PEEK[2])", "LINES"),
+                         cmd("b", "FETCH 4 (BODY.PEEK[3.HEADER] BODY.PEEK[3.TEXT] BODY.PEEK[9])", "LINES")],
+    "search-encoded-words": [LOGIN, EXAMINE, cmd("a", "SEARCH CHARSET UTF-8 FROM {5+}\r\nJörg", "SEARCH"),
+                             cmd("b", "SEARCH CHARSET UTF-8 SUBJECT {5+}\r\nfünf", "SEARCH")],
     "fetch-lowercase-items": [LOGIN, EXAMINE, cmd("a", "fetch 1:* (uid rfc822.size)", "FETCH")],
     "status-lowercase-items": [LOGIN, cmd("a", "status inbox (messages unseen)", "STATUS")],
     "status-no-parens": [LOGIN, cmd("a", "STATUS INBOX MESSAGES")],
@@ -293,6 +310,8 @@ def _data(kind: str | None, untagged: list[bytes]):
             if l.upper().startswith(b"* SEARCH"):
                 nums += [int(x) for x in l[8:].split()]
         return sorted(nums)
+    if kind == "LINES":  # whole FETCH lines, as bytes: ENVELOPE, BODYSTRUCTURE, sections
+        return sorted(l for l in untagged if re.match(rb"\* \d+ FETCH ", l))
     if kind in ("FETCH", "FLAGS"):
         out = []
         for l in untagged:
