@@ -216,6 +216,32 @@ CASES: dict[str, list] = {
                                 cmd("b", "SEARCH UNANSWERED UNDRAFT", "SEARCH"), cmd("c", "SEARCH NEW", "SEARCH")],
     "fetch-uid-star-empty-range": [LOGIN, EXAMINE, cmd("a", "UID FETCH 4:* UID", "FETCH")],
     "append-bad-flags": [LOGIN, (b"a APPEND INBOX (\\Frob {5+}\r\nhello\r\n", "a", None), cmd("b", "NOOP")],
+    "status-uidnext": [LOGIN, EXAMINE, cmd("a", "STATUS INBOX (MESSAGES UIDNEXT)", "STATUS"),
+                       cmd("b", "STATUS Archive (MESSAGES UIDNEXT UNSEEN)", "STATUS")],
+    "search-misc": [LOGIN, EXAMINE, cmd("a", "SEARCH UID 1:*", "SEARCH"), cmd("b", "SEARCH SINCE 1-Jan-2000", "SEARCH"),
+                    cmd("c", "SEARCH OR SUBJECT one"), cmd("d", "SEARCH NOT"), cmd("e", "SEARCH LARGER x"),
+                    cmd("f", "SEARCH SMALLER 400 NOT SEEN", "SEARCH"), cmd("g", "SEARCH ALL ALL 1:2", "SEARCH")],
+    "fetch-header-variants": [LOGIN, EXAMINE, cmd("a", "FETCH 1:* (RFC822.HEADER)", "LINES"),
+                              cmd("b", "FETCH 2 (BODY.PEEK[HEADER] BODY.PEEK[TEXT]<2.5>)", "LINES"),
+                              cmd("c", "FETCH 1 BODY.PEEK[HEADER.FIELDS.NOT (X-Long Date)]", "LINES")],
+    "append-fetch-expunge": [LOGIN, cmd("a", "CREATE Scratch3"),
+                             (b"b APPEND Scratch3 (\\Seen \\Flagged) {28+}\r\nSubject: appended\r\n\r\nhello\r\n\r\n", "b", None),
+                             (b"c APPEND Scratch3 {28+}\r\nSubject: appended\r\n\r\nagain\r\n\r\n", "c", None),
+                             cmd("d", "STATUS Scratch3 (MESSAGES UNSEEN UIDNEXT)", "STATUS"),
+                             cmd("e", "SELECT Scratch3", "EXISTS"), cmd("f", "FETCH 1:* (FLAGS BODY.PEEK[] RFC822.SIZE)", "FLAGS"),
+                             cmd("g", "STORE 1 +FLAGS.SILENT (\\Deleted)"), cmd("h", "EXPUNGE"),
+                             cmd("i", "FETCH 1:* (FLAGS UID)", "FLAGS"), cmd("j", "CLOSE"), cmd("k", "DELETE Scratch3")],
+    "copy-move-into-folder": [LOGIN, cmd("a", "CREATE Scratch4"), cmd("s", "SELECT INBOX"),
+                              cmd("b", "COPY 1:2 Scratch4"), cmd("c", "UID COPY 3 Scratch4"),
+                              cmd("d", "STATUS Scratch4 (MESSAGES UNSEEN)", "STATUS"),
+                              cmd("e", "SELECT Scratch4", "EXISTS"), cmd("f", "MOVE 1 INBOX"),
+                              cmd("g", "FETCH 1:* (FLAGS RFC822.SIZE)", "FLAGS"),
+                              cmd("h", "CLOSE"), cmd("i", "DELETE Scratch4")],
+    "store-flags-in-folder": [LOGIN, cmd("a", "CREATE Scratch5"), cmd("s", "SELECT INBOX"), cmd("b", "COPY 2 Scratch5"),
+                              cmd("e", "SELECT Scratch5"), cmd("f", "STORE 1 FLAGS (\\Answered $Label1)", "FLAGS"),
+                              cmd("g", "STORE 1 -FLAGS (\\Answered)", "FLAGS"), cmd("h", "STORE 1 +FLAGS (\\Frob)"),
+                              cmd("i", "UID STORE 1:* +FLAGS (\\Seen)", "FLAGS"), cmd("j", "SEARCH KEYWORD $Label1", "SEARCH"),
+                              cmd("k", "CLOSE"), cmd("l", "DELETE Scratch5")],
     "overlong-command": [LOGIN, cmd("a", "SEARCH SUBJECT " + "x" * 100000), cmd("b", "NOOP")],
 }
 
@@ -323,8 +349,8 @@ def _data(kind: str | None, untagged: list[bytes]):
             for key in (rb"UID (\d+)", rb"RFC822\.SIZE (\d+)"):
                 k = re.search(key, items, re.I)
                 row.append(int(k.group(1)) if k else None)
-            lits = re.findall(rb"\{\d+\}\r\n", items)
-            row.append(items.split(b"}\r\n", 1)[1] if lits else None)
+            lit = re.search(rb"\{(\d+)\}\r\n", items)  # the first literal's bytes, exactly
+            row.append(items[lit.end():lit.end() + int(lit.group(1))] if lit else None)
             if kind == "FLAGS":
                 f = re.search(rb"FLAGS \(([^)]*)\)", items, re.I)
                 row.append(sorted(set(f.group(1).split()) - {b"\\Recent"}) if f else None)
