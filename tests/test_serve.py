@@ -158,6 +158,10 @@ def test_submit_then_read_over_imap_and_pop3_and_trace(serve):
     assert len(report["hops"]) >= 1
     assert all(h["timestamp"] for h in report["hops"])
     assert any((h["with"] or "").upper().startswith("ESMTPSA") for h in report["hops"])
+    import re
+
+    for h in report["hops"]:  # every hop names a real protocol (RFC 5321 4.4, RFC 3848)
+        assert re.fullmatch(r"(UTF8)?(E?SMTP|LMTP)S?A?", h["with"] or "", re.I), h
     # POP3 gives the same bytes
     p = poplib.POP3("127.0.0.1", s.ports["pop3"], timeout=30)
     p.stls(_insecure())

@@ -599,6 +599,7 @@ def _pool(name: str):
 
 _FROM = re.compile(rb"^Received:[ \t]*from[ \t]+([^\s;()]+)(?:[ \t]+(\([^()]*\)))?", re.I)
 _WITH = re.compile(rb"\bwith[ \t]+([A-Za-z0-9-]+)", re.I)
+_COMMENT = re.compile(rb"\([^()]*\)")
 
 
 def _origin(data: bytes) -> tuple[str, str]:
@@ -619,7 +620,14 @@ def _origin(data: bytes) -> tuple[str, str]:
         if j < 0 or head[j + 1 : j + 2] not in (b" ", b"\t"):
             break
     value = b" ".join(head[i : j if j >= 0 else len(head)].split())
-    m, w = _FROM.match(value), _WITH.search(value)
+    # `with` is looked for outside comments: "(using TLSv1.3 with cipher ...)" is not a protocol.
+    bare = value
+    while True:
+        stripped = _COMMENT.sub(b" ", bare)
+        if stripped == bare:
+            break
+        bare = stripped
+    m, w = _FROM.match(value), _WITH.search(bare)
     frm = ""
     if m:
         frm = "from " + m.group(1).decode("utf-8", "replace")
