@@ -99,7 +99,11 @@ def chown_tree(path: Path) -> None:
 class Postfix:
     """A private Postfix instance: `Postfix().start()`, `.port`, `.maildir(local)`, `.stop()`."""
 
-    def __init__(self):
+    def __init__(self, sasl_path: str | None = None):
+        """With sasl_path (a Dovecot auth socket) also a submission smtpd on `.submission_port`:
+        SASL PLAIN/LOGIN without TLS (loopback), relaying for authenticated clients only."""
+        self.sasl_path = sasl_path
+        self.submission_port = free_port() if sasl_path else None
         self.dir = Path(tempfile.mkdtemp(prefix="mt-ref-postfix-"))
         os.chmod(self.dir, 0o755)  # the postfix user must reach data/ and spool/
         self.etc = self.dir / "etc"
@@ -151,6 +155,14 @@ class Postfix:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         master = (self.etc / "master.cf").read_text()
         master = re.sub(r"(?m)^smtp(\s+)inet", f"127.0.0.1:{self.port}\\1inet", master, count=1)
+        if self.sasl_path:
+            opts = ["syslog_name=postfix-mt-reference/submission", "smtpd_sasl_auth_enable=yes",
+                    "smtpd_sasl_type=dovecot", f"smtpd_sasl_path={self.sasl_path}",
+                    "smtpd_sasl_security_options=noanonymous", "smtpd_tls_auth_only=no",
+                    "smtpd_client_restrictions=permit_sasl_authenticated,reject",
+                    "smtpd_relay_restrictions=permit_sasl_authenticated,reject"]
+            master += (f"127.0.0.1:{self.submission_port} inet n - n - - smtpd "
+                       + " ".join(f"-o {o}" for o in opts) + "\n")
         (self.etc / "master.cf").write_text(master)
         subprocess.run(["postconf", "-c", str(self.etc), "-F", "*/*/chroot = n"], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -159,6 +171,8 @@ class Postfix:
             raise RuntimeError(f"private Postfix would not start: {self.log.read_text()[-800:]}")
         self.running = True
         wait_port(self.port)
+        if self.submission_port:
+            wait_port(self.submission_port)
         return self
 
     def stop(self) -> None:
@@ -186,6 +200,7 @@ class Dovecot:
         self.log = self.dir / "start.log"
         self.imap_port = free_port()
         self.pop3_port = free_port()
+        self.auth_socket = self.dir / "auth-client"  # for Postfix's SASL (smtpd_sasl_type=dovecot)
         self.pid: int | None = None
 
     def maildir(self, local: str = "alice") -> Path:
@@ -222,6 +237,11 @@ userdb {{
 service anvil {{
   chroot =
 }}
+service auth {{
+  unix_listener {self.auth_socket} {{
+    mode = 0666
+  }}
+}}
 service imap-login {{
   inet_listener imap {{
     address = 127.0.0.1
@@ -253,11 +273,14 @@ service pop3-login {{
         if _quiet(["dovecot", "-c", str(self.conf)], self.log, timeout=30) != 0:
             raise RuntimeError(f"private Dovecot would not start: {self.log.read_text()[-800:]}")
         pidfile = self.dir / "run" / "master.pid"
-        for _ in range(200):
-            if pidfile.exists():
+        for _ in range(200):  # the file may exist a moment before its PID is in it
+            try:
+                self.pid = int(pidfile.read_text().split()[0])
                 break
-            time.sleep(0.05)
-        self.pid = int(pidfile.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(f"private Dovecot wrote no PID: {self.log.read_text()[-800:]}")
         wait_port(self.imap_port)
         wait_port(self.pop3_port)
         return self
