@@ -127,37 +127,7 @@ def trace_fields(sender: str | None, recipients: list[str]) -> list[tuple[str, s
     return fields
 
 
-def is_known_user(cfg, address: str) -> bool:
-    """An ADDRESS we deliver to: its domain is local, and its Maildir exists or the users file
-    lists it (the one definition of "unknown user", exit 67, for deliver)."""
-    from mailtools.core.address import normalise, split_address
-
-    try:
-        _, domain = split_address(address)
-        path = cfg.maildir_for(address)
-    except ValueError:
-        return False
-    if not cfg.is_local_domain(domain):
-        return False
-    if os.path.isdir(path):
-        return True
-    from mailtools.core.auth import load_users
-
-    return load_users(cfg).exists(normalise(address))
-
-
-def mailbox_owner(cfg, address: str) -> str | None:
-    """The local user whose Maildir gets mail for address: the address itself, else without a
-    '+extension' (bob+lists@ -> bob@, as Postfix and Dovecot do with recipient_delimiter '+');
-    None for an unknown user."""
-    if is_known_user(cfg, address):
-        return address
-    local, at, domain = address.rpartition("@")
-    if at and "+" in local.lstrip("+"):
-        base = local.split("+", 1)[0] + "@" + domain
-        if base != address and is_known_user(cfg, base):
-            return base
-    return None
+from mailtools.core.local import is_known_user, mailbox_owner  # noqa: E402,F401 - the one definition
 
 
 def targets(opts: dict) -> list[tuple[str, list[str]]]:

@@ -41,3 +41,19 @@ def test_deliver_to_differently_cased_address_finds_the_user(home, run):
     assert len(list((home / "mail" / "example.test" / "bob" / "new").iterdir())) == 1
     r = run("deliver", "nobody@example.test", input=b"Subject: hi\n\nyo\n")
     assert r.returncode == 67
+
+
+def test_local_delivery_follows_plus_extensions_for_relay_and_deliver(home, run):
+    from mailtools.core import config
+    from mailtools.core.local import BOUNCED, SENT, deliver_local, mailbox_owner
+
+    r = run("user", "add", "--password-stdin", "carol@example.test", input=b"pw\n")
+    assert r.returncode == 0, r.stderr
+    cfg = config.load(reload=True)
+    assert mailbox_owner(cfg, "carol+lists@example.test") == "carol@example.test"
+    assert mailbox_owner(cfg, "carol@elsewhere.test") is None  # not a local domain
+    state, status, _ = deliver_local(cfg, "x@remote.test", "carol+lists@example.test", b"Subject: a\r\n\r\nb\r\n")
+    assert (state, status) == (SENT, "2.0.0")
+    (path,) = list((home / "mail" / "example.test" / "carol" / "new").iterdir())
+    assert path.read_bytes().startswith(b"Return-Path: <x@remote.test>\nDelivered-To: carol+lists@example.test\n")
+    assert deliver_local(cfg, "x@remote.test", "dave@example.test", b"x\n")[0] == BOUNCED

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Optional
 
-from mailtools.relay.local import SENT, deliver_local, user_exists
+from mailtools.core.local import SENT, deliver_local, mailbox_owner
 from mailtools.smtpd import replies as R
 from mailtools.smtpd.received import protocol_keyword, received_value
 from mailtools.smtpd.session import ConnInfo, Handler, Limits, Transaction
@@ -123,7 +123,7 @@ class InboundHandler(Handler):
         domain = address.rpartition("@")[2]
         if not self.cfg.is_local_domain(domain):
             return R.RELAY_DENIED
-        if not user_exists(self.cfg, address):
+        if mailbox_owner(self.cfg, address) is None:
             return R.NO_SUCH_USER
         return None
 
@@ -149,7 +149,6 @@ class InboundHandler(Handler):
             )
             state, status, text = deliver_local(
                 self.cfg, sender, rcpt, message, received=f"Received: {received}\r\n".encode("utf-8"),
-                check_user=False,
             )
             if state == SENT:
                 delivered += 1

@@ -347,7 +347,7 @@ class Runner:
         self._finish_job(job, outcomes)
 
     def _deliver_local(self, job: Job) -> dict:
-        from mailtools.relay.local import deliver_local
+        from mailtools.core.local import deliver_local
 
         entry = job.work.entry
         out = {}
