@@ -122,6 +122,24 @@ def _remove_tree(path: str) -> None:
         pass
 
 
+def _remove_entry(path: str) -> None:
+    """Remove an entry directory in trash/: its two files and itself (no listing), falling
+    back to _remove_tree when it holds something else (a hold mark, an envelope.tmp)."""
+    for name in ("message", "envelope"):
+        try:
+            os.unlink(os.path.join(path, name))
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        _remove_tree(path)
+
+
 # -- the queue ------------------------------------------------------------------------------
 
 
@@ -310,10 +328,10 @@ class Queue:
             return None
 
     def _check_claim(self, entry: Entry) -> str:
+        # No stat here: the write, rename or unlink that follows fails with ENOENT when the
+        # claim was lost (our active/ name is unique to this claim), and says so for free.
         if entry.state_dir != "active" or not entry.path:
             raise QueueError(f"{entry.id}: not claimed")
-        if not os.path.isdir(entry.path):
-            raise ClaimLost(f"{entry.id}: claim lost (recovered by another runner)")
         return entry.path
 
     def update(self, entry: Entry) -> None:
@@ -323,40 +341,40 @@ class Queue:
         tmp = os.path.join(p, "envelope.tmp")
         try:
             _write_file(tmp, entry.serialise(), exclusive=False)
+            os.rename(tmp, os.path.join(p, "envelope"))
         except FileNotFoundError:
             raise ClaimLost(f"{entry.id}: claim lost (recovered by another runner)") from None
-        os.rename(tmp, os.path.join(p, "envelope"))
-        _fsync_dir(p)
-        try:
-            os.utime(p)  # still alive: keep the claim fresh
-        except OSError:
-            pass
+        _fsync_dir(p)  # the rename also sets p's mtime: the claim stays fresh (no utime)
 
     def release(self, entry: Entry) -> bool:
         """Give a claimed entry back: into new/ if any recipient is pending, else removed.
-        Call update() first to keep state changes. Returns False if the claim was lost."""
-        try:
-            p = self._check_claim(entry)
-        except ClaimLost:
-            return False
+        Call update() first to keep state changes (not needed when every recipient is final:
+        the removal does not depend on it). Returns False if the claim was lost."""
+        p = self._check_claim(entry)
         if entry.done:
-            self._discard(p, entry.id)
-        else:
-            to = "hold" if os.path.exists(os.path.join(p, HOLD_MARK)) else "new"
-            dst = os.path.join(self._dir(to), entry.id)
             try:
-                os.rename(p, dst)
+                self._discard(p, entry.id, durable=False)
             except FileNotFoundError:
                 return False
-            _fsync_dir(self._dir(to))
-            entry.path, entry.state_dir, entry.claimed_by = dst, to, None
+            entry.path, entry.state_dir, entry.claimed_by = None, "trash", None
+            return True
+        to = "hold" if os.path.exists(os.path.join(p, HOLD_MARK)) else "new"
+        dst = os.path.join(self._dir(to), entry.id)
+        try:
+            os.rename(p, dst)
+        except FileNotFoundError:
+            return False
+        # No fsync of new/: a crash that loses this rename leaves the entry in active/, and
+        # recover() returns it (its claimer's PID is gone), with the envelope update() wrote.
+        entry.path, entry.state_dir, entry.claimed_by = dst, to, None
         return True
 
-    def _discard(self, p: str, qid: str) -> None:
+    def _discard(self, p: str, qid: str, durable: bool = True) -> None:
         trash = os.path.join(self._dir("trash"), f"{qid}.{os.urandom(4).hex()}")
         os.rename(p, trash)
-        _fsync_dir(os.path.dirname(p))
-        _remove_tree(trash)
+        if durable:
+            _fsync_dir(os.path.dirname(p))
+        _remove_entry(trash)
 
     def recover(self, older_than_s: float, tmp_older_than_s: float = TMP_MAX_AGE) -> list[str]:
         """Put entries claimed by dead runners back into new/; clean tmp/ and trash/.
