@@ -21,10 +21,12 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent
 USER = "alice@example.test"
 PASSWORD = "secret pass"
 HOSTNAME = "mx.example.test"
@@ -304,6 +306,46 @@ def users_line(user: str = USER, password: str = PASSWORD) -> str:
     from mailtools.core import auth
 
     return f"{user}:{{SHA512-CRYPT}}{auth.sha_crypt(password.encode(), '$6$' + os.urandom(6).hex())}::::::\n"
+
+
+class Mailtools:
+    """`mailtools COMMAND --listen 127.0.0.1:PORT` on a data root of its own under tmp (fill
+    `.root` before `start()`), output to a log file, stopped by its PID."""
+
+    def __init__(self, tmp: Path, command: str, extra_config: str = ""):
+        self.tmp, self.command = tmp, command
+        self.root = tmp / "root"
+        self.root.mkdir(exist_ok=True)
+        self.port = free_port()
+        self.cfg = tmp / "mailtools.toml"
+        self.cfg.write_text(f'hostname = "{HOSTNAME}"\nroot = "{self.root}"\nlocal_domains = ["example.test"]\n'
+                            + extra_config)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Mailtools":
+        self.log = open(self.tmp / f"{self.command}.log", "wb")
+        env = dict(os.environ, MAILTOOLS_CONFIG=str(self.cfg), PYTHONPATH=str(REPO))
+        self.proc = subprocess.Popen([sys.executable, "-m", "mailtools", self.command, "--listen",
+                                      f"127.0.0.1:{self.port}"], env=env, cwd=str(REPO),
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            wait_port(self.port)
+        except TimeoutError:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.proc is not None:
+            self.log.close()
+            self.proc = None
 
 
 # --- the same raw client for both sides -------------------------------------------------------

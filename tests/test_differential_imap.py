@@ -11,9 +11,7 @@ starts from the same mailbox state; folders a case creates it also deletes.
 from __future__ import annotations
 
 import base64
-import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +20,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import support_reference as ref  # noqa: E402
-from conftest import REPO, mailtools_cmd  # noqa: E402
 
 _why = ref.unavailable_dovecot()
 pytestmark = pytest.mark.skipif(_why is not None, reason=_why or "")
@@ -394,31 +391,11 @@ def _fill(maildir: Path) -> None:
         box.create_folder(name)
 
 
-class MailtoolsIMAP:
-    def __init__(self, tmp: Path):
-        self.root = tmp / "root"
-        self.root.mkdir()
-        (self.root / "users").write_text(ref.users_line())
-        _fill(self.root / "mail" / "example.test" / "alice")
-        self.port = ref.free_port()
-        cfg = tmp / "mailtools.toml"
-        cfg.write_text(f'hostname = "{ref.HOSTNAME}"\nroot = "{self.root}"\nlocal_domains = ["example.test"]\n'
-                       "[auth]\nfail_delay = 0\n")
-        self.log = open(tmp / "imap.log", "wb")
-        env = dict(os.environ, MAILTOOLS_CONFIG=str(cfg), PYTHONPATH=str(REPO))
-        self.proc = subprocess.Popen([*mailtools_cmd(), "imap-serve", "--listen", f"127.0.0.1:{self.port}"],
-                                     env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        ref.wait_port(self.port)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
+def mailtools_server(tmp: Path) -> ref.Mailtools:
+    mt = ref.Mailtools(tmp, "imap-serve", "[auth]\nfail_delay = 0\n")
+    (mt.root / "users").write_text(ref.users_line())
+    _fill(mt.root / "mail" / "example.test" / "alice")
+    return mt.start()
 
 
 @pytest.fixture(scope="module")
@@ -431,7 +408,7 @@ def servers(tmp_path_factory):
         dv.stop()
         pytest.skip(f"the private Dovecot would not start: {e}")
     try:
-        mt = MailtoolsIMAP(tmp_path_factory.mktemp("mt-imap"))
+        mt = mailtools_server(tmp_path_factory.mktemp("mt-imap"))
     except Exception:
         dv.stop()
         raise

@@ -10,8 +10,6 @@ leaves the maildrop as it was, so every case starts from the same three messages
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +18,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import support_reference as ref  # noqa: E402
-from conftest import REPO, mailtools_cmd  # noqa: E402
 
 _why = ref.unavailable_dovecot()
 pytestmark = pytest.mark.skipif(_why is not None, reason=_why or "")
@@ -186,31 +183,11 @@ def _fill(maildir: Path) -> None:
         md.deliver(maildir, data)
 
 
-class MailtoolsPOP3:
-    def __init__(self, tmp: Path):
-        self.root = tmp / "root"
-        self.root.mkdir()
-        (self.root / "users").write_text(ref.users_line())
-        _fill(self.root / "mail" / "example.test" / "alice")
-        self.port = ref.free_port()
-        cfg = tmp / "mailtools.toml"
-        cfg.write_text(f'hostname = "{ref.HOSTNAME}"\nroot = "{self.root}"\nlocal_domains = ["example.test"]\n'
-                       "[auth]\nfail_delay = 0\n")
-        self.log = open(tmp / "pop3.log", "wb")
-        env = dict(os.environ, MAILTOOLS_CONFIG=str(cfg), PYTHONPATH=str(REPO))
-        self.proc = subprocess.Popen([*mailtools_cmd(), "pop3-serve", "--listen", f"127.0.0.1:{self.port}"],
-                                     env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        ref.wait_port(self.port)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
+def mailtools_server(tmp: Path) -> ref.Mailtools:
+    mt = ref.Mailtools(tmp, "pop3-serve", "[auth]\nfail_delay = 0\n")
+    (mt.root / "users").write_text(ref.users_line())
+    _fill(mt.root / "mail" / "example.test" / "alice")
+    return mt.start()
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +200,7 @@ def servers(tmp_path_factory):
         dv.stop()
         pytest.skip(f"the private Dovecot would not start: {e}")
     try:
-        mt = MailtoolsPOP3(tmp_path_factory.mktemp("mt-pop3"))
+        mt = mailtools_server(tmp_path_factory.mktemp("mt-pop3"))
     except Exception:
         dv.stop()
         raise

@@ -10,8 +10,6 @@ difference in ALLOWED with the RFC section that permits it; everything else must
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +18,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import support_reference as ref  # noqa: E402
-from conftest import REPO, mailtools_cmd  # noqa: E402
 
 _why = ref.unavailable_postfix()
 pytestmark = pytest.mark.skipif(_why is not None, reason=_why or "")
@@ -223,39 +220,15 @@ def converse(port: int, steps: list) -> list[tuple]:
         conn.close()
 
 
-class MailtoolsMX:
-    """`mailtools relay --listen` for example.test with the user alice (users file + Maildir)."""
-
-    def __init__(self, tmp: Path):
-        self.root = tmp / "root"
-        from mailtools.core.auth import Users
-
-        users = Users(self.root / "users")
-        for local in ("alice", "postmaster"):
-            (self.root / "mail" / "example.test" / local / "new").mkdir(parents=True)
-            users.add(f"{local}@example.test", ref.PASSWORD)
-        self.port = ref.free_port()
-        cfg = tmp / "mailtools.toml"
-        cfg.write_text(
-            f'hostname = "{ref.HOSTNAME}"\nroot = "{self.root}"\nlocal_domains = ["example.test"]\n'
-            f'[dns]\nnameservers = ["127.0.0.1:9"]\ntimeout = 1\n'
-            f'[relay]\nlisten = ["127.0.0.1:{self.port}"]\n'
-        )
-        self.log = open(tmp / "relay.log", "wb")
-        env = dict(os.environ, MAILTOOLS_CONFIG=str(cfg), PYTHONPATH=str(REPO))
-        self.proc = subprocess.Popen([*mailtools_cmd(), "relay", "--listen", f"127.0.0.1:{self.port}"],
-                                     env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        ref.wait_port(self.port)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
+def mailtools_mx(tmp: Path) -> ref.Mailtools:
+    """`mailtools relay --listen` for example.test with the users alice and postmaster."""
+    mt = ref.Mailtools(tmp, "relay", '[dns]\nnameservers = ["127.0.0.1:9"]\ntimeout = 1\n')
+    lines = []
+    for local in ("alice", "postmaster"):
+        (mt.root / "mail" / "example.test" / local / "new").mkdir(parents=True)
+        lines.append(ref.users_line(f"{local}@example.test"))
+    (mt.root / "users").write_text("".join(lines))
+    return mt.start()
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +240,7 @@ def servers(tmp_path_factory):
         pf.stop()
         pytest.skip(f"the private Postfix would not start: {e}")
     try:
-        mt = MailtoolsMX(tmp_path_factory.mktemp("mt-smtp"))
+        mt = mailtools_mx(tmp_path_factory.mktemp("mt-smtp"))
     except Exception:
         pf.stop()
         raise
@@ -408,30 +381,13 @@ def submission(tmp_path_factory):
         pf.stop()
         dv.stop()
         pytest.skip(f"the private Postfix would not start: {e}")
-    tmp = tmp_path_factory.mktemp("mt-submit")
-    root = tmp / "root"
-    root.mkdir()
-    (root / "users").write_text(ref.users_line())
-    port = ref.free_port()
-    cfg = tmp / "mailtools.toml"
-    cfg.write_text(f'hostname = "{ref.HOSTNAME}"\nroot = "{root}"\nlocal_domains = ["example.test"]\n'
-                   "[auth]\nfail_delay = 0\n")
-    log = open(tmp / "submit.log", "wb")
-    env = dict(os.environ, MAILTOOLS_CONFIG=str(cfg), PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([*mailtools_cmd(), "submit", "--listen", f"127.0.0.1:{port}"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    mt = ref.Mailtools(tmp_path_factory.mktemp("mt-submit"), "submit", "[auth]\nfail_delay = 0\n")
+    (mt.root / "users").write_text(ref.users_line())
     try:
-        ref.wait_port(port)
-        yield pf.submission_port, port
+        mt.start()
+        yield pf.submission_port, mt.port
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
+        mt.stop()
         pf.stop()
         dv.stop()
 
