@@ -348,6 +348,30 @@ class Mailtools:
             self.proc = None
 
 
+def dovecot_and_mailtools(tmp: Path, command: str, fill):
+    """For a module fixture: a private Dovecot and `mailtools COMMAND` (imap-serve, pop3-serve),
+    each over a Maildir for USER that fill(path) wrote the same way; yields (dovecot, mailtools).
+    Skips (pytest) when Dovecot will not start."""
+    import pytest
+
+    dv = Dovecot()
+    try:
+        fill(dv.maildir())
+        dv.start()
+    except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as e:
+        dv.stop()
+        pytest.skip(f"the private Dovecot would not start: {e}")
+    mt = Mailtools(tmp, command, "[auth]\nfail_delay = 0\n")
+    try:
+        (mt.root / "users").write_text(users_line())
+        fill(mt.root / "mail" / "example.test" / USER.split("@")[0])
+        mt.start()
+        yield dv, mt
+    finally:
+        mt.stop()
+        dv.stop()
+
+
 # --- the same raw client for both sides -------------------------------------------------------
 class Conn:
     """A line-level client over a plain socket: send raw bytes, read one reply / line at a time."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -391,30 +390,9 @@ def _fill(maildir: Path) -> None:
         box.create_folder(name)
 
 
-def mailtools_server(tmp: Path) -> ref.Mailtools:
-    mt = ref.Mailtools(tmp, "imap-serve", "[auth]\nfail_delay = 0\n")
-    (mt.root / "users").write_text(ref.users_line())
-    _fill(mt.root / "mail" / "example.test" / "alice")
-    return mt.start()
-
-
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    dv = ref.Dovecot()
-    try:
-        _fill(dv.maildir())
-        dv.start()
-    except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as e:
-        dv.stop()
-        pytest.skip(f"the private Dovecot would not start: {e}")
-    try:
-        mt = mailtools_server(tmp_path_factory.mktemp("mt-imap"))
-    except Exception:
-        dv.stop()
-        raise
-    yield dv, mt
-    mt.stop()
-    dv.stop()
+    yield from ref.dovecot_and_mailtools(tmp_path_factory.mktemp("mt-imap"), "imap-serve", _fill)
 
 
 @pytest.mark.parametrize("case", list(CASES))

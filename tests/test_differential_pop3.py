@@ -10,7 +10,6 @@ leaves the maildrop as it was, so every case starts from the same three messages
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -183,30 +182,9 @@ def _fill(maildir: Path) -> None:
         md.deliver(maildir, data)
 
 
-def mailtools_server(tmp: Path) -> ref.Mailtools:
-    mt = ref.Mailtools(tmp, "pop3-serve", "[auth]\nfail_delay = 0\n")
-    (mt.root / "users").write_text(ref.users_line())
-    _fill(mt.root / "mail" / "example.test" / "alice")
-    return mt.start()
-
-
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    dv = ref.Dovecot()
-    try:
-        _fill(dv.maildir())
-        dv.start()
-    except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as e:
-        dv.stop()
-        pytest.skip(f"the private Dovecot would not start: {e}")
-    try:
-        mt = mailtools_server(tmp_path_factory.mktemp("mt-pop3"))
-    except Exception:
-        dv.stop()
-        raise
-    yield dv, mt
-    mt.stop()
-    dv.stop()
+    yield from ref.dovecot_and_mailtools(tmp_path_factory.mktemp("mt-pop3"), "pop3-serve", _fill)
 
 
 @pytest.mark.parametrize("case", list(CASES))
