@@ -157,9 +157,6 @@ ALLOWED: dict[str, dict[int, tuple]] = {
     # RFC 6531 3.4 / 3.5: a non-ASCII address needs the SMTPUTF8 parameter (553 5.6.7 without
     # it); Postfix takes it anyway.
     "mail-utf8-without-smtputf8": {2: ("RFC 6531 3.4, 3.5", "2xx", "5xx 5.6")},
-    # RFC 5322 2.1.1 (MUST NOT exceed 998 characters) and RFC 5321 4.5.3.1.6 (1000 octets with
-    # CRLF): mailtools refuses such a message (550 5.6.0), Postfix folds the line and takes it.
-    "long-data-line": {5: ("RFC 5322 2.1.1, RFC 5321 4.5.3.1.6", "2xx", "5xx 5.6")},
 }
 
 

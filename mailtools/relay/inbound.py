@@ -184,6 +184,10 @@ def limits_from_config(cfg) -> Limits:
     return Limits(
         max_message_size=int(rc.max_message_size),
         max_recipients=int(rc.max_recipients),
+        # Inbound mail with a text line over 998 octets is accepted and stored as it came, as
+        # Postfix and Dovecot's LMTP do: refusing it would bounce real (if badly made) mail
+        # that is only ever delivered locally here. The MSA refuses it (RFC 6409 8 fix-up).
+        max_data_line=0,
     )
 
 
