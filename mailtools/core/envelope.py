@@ -45,6 +45,13 @@ def _escape(value: str, keep_space: bool = False) -> str:
     return "".join(out)
 
 
+def _optional(value: str | None) -> str:
+    """An optional field: '-' when absent; a value that is itself '-' is written %2D."""
+    if not value:
+        return "-"
+    return "%2D" if value == "-" else _escape(value)
+
+
 def _unescape(value: str) -> str:
     if "%" not in value:
         return value
@@ -125,8 +132,7 @@ class Recipient:
         nxt = "-" if self.next_attempt is None else format_time(self.next_attempt)
         return (
             f"rcpt: {self.state} attempts={self.attempts} next={nxt}"
-            f" notify={_escape(self.notify) if self.notify else '-'}"
-            f" orcpt={_escape(self.orcpt) if self.orcpt else '-'}"
+            f" notify={_optional(self.notify)} orcpt={_optional(self.orcpt)}"
             f" to={_escape(self.address)} reply={_escape(self.last_reply, keep_space=True)}"
         )
 

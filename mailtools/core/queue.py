@@ -20,25 +20,40 @@ random hex digits: ids sort by arrival and two hosts sharing the spool never pic
 Durability (STYLE.md practice 8; qmail's INTERNALS is the model). enqueue() writes message and
 envelope into tmp/QID/, fsyncs both files and the entry directory, renames the entry into new/
 and fsyncs new/; only then does it return the id (and only then may SMTP say 250 or submit exit
-0). What a crash leaves behind, state by state:
+0). The entry directory's own fsync is what makes the names ``message`` and ``envelope``
+durable: the rename writes new/ and tmp/, not the renamed directory's blocks, and POSIX gives
+no other promise. On ext4 (and XFS) the file fsyncs have already committed the journal
+transaction that created those names, so it costs a few hundredths of a millisecond; it stays
+for file systems that log per inode. Measured here (ext4): two file fsyncs ~0.35 ms each,
+fsync of new/ ~0.2 ms, of the entry directory ~0.09 ms; fsyncing the two files in parallel
+threads gained nothing measurable.
+
+What a crash leaves behind, state by state:
 
 - during enqueue, before the rename: a (possibly partial) entry in tmp/. No runner ever looks
   in tmp/, the submitter was not told "accepted", so nothing is lost; recover() removes tmp/
   entries older than a day and a half.
 - after the rename, before new/ is fsynced (power loss): the entry is whole either in tmp/
-  (the submitter saw no success and retries) or in new/. Never half in new/: the files were
-  fsynced before the rename that makes them visible.
+  (the submitter saw no success and retries) or in new/. Never half in new/: the files and the
+  entry directory were fsynced before the rename that makes them visible.
 - claimed (active/): the runner died mid-delivery. recover() renames the entry back into new/
   at once when the claimer was on this host and its PID is gone, else when the claim is older
   than the timeout. Delivery is at-least-once: a recipient may get a duplicate, none is lost.
 - update() while claimed: the new envelope is written to envelope.tmp, fsynced, renamed over
   envelope and the directory fsynced. A crash leaves the old or the new envelope, whole.
-- release(): a rename back into new/, or, when every recipient is final, a rename into trash/
-  followed by unlinking. A crash leaves the entry in new/ (delivered again to recipients not yet
-  final) or a leftover in trash/ (removed by recover()).
-- hold/release_hold/delete: one rename each (delete then empties trash/), so an entry is always
-  whole in exactly one state directory. Holding an active entry writes the ``hold`` mark (and
-  fsyncs the entry directory); a crash either side of that leaves it marked or not, whole.
+- release() with a recipient still pending: one rename back into new/ (or hold/), not fsynced:
+  a crash that loses it leaves the entry in active/, where recover() finds it (the state is in
+  the envelope update() made durable).
+- release() when every recipient is final: no fsync and no envelope update at all (the runner
+  skips update()): a rename into trash/, which takes the entry out of the queue, then a
+  background thread unlinks the two files and the directory. A crash that loses the rename
+  leaves the entry in active/ or new/ with its last durable envelope: it is delivered again to
+  the recipients not recorded as final there (at-least-once, as Postfix, which does not fsync
+  its unlink either). A leftover in trash/ is removed by recover().
+- hold/release_hold/delete: one rename each, fsynced (delete then empties trash/), so an entry
+  is always whole in exactly one state directory. Holding an active entry writes the ``hold``
+  mark (and fsyncs the entry directory); a crash either side of that leaves it marked or not,
+  whole.
 
 Two runners (processes, or hosts on NFS) claim with rename(new/QID, active/QID.PID.HOST): the
 kernel (or NFS server) lets exactly one rename succeed; the other gets ENOENT and moves on.
@@ -138,6 +153,42 @@ def _remove_entry(path: str) -> None:
         if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
             raise
         _remove_tree(path)
+
+
+class _Remover:
+    """One thread that empties trash/ entries handed over by release(), so a runner's threads
+    do not wait for unlink and rmdir. Not a daemon: the process ends once it has caught up
+    (what a crash leaves in trash/, recover() removes)."""
+
+    _lock = None
+    _paths: list = []
+    _thread = None
+
+    @classmethod
+    def add(cls, path: str) -> None:
+        import threading
+
+        if cls._lock is None:
+            cls._lock = threading.Lock()
+        with cls._lock:
+            cls._paths.append(path)
+            if cls._thread is None:
+                cls._thread = threading.Thread(target=cls._run, name="queue-remover")
+                cls._thread.start()
+
+    @classmethod
+    def _run(cls) -> None:
+        while True:
+            with cls._lock:
+                if not cls._paths:
+                    cls._thread = None
+                    return
+                batch, cls._paths = cls._paths, []
+            for path in batch:
+                try:
+                    _remove_entry(path)
+                except OSError:
+                    pass  # recover() sweeps trash/
 
 
 # -- the queue ------------------------------------------------------------------------------
@@ -273,6 +324,11 @@ class Queue:
     def get(self, qid: str) -> Entry:
         """The entry with this id wherever it is; raises QueueError when there is none."""
         qid = qid.strip().upper()  # as an operator may type it
+        if valid_id(qid):  # the common case first: one open() in new/, no stat, no listing
+            try:
+                return self._load(os.path.join(self._dir("new"), qid), "new", qid)
+            except (FileNotFoundError, NotADirectoryError):
+                pass
         for _ in range(3):  # it may move between finding and reading
             p, state_dir, name = self._find(qid)
             try:
@@ -353,7 +409,7 @@ class Queue:
         p = self._check_claim(entry)
         if entry.done:
             try:
-                self._discard(p, entry.id, durable=False)
+                self._discard(p, entry.id, durable=False, now=False)
             except FileNotFoundError:
                 return False
             entry.path, entry.state_dir, entry.claimed_by = None, "trash", None
@@ -369,12 +425,15 @@ class Queue:
         entry.path, entry.state_dir, entry.claimed_by = dst, to, None
         return True
 
-    def _discard(self, p: str, qid: str, durable: bool = True) -> None:
+    def _discard(self, p: str, qid: str, durable: bool = True, now: bool = True) -> None:
         trash = os.path.join(self._dir("trash"), f"{qid}.{os.urandom(4).hex()}")
         os.rename(p, trash)
         if durable:
             _fsync_dir(os.path.dirname(p))
-        _remove_entry(trash)
+        if now:
+            _remove_entry(trash)
+        else:
+            _Remover.add(trash)
 
     def recover(self, older_than_s: float, tmp_older_than_s: float = TMP_MAX_AGE) -> list[str]:
         """Put entries claimed by dead runners back into new/; clean tmp/ and trash/.
