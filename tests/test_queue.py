@@ -101,8 +101,32 @@ def test_claim_is_exclusive_and_release_requeues_or_removes(q, tmp_path):
     assert q.entries() == []
     with pytest.raises(QueueError):
         q.get(qid)
+    deadline = time.monotonic() + 5  # trash/ is emptied by a background thread
+    while os.listdir(tmp_path / "queue" / "trash") and time.monotonic() < deadline:
+        time.sleep(0.01)
     for sub in ("tmp", "new", "active", "hold", "trash"):
         assert os.listdir(tmp_path / "queue" / sub) == []
+
+
+def test_release_of_a_finished_entry_does_no_fsync_and_reports_a_lost_claim(q, tmp_path, monkeypatch):
+    qid = q.enqueue("a@example.test", ["b@example.net"], MSG)
+    e = q.claim(qid)
+    e.recipients[0].state = "sent"
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    assert q.release(e)  # no update() first: the removal needs none
+    assert synced == []  # at-least-once: a crash that loses the removal redelivers, as Postfix
+    assert q.entries() == [] and os.listdir(tmp_path / "queue" / "active") == []
+    # a claim recovered by another runner meanwhile: release() says so, touches nothing
+    qid = q.enqueue("a@example.test", ["b@example.net"], MSG)
+    e = q.claim(qid)
+    os.rename(e.path, tmp_path / "queue" / "new" / qid)  # what recover() does
+    e.recipients[0].state = "sent"
+    assert q.release(e) is False
+    assert q.ids("new") == [qid]
+    with pytest.raises(ClaimLost):
+        q.update(e)
 
 
 def test_hold_release_delete(q):
