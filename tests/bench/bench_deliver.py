@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: `mailtools deliver --maildir` against Dovecot's dovecot-lda, one process per message.
 
-The workload is the reference one (/work/shared/reference-bench, anchor 4): COUNT messages of
+The workload is the reference one (tests/bench/workload, anchor 4 of the reference figures): COUNT messages of
 2-20 KB, generated with a fixed seed, each delivered by its own process as an MTA invokes an
 MDA, sequentially (or --parallel N at a time). Both sides get the same messages in the same run,
 interleaved in chunks so that load drift on a shared machine hits both alike; each side's
@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 import support_dovecot  # noqa: E402
 
-REFERENCE_GEN = Path("/work/shared/reference-bench/gen_maildir.py")
+REFERENCE_GEN = Path(__file__).resolve().parent / "workload" / "gen_maildir.py"
 
 
 def generate(dest: Path, count: int, seed: int) -> list[Path]:

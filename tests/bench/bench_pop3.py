@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-REF = Path(os.environ.get("REFERENCE_BENCH", REPO.parent / "shared" / "reference-bench"))
+REF = Path(os.environ.get("REFERENCE_BENCH", Path(__file__).resolve().parent / "workload"))
 WORK = Path(os.environ.get("BENCH_POP3_DIR", "/tmp/mailtools-bench-pop3"))
 NOBODY = 65534
 PASSWORD = "pass"

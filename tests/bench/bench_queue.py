@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 from mailtools.core.queue import Queue  # noqa: E402
 
-GEN = Path("/work/shared/reference-bench/gen_maildir.py")
+GEN = Path(__file__).resolve().parent / "workload" / "gen_maildir.py"
 MAILDROP = Path("/var/spool/postfix/maildrop")
 POSTFIX_SENDMAIL = "/usr/sbin/sendmail"
 

@@ -3,7 +3,7 @@
 in the formats of the fixture corpus (Postfix, Exim, Sendmail, qmail, Exchange, Gmail, ...),
 each with an Authentication-Results field. The rest of each message (headers, 2-20 KB bodies:
 plain, multipart/alternative, base64 attachments) comes from the reference benchmarks' corpus
-generator (/work/shared/reference-bench/gen_maildir.py) when it is there, so the workload
+generator (tests/bench/workload/gen_maildir.py) when it is there, so the workload
 matches theirs; else a plain 1-4 KB body (--plain-bodies forces that).
 
 Measured, each as a whole process (start-up included), best of --runs, in wall-clock time and in
@@ -78,7 +78,7 @@ def rfc_date(epoch: int, offset_min: int) -> str:
 
 
 def _reference_generator():
-    ref = Path(os.environ.get("REFERENCE_BENCH", "/work/shared/reference-bench"))
+    ref = Path(os.environ.get("REFERENCE_BENCH", Path(__file__).resolve().parent / "workload"))
     if not (ref / "gen_maildir.py").exists():
         return None
     sys.path.insert(0, str(ref))
