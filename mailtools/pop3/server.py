@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
 import sys
 
+from mailtools.core.log import say as _say
 from mailtools.pop3 import replies as R
 from mailtools.smtpd.server import _is_loopback, bound_addresses, parse_listen  # shared listener helpers
 from mailtools.pop3.session import (
@@ -28,11 +28,7 @@ log = logging.getLogger("mailtools.pop3")
 
 def say(line: str) -> None:
     """One log line per event on stderr, Dovecot's shape: `pop3[PID]: Login: user=<...>, rip=...`."""
-    try:
-        sys.stderr.write(f"pop3[{os.getpid()}]: {line}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
+    _say("pop3", line)
 
 
 class _Listener:

@@ -28,13 +28,13 @@ import fcntl
 import os
 import re
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from mailtools.core.log import say
 from mailtools.core.queue import ClaimLost
 from mailtools.relay import client as smtp
 from mailtools.relay.bounce import Failure, build_dsn
@@ -86,11 +86,7 @@ class Destination:
 
 def log(line: str) -> None:
     """A Postfix-shaped log line on stderr: `relay[PID]: QUEUEID: to=<...>, ...`."""
-    try:
-        sys.stderr.write(f"relay[{os.getpid()}]: {line}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
+    say("relay", line)
 
 
 def _domain_of(address: str) -> str:

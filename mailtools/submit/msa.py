@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 
+from mailtools.core.log import say
 from mailtools.core.message import get_header, split_header
 from mailtools.smtpd import replies as R
 from mailtools.smtpd.received import protocol_keyword, received_value
@@ -28,11 +29,7 @@ from mailtools.submit import prepare
 
 def log(line: str) -> None:
     """One line per event, Postfix's shape: `submit[PID]: QUEUEID: from=<...>, size=..., nrcpt=...`."""
-    try:
-        sys.stderr.write(f"submit[{os.getpid()}]: {line}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
+    say("submit", line)
 
 
 def owns(user: str, address: str) -> bool:
