@@ -235,6 +235,39 @@ def test_uidlist_keeps_extensions_and_unknown_header_fields(tmp_path):
     assert (tmp_path / "dovecot-uidlist").read_text() == "3 V7 N11 Gabc Xfoo\n9 W6 :100.M1P1.h,S=5\n10 :200.M1P1.h\n"
 
 
+_ORDER_NAME = st.builds(
+    "{}.{}{}{}{}".format,
+    st.sampled_from(["1", "2", "10", "x", ""]), st.sampled_from(["M", "N", ""]),
+    st.sampled_from(["0", "7", "12", "007", "", "99999999999999999999"]),
+    st.sampled_from(["P", "Q", ""]), st.sampled_from(["1.h", "2.h", "h,S=3"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ORDER_NAME, unique=True, max_size=12))
+def test_delivery_order_is_sort_key_order(bases):
+    # the fast path of the uidlist sync must order new messages exactly as sort_key does
+    assert md.delivery_order(bases) == sorted(bases, key=md.sort_key)
+
+
+def test_uidlist_sync_mixed_names_dot_files_and_duplicates(tmp_path):
+    for sub in ("new", "cur", "tmp"):
+        (tmp_path / sub).mkdir()
+    for sub, name in [("cur", "3.M1P1.h:2,S"), ("cur", "1.M1P1.h:1,odd"), ("new", "2.M5P1.h"),
+                      ("cur", ".hidden"), ("new", "2.M5P1.h.dup"), ("cur", "2.M5P1.h.dup:2,RS")]:
+        (tmp_path / sub / name).write_bytes(b"x")
+    (tmp_path / "dovecot-uidlist").write_text("3 V9 N20 Gg\n4 W1 :3.M1P1.h:2,S\n7 :gone.h\n")
+    ul = UidList.sync(tmp_path)
+    assert ul.uids == {4: "3.M1P1.h", 20: "1.M1P1.h", 21: "2.M5P1.h", 22: "2.M5P1.h.dup"}
+    assert ul.ext == {4: "W1"} and ul.nextuid == 23
+    f = ul.files
+    assert [(f[u].subdir, f[u].name, f[u].flags) for u in f] == [
+        ("cur", "3.M1P1.h:2,S", "S"), ("cur", "1.M1P1.h:1,odd", ""), ("new", "2.M5P1.h", ""),
+        ("cur", "2.M5P1.h.dup:2,RS", "RS")]
+    assert os.fspath(f[22]) == os.path.join(tmp_path, "cur", "2.M5P1.h.dup:2,RS")
+    assert f[22].path.read_bytes() == b"x" and f[22].size == 1
+    assert UidList.read(tmp_path).uids == ul.uids
+
+
 def test_uidlist_waits_for_lock_and_takes_over_stale_lock(tmp_path):
     Maildir(tmp_path).create()
     lock = tmp_path / "dovecot-uidlist.lock"

@@ -751,6 +751,9 @@ class UidList:
                     continue
                 # per name, only C-level map()s: ~3x faster than a Python loop on 100k names
                 bases, files = _listing(d, sub, names)
+                if not known:  # no uidlist yet: everything is new
+                    fresh.update(zip(bases, files))
+                    continue
                 uids = list(map(known.get, bases))
                 n_fresh = uids.count(None)
                 if n_fresh:
