@@ -11,6 +11,7 @@ allows untagged EXISTS/EXPUNGE/FETCH.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections import OrderedDict
@@ -95,7 +96,14 @@ class Folder:
             ul, msgs = fast
         else:
             ul = md.UidList.sync(self.path)
-            msgs = [Msg(uid, f.base, f.flags, f.subdir, f.name) for uid, f in ul.files.items()]
+            # 100k small objects: the cyclic GC would walk them all several times meanwhile.
+            gc_was_on = gc.isenabled()
+            gc.disable()
+            try:
+                msgs = [Msg(uid, f.base, f.flags, f.subdir, f.name) for uid, f in ul.files.items()]
+            finally:
+                if gc_was_on:
+                    gc.enable()
         old = self.by_uid
         self.msgs = msgs
         self.by_uid = {m.uid: m for m in msgs}
