@@ -16,7 +16,8 @@ import pytest
 from conftest import free_port
 from mailtools.smtpd import replies as R
 from mailtools.core.tls import server_context as server_ssl_context
-from mailtools.smtpd.server import bound_addresses, parse_listen, shutdown, start_server
+from mailtools.core.listen import bound_addresses, parse_listen
+from mailtools.smtpd.server import shutdown, start_server
 from mailtools.smtpd.session import Handler, Limits
 
 

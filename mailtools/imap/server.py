@@ -11,10 +11,10 @@ poll of the selected folder's directory mtimes every IDLE_POLL seconds, so a del
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import ssl
 
+from mailtools.core.listen import is_loopback, parse_listen
 from mailtools.imap.session import SELECTED, CheckPassword, Close, Delay, Session, StartTLS
 
 log = logging.getLogger("mailtools.imap")
@@ -22,26 +22,6 @@ AUTOLOGOUT = 30 * 60.0
 COMMAND_TIMEOUT = 5 * 60.0  # a half-sent command, or a client that never logs in
 IDLE_POLL = 0.5
 HANDSHAKE_TIMEOUT = 30.0
-
-
-def parse_listen(spec: str) -> tuple[str | None, int]:
-    """'127.0.0.1:143' | '[::1]:143' | ':143' -> (host, port); raises ValueError."""
-    spec = spec.strip()
-    if spec.startswith("["):
-        host, _, rest = spec[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, _, port = spec.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"listen address needs HOST:PORT, not {spec!r}")
-    return (host or None) if host != "*" else None, int(port)
-
-
-def _is_loopback(sockname) -> bool:
-    try:
-        return ipaddress.ip_address(str(sockname[0]).split("%")[0]).is_loopback
-    except (ValueError, TypeError, IndexError):
-        return False
 
 
 class _Shared:
@@ -62,7 +42,7 @@ async def _connection(shared: _Shared, implicit_tls: bool, reader: asyncio.Strea
     sess = Session(
         cfg,
         secure=implicit_tls,
-        loopback=_is_loopback(writer.get_extra_info("sockname")),
+        loopback=is_loopback(writer.get_extra_info("sockname")),
         tls_available=shared.ssl_context is not None and not implicit_tls,
     )
     sess.threaded_auth = True

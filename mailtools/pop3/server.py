@@ -17,7 +17,7 @@ import sys
 
 from mailtools.core.log import say as _say
 from mailtools.pop3 import replies as R
-from mailtools.smtpd.server import _is_loopback, bound_addresses, parse_listen  # shared listener helpers
+from mailtools.core.listen import bound_addresses, is_loopback, parse_listen
 from mailtools.pop3.session import (
     AuthFailed, Close, Delay, InUse, Login, MaildropError, Session, StartTLS)
 
@@ -77,7 +77,7 @@ class POP3Protocol(asyncio.Protocol):
             hostname=cfg.hostname,
             tls_active=self.implicit_tls,
             tls_available=L.ssl_context is not None,
-            plaintext_ok=_is_loopback(local) or cfg.pop3.allow_plaintext_auth,
+            plaintext_ok=is_loopback(local) or cfg.pop3.allow_plaintext_auth,
             fail_delay=cfg.auth.fail_delay,
         )
         self._timeout = float(cfg.pop3.idle_timeout)

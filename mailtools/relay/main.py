@@ -84,7 +84,8 @@ def _operator(cfg, hold: Optional[str], release: Optional[str], delete: Optional
 
 async def _serve(cfg, listen, smarthost) -> int:
     from mailtools.relay import inbound, runner
-    from mailtools.smtpd.server import bound_addresses, shutdown
+    from mailtools.core.listen import bound_addresses
+    from mailtools.smtpd.server import shutdown
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -14,12 +14,12 @@ a count of sockets: the idle/DATA timeouts (421 4.4.2) and the connection limit 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import itertools
 import os
 import ssl
 from typing import Callable
 
+from mailtools.core.listen import is_loopback, parse_listen
 from mailtools.smtpd import replies as R
 from mailtools.smtpd.session import (
     Call, Close, ConnInfo, Handler, Limits, Send, Session, Sleep, StartTLS)
@@ -43,37 +43,11 @@ def _blocking_pool():
 _ids = itertools.count(1)
 
 
-def parse_listen(spec: str, default_host: str = "127.0.0.1") -> tuple[str | None, int]:
-    """'127.0.0.1:587' | '[::1]:587' | ':587' | '587' -> (host, port); ValueError if bad."""
-    spec = spec.strip()
-    if spec.startswith("["):
-        host, _, rest = spec[1:].partition("]")
-        if not rest.startswith(":"):
-            raise ValueError(f"listen address needs a port: {spec!r}")
-        port = rest[1:]
-    elif ":" in spec:
-        host, _, port = spec.rpartition(":")
-    else:
-        host, port = default_host, spec
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"not a port in listen address {spec!r}")
-    if host in ("", "*"):
-        host = None  # every address
-    return host, int(port)
-
-
 def tls_details(ssl_object) -> dict | None:
     if ssl_object is None:
         return None
     cipher = ssl_object.cipher() or ("", "", 0)
     return {"version": ssl_object.version(), "cipher": cipher[0], "bits": cipher[2]}
-
-
-def _is_loopback(addr) -> bool:
-    try:
-        return ipaddress.ip_address(str(addr[0]).split("%")[0]).is_loopback
-    except (ValueError, TypeError, IndexError):
-        return False
 
 
 class _Listener:
@@ -118,7 +92,7 @@ class SMTPProtocol(asyncio.Protocol):
         info = ConnInfo(
             peer=tuple(peer[:2]), local=tuple(local[:2]), hostname=L.hostname,
             tls=tls_details(transport.get_extra_info("ssl_object")) if self.implicit_tls else None,
-            tls_available=L.ssl_context is not None, loopback=_is_loopback(local),
+            tls_available=L.ssl_context is not None, loopback=is_loopback(local),
             session_id=f"{os.getpid():x}.{next(_ids):x}",
         )
         try:
@@ -289,13 +263,3 @@ def shutdown(servers) -> None:
         if listener is not None:
             for proto in list(listener.active):
                 proto.shutdown()
-
-
-def bound_addresses(servers) -> list[str]:
-    """'host:port' for every listening socket (for 'listening on ...' lines)."""
-    out = []
-    for server in servers:
-        for sock in server.sockets:
-            host, port = sock.getsockname()[:2]
-            out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    return out

@@ -188,7 +188,8 @@ def serve(cfg, listen: list[str], tls_listen: list[str]) -> int:
     import signal
 
     from mailtools.core.exitcodes import TempFail
-    from mailtools.smtpd.server import bound_addresses, shutdown
+    from mailtools.core.listen import bound_addresses
+    from mailtools.smtpd.server import shutdown
 
     async def main() -> None:
         try:
