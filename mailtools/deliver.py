@@ -127,7 +127,7 @@ def trace_fields(sender: str | None, recipients: list[str]) -> list[tuple[str, s
     return fields
 
 
-from mailtools.core.local import is_known_user, mailbox_owner  # noqa: E402,F401 - the one definition
+from mailtools.core.local import mailbox_owner  # noqa: E402 - the one definition of a local user
 
 
 def targets(opts: dict) -> list[tuple[str, list[str]]]:

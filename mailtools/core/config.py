@@ -91,7 +91,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_duration(value: Any) -> float:
+def parse_duration(value: object) -> float:
     """'5m' -> 300.0; numbers are seconds. Raises ValueError."""
     if isinstance(value, bool):
         raise ValueError(value)
@@ -115,7 +115,7 @@ _EXPECT = {
 }
 
 
-def _check(tag: str, value: Any) -> Any:
+def _check(tag: str, value: object) -> object:
     """Return the value converted for its tag, or raise ValueError."""
     if tag == "str" and isinstance(value, str):
         return value
@@ -139,13 +139,13 @@ def _check(tag: str, value: Any) -> Any:
 class Section:
     """Attribute access over one table of checked values: cfg.relay.remote_port."""
 
-    def __init__(self, values: dict[str, Any]):
+    def __init__(self, values: dict[str, object]):
         self.__dict__.update(values)
 
     def __repr__(self) -> str:
         return f"Section({self.__dict__!r})"
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, object]:
         return {k: (v.as_dict() if isinstance(v, Section) else v) for k, v in self.__dict__.items()}
 
 
@@ -155,7 +155,7 @@ def _build(schema: dict, data: dict, path: str, source: str) -> Section:
             where = f"{path}{key}"
             known = ", ".join(sorted(schema))
             raise ConfigError(f"{source}: unknown key '{where}' (known here: {known})")
-    values: dict[str, Any] = {}
+    values: dict[str, object] = {}
     for key, spec in schema.items():
         where = f"{path}{key}"
         if isinstance(spec, dict):
@@ -184,7 +184,7 @@ def _path(*parts):
     return Path(*parts)
 
 
-def default_root() -> Path:
+def default_root() -> os.PathLike:
     from pathlib import Path
 
     home = os.environ.get("MAILTOOLS_HOME")
@@ -213,22 +213,22 @@ class Config(Section):
     source: str | None
 
     @property
-    def queue_dir(self) -> Path:
+    def queue_dir(self) -> os.PathLike:
         return self.root / "queue"
 
     @property
-    def mail_dir(self) -> Path:
+    def mail_dir(self) -> os.PathLike:
         return self.root / "mail"
 
     @property
-    def users_file(self) -> Path:
+    def users_file(self) -> os.PathLike:
         p = _path(self.auth.users)
         return p if p.is_absolute() else self.root / p
 
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower().rstrip(".") in self.local_domains
 
-    def maildir_for(self, address: str) -> Path:
+    def maildir_for(self, address: str) -> os.PathLike:
         """root/mail/domain/localpart for a full address, both lower-cased (as Dovecot's %Lu:
         Alice@ and alice@ are one mailbox everywhere: deliver, relay, IMAP, POP3, user add);
         refuses names that could escape the mail tree."""
@@ -242,7 +242,7 @@ class Config(Section):
         return self.mail_dir / domain / local
 
 
-def from_dict(data: dict, source: str = "<config>", base: Path | None = None) -> Config:
+def from_dict(data: dict, source: str = "<config>", base: os.PathLike | None = None) -> Config:
     section = _build(SCHEMA, data, "", source)
     cfg = Config(section.__dict__)
     cfg.source = source

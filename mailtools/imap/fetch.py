@@ -10,7 +10,7 @@ import re
 import time
 
 from mailtools.imap import mime
-from mailtools.imap.parser import Cursor, ParseError, quote
+from mailtools.imap.parser import Cursor, ParseError
 
 SIMPLE = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE", "BODY",
           "RFC822", "RFC822.HEADER", "RFC822.TEXT"}

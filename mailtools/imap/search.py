@@ -11,7 +11,6 @@ from __future__ import annotations
 import email.header
 import re
 import email.utils
-import time
 from datetime import date, datetime
 
 from mailtools.imap import mime
