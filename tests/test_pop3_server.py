@@ -269,6 +269,11 @@ def test_cli_errors(run, home):
     r = run("pop3-serve", "--listen", "nonsense")
     assert r.returncode == 64, r.stderr
     assert b"HOST:PORT" in r.stderr
+    assert r.stderr.count(b"HOST:PORT") == 1  # said once, not twice
+    write_config(home, extra='[pop3]\nlisten = ["127.0.0.1:99999"]\n')
+    r = run("pop3-serve")  # the same mistake in the config is a configuration error
+    assert r.returncode == 78 and b"pop3: " in r.stderr and b"99999" in r.stderr, r.stderr
+    write_config(home)
     r = run("pop3-serve", "--tls-listen", "127.0.0.1:0")
     assert r.returncode == 78 and b"certificate" in r.stderr
 

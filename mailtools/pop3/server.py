@@ -253,6 +253,9 @@ async def start(cfg, listen=None, tls_listen=None) -> list:
     from mailtools.core.exitcodes import ConfigError, UsageError
     from mailtools.pop3.maildrop import MaildirBackend
 
+    # A bad address given on the command line is a usage error (64); one from the config, 78.
+    bad_listen = {False: ConfigError if listen is None else UsageError,
+                  True: ConfigError if tls_listen is None else UsageError}
     listen = list(cfg.pop3.listen if listen is None else listen)
     tls_listen = list(cfg.pop3.tls_listen if tls_listen is None else tls_listen)
     ssl_context = tls.context_from_config(cfg)
@@ -267,7 +270,7 @@ async def start(cfg, listen=None, tls_listen=None) -> list:
                 try:
                     host, port = parse_listen(spec)
                 except ValueError as exc:
-                    raise UsageError(f"{exc} (expected HOST:PORT)") from None
+                    raise bad_listen[implicit](f"pop3: {exc}") from None
                 server = await loop.create_server(
                     lambda implicit=implicit: POP3Protocol(listener, implicit),
                     host, port, ssl=ssl_context if implicit else None, reuse_address=True,
