@@ -63,6 +63,7 @@ complete -c mailtools -n '__fish_seen_subcommand_from submit' -s v -d 'Print the
 complete -c mailtools -n '__fish_seen_subcommand_from submit' -l listen -r -x -d 'Run the SMTP submission server here (STARTTLS, AUTH); repeatable; replaces [submit] listen.'
 complete -c mailtools -n '__fish_seen_subcommand_from submit' -l tls-listen -r -x -d 'Submission over implicit TLS (port 465 style); repeatable; replaces [submit] tls_listen.'
 complete -c mailtools -n '__fish_seen_subcommand_from submit' -l json -d 'With -bp: one JSON object per queue entry.'
+complete -c mailtools -n '__fish_seen_subcommand_from submit' -l install-sendmail -r -F -d 'Write a fast sendmail launcher (python -I -S) at PATH, e.g. /usr/sbin/sendmail, and exit.'
 complete -c mailtools -n '__fish_seen_subcommand_from submit' -l help -d 'Show help and exit.'
 complete -c mailtools -n '__fish_seen_subcommand_from trace-headers' -l json -d 'One JSON object per message, one per line (fields: man mailtools-trace-headers).'
 complete -c mailtools -n '__fish_seen_subcommand_from trace-headers' -l all -d 'Keep going past input items that are not messages (exit 65 at the end).'

@@ -48,6 +48,7 @@ def register(app: typer.Typer) -> None:
         listen: Optional[List[str]] = typer.Option(None, "--listen", metavar="HOST:PORT", help="Run the SMTP submission server here (STARTTLS, AUTH); repeatable; replaces [submit] listen."),
         tls_listen: Optional[List[str]] = typer.Option(None, "--tls-listen", metavar="HOST:PORT", help="Submission over implicit TLS (port 465 style); repeatable; replaces [submit] tls_listen."),
         json_out: bool = typer.Option(False, "--json", help="With -bp: one JSON object per queue entry."),
+        install: Optional[str] = typer.Option(None, "--install-sendmail", metavar="PATH", help="Write a fast sendmail launcher (python -I -S) at PATH, e.g. /usr/sbin/sendmail, and exit."),
     ) -> int:
         from mailtools.submit import front
 
@@ -57,6 +58,7 @@ def register(app: typer.Typer) -> None:
         argv += ["-v"] if verbose else []
         argv += ["-q"] if queue_run else []
         argv += ["--json"] if json_out else []
+        argv += ["--install-sendmail", install] if install is not None else []
         for flag, value in (("-f", sender), ("-F", full_name), ("-N", notify), ("-R", ret),
                             ("-V", envid), ("-B", body), ("-b", mode)):
             if value is not None:

@@ -13,7 +13,6 @@ document it in man/mailtools.toml.5 (a test checks that every key is there).
 from __future__ import annotations
 
 import os
-import re
 
 from mailtools.core.exitcodes import ConfigError
 
@@ -87,20 +86,23 @@ SCHEMA: dict = {
     },
 }
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(value: object) -> float:
-    """'5m' -> 300.0; numbers are seconds. Raises ValueError."""
+    """'5m' -> 300.0, '1.5h', '30 s', '90'; numbers are seconds. Raises ValueError.
+    (No regex: `re` is not imported on the sendmail path, and every load checks the defaults.)"""
     if isinstance(value, bool):
         raise ValueError(value)
     if isinstance(value, (int, float)):
         return float(value)
-    m = _DURATION.match(str(value))
-    if not m:
+    text = str(value).strip()
+    unit = text[-1:] if text[-1:] in ("s", "m", "h", "d", "w") else ""
+    number = text[: len(text) - len(unit)].rstrip()
+    whole, dot, frac = number.partition(".")
+    if not whole.isdecimal() or (dot and not frac.isdecimal()):  # as the regex \d+(\.\d+)?
         raise ValueError(value)
-    return float(m.group(1)) * _UNITS[m.group(2)]
+    return float(number) * _UNITS[unit]
 
 
 _EXPECT = {
@@ -185,12 +187,14 @@ def _path(*parts):
 
 
 def default_root() -> os.PathLike:
-    from pathlib import Path
+    return _path(_default_root_str())
 
+
+def _default_root_str() -> str:
     home = os.environ.get("MAILTOOLS_HOME")
     if home:
-        return Path(home)
-    return Path.home() / ".local" / "share" / "mailtools"
+        return home
+    return os.path.join(os.path.expanduser("~"), ".local", "share", "mailtools")
 
 
 def default_hostname() -> str:
@@ -207,10 +211,31 @@ def default_hostname() -> str:
     return (socket.gethostname() or "localhost").lower()
 
 
+class _LazyRoot:
+    """`cfg.root` as a pathlib.Path built on first use (then an ordinary attribute): the sendmail
+    path only needs `cfg.data_path("queue")` and starts without importing pathlib."""
+
+    def __get__(self, cfg, owner=None):
+        if cfg is None:
+            return self
+        root = cfg.__dict__["root"] = _path(cfg.__dict__["_root_str"])
+        return root
+
+
 class Config(Section):
     """The whole configuration, plus the paths everything derives from the data root."""
 
     source: str | None
+    root = _LazyRoot()  # an assignment (cfg.root = ...) replaces it for this instance
+
+    def data_path(self, *parts: str) -> str:
+        """A path under the data root as a str, without building a pathlib.Path."""
+        root = self.__dict__.get("root")
+        return os.path.join(self._root_str if root is None else os.fspath(root), *parts)
+
+    def as_dict(self) -> dict[str, object]:
+        self.root  # noqa: B018 - materialise the lazy root so it is listed
+        return {k: v for k, v in super().as_dict().items() if k != "_root_str"}
 
     @property
     def queue_dir(self) -> os.PathLike:
@@ -248,16 +273,19 @@ def from_dict(data: dict, source: str = "<config>", base: os.PathLike | None = N
     cfg.source = source
     if cfg.hostname is None:
         cfg.hostname = default_hostname()
-    if cfg.root is None:
-        cfg.root = default_root()
+    root = cfg.__dict__.pop("root")  # the str; Config.root builds the Path when first used
+    if root is None:
+        root = _default_root_str()
     else:
-        root = _path(os.path.expanduser(cfg.root))
-        cfg.root = root if root.is_absolute() or base is None else base / root
+        root = os.path.expanduser(root)
+        if not os.path.isabs(root) and base is not None:
+            root = os.path.join(os.fspath(base), root)
+    cfg._root_str = root
     if base is not None:  # relative certificate paths are relative to the config file
         for attr in ("cert", "key"):
             value = getattr(cfg.tls, attr)
             if value and not os.path.isabs(os.path.expanduser(value)):
-                setattr(cfg.tls, attr, str(base / value))
+                setattr(cfg.tls, attr, str(_path(base, value)))
     if cfg.local_domains is None:
         cfg.local_domains = sorted({"localhost", cfg.hostname})
     cfg.local_domains = [d.lower().rstrip(".") for d in cfg.local_domains]
@@ -285,9 +313,9 @@ def find_path() -> str | None:
         return SYSTEM_CONFIG
     # The data root's own file, as `mailtools serve` writes it on a fresh root: so
     # `MAILTOOLS_HOME=DIR mailtools ...` talks about the same system that `serve --root DIR` runs.
-    local = default_root() / "mailtools.toml"
-    if local.exists():
-        return str(local)
+    local = os.path.join(_default_root_str(), "mailtools.toml")
+    if os.path.exists(local):
+        return local
     return None
 
 
@@ -350,6 +378,6 @@ def load(path: str | None = None, *, reload: bool = False) -> Config:
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
         data = _parse_toml(path, raw)
-        cfg = from_dict(data, path, _path(path).resolve().parent)
+        cfg = from_dict(data, path, os.path.dirname(os.path.realpath(path)))  # as Path.resolve()
     _cached = cfg
     return cfg

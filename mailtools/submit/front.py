@@ -21,7 +21,7 @@ _VALUE = frozenset("BbCFfhLNORrVXo")
 _FLAG = frozenset("itvnUmq")
 # Long options of the fast front; the typer definition (mailtools/cli/submit.py) must have the
 # same ones (tests/test_submit_cli.py checks), so --help, the man page and completions agree.
-LONG_OPTIONS = ("--listen", "--tls-listen", "--json")
+LONG_OPTIONS = ("--listen", "--tls-listen", "--json", "--install-sendmail")
 _DSN_NOTIFY = {"NEVER", "SUCCESS", "FAILURE", "DELAY"}
 
 USAGE = """\
@@ -29,6 +29,7 @@ Usage: sendmail [-t] [-i|-oi] [-f SENDER] [-F NAME] [-N DSN] [-R RET] [-V ENVID]
                 [-bm|-bp|-bs] [-q] [-v] [--] [RECIPIENT...]
        mailtools submit --listen HOST:PORT [--tls-listen HOST:PORT]
        mailq [--json]
+       mailtools submit --install-sendmail PATH
 Reads a message on standard input and queues it for delivery; see mailtools-submit(1).
 """
 
@@ -36,7 +37,7 @@ Reads a message on standard input and queues it for delivery; see mailtools-subm
 class Options:
     __slots__ = ("mode", "extract", "ignore_dots", "sender", "full_name", "notify", "ret",
                  "envid", "body", "verbose", "queue_run", "listen", "tls_listen", "json",
-                 "recipients", "help")
+                 "recipients", "help", "install")
 
     def __init__(self) -> None:
         self.mode = "m"  # -bm deliver (default), -bp list the queue, -bs SMTP on stdin/stdout
@@ -55,6 +56,7 @@ class Options:
         self.json = False
         self.recipients: list[str] = []
         self.help = False
+        self.install: str | None = None  # --install-sendmail PATH
 
 
 def parse(argv: list[str]) -> Options:
@@ -69,12 +71,15 @@ def parse(argv: list[str]) -> Options:
             break
         if arg.startswith("--"):
             name, eq, value = arg.partition("=")
-            if name in ("--listen", "--tls-listen"):
+            if name in ("--listen", "--tls-listen", "--install-sendmail"):
                 if not eq:
                     if i >= len(argv):
-                        raise UsageError(f"option {name} needs HOST:PORT")
+                        raise UsageError(f"option {name} needs {'PATH' if name[3] == 'n' else 'HOST:PORT'}")
                     value, i = argv[i], i + 1
-                (o.listen if name == "--listen" else o.tls_listen).append(value)
+                if name == "--install-sendmail":
+                    o.install = value
+                else:
+                    (o.listen if name == "--listen" else o.tls_listen).append(value)
             elif name == "--json" and not eq:
                 o.json = True
             elif name == "--help" and not eq:
@@ -168,6 +173,13 @@ def sendmail_main(argv: list[str], prog: str = "sendmail") -> int:
     return exitcodes.run(prog, _main, argv, prog)
 
 
+def launcher_main(argv: list[str]) -> int:
+    """The script `--install-sendmail` writes (`#!python -IS`, mailtools/submit/launcher.py):
+    sendmail, or `sendmail -bp` through a link named mailq."""
+    prog = "mailq" if os.path.basename(argv[0]) == "mailq" else "sendmail"
+    return sendmail_main(argv[1:], prog)
+
+
 def run_parsed(argv: list[str]) -> int:
     """For the typer definition: run a rebuilt argv (errors propagate to its wrapper)."""
     return _main(argv, "submit")
@@ -178,6 +190,14 @@ def _main(argv: list[str], prog: str) -> int:
     if o.help:
         sys.stdout.write(USAGE)
         return exitcodes.OK
+    if o.install is not None:
+        return install_launcher(o.install)
+    if sys.flags.no_site and (o.listen or o.tls_listen or o.queue_run or o.mode in ("d", "s")):
+        # The -I -S launcher: these modes need third-party packages (aiosmtpd, dnspython...)
+        # from site-packages, which only `site` puts on sys.path (its documented entry point).
+        import site
+
+        site.main()
     from mailtools.core import config
 
     cfg = config.load()
@@ -199,6 +219,15 @@ def _main(argv: list[str], prog: str) -> int:
     if o.queue_run:
         run_queue(cfg, o.verbose)
     return rc
+
+
+def install_launcher(path: str) -> int:
+    from mailtools.submit import launcher
+
+    launcher.install(path)
+    sys.stdout.write(f"{path}: sendmail launcher for {sys.executable} -I -S, mailtools in "
+                     f"{launcher.package_dir()}\n")
+    return exitcodes.OK
 
 
 def run_queue(cfg, verbose: bool) -> int:
@@ -324,14 +353,15 @@ def submit(cfg, o: Options) -> int:
     if o.envid:
         dsn["envid"] = o.envid
     rcpts = [Recipient(r, notify=o.notify) for r in recipients]
+    queue_dir = cfg.data_path("queue")  # a str: cfg.queue_dir would import pathlib
     try:
-        qid = Queue(cfg.queue_dir).enqueue(sender, rcpts, message, dsn=dsn or None)
+        qid = Queue(queue_dir).enqueue(sender, rcpts, message, dsn=dsn or None)
     except OSError as exc:
-        raise TempFail(f"cannot write to the queue {cfg.queue_dir}: {exc.strerror or exc}; "
+        raise TempFail(f"cannot write to the queue {queue_dir}: {exc.strerror or exc}; "
                        "nothing queued, try again") from None
     except ValueError as exc:
         raise DataError(str(exc)) from None
-    nudge(cfg.queue_dir)
+    nudge(queue_dir)
     log(f"{qid}: uid={os.getuid()} from=<{sender}>, size={len(message)}, nrcpt={len(rcpts)} (queued)",
         o.verbose)
     return exitcodes.OK
