@@ -12,7 +12,12 @@ import mailtools.cli
 def register(app: typer.Typer) -> None:
     from mailtools.commands import COMMANDS
 
-    @app.command("imap-serve", help=COMMANDS["imap-serve"].summary, context_settings=mailtools.cli.CONTEXT)
+    @app.command(
+        "imap-serve", help=COMMANDS["imap-serve"].summary + ".", context_settings=mailtools.cli.CONTEXT,
+        epilog="Exit status: 0 stopped by SIGTERM or SIGINT, 64 bad command line, 69 a listener cannot"
+        " be opened, 78 bad configuration (a listen address without a port, a TLS listener without a"
+        " certificate).",
+    )
     def imap_serve_cmd(
         listen: Optional[List[str]] = typer.Option(
             None, "--listen", metavar="HOST:PORT",

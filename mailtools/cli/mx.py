@@ -12,7 +12,8 @@ from mailtools.cli import CONTEXT
 def register(app: typer.Typer) -> None:
     from mailtools.commands import COMMANDS
 
-    @app.command("mx-lookup", help=COMMANDS["mx-lookup"].summary + ". '-' reads names from stdin, one per line, resolved concurrently.", context_settings=CONTEXT)
+    @app.command("mx-lookup", help=COMMANDS["mx-lookup"].summary + ". '-' reads names from stdin, one per line, resolved concurrently.", context_settings=CONTEXT,
+                 epilog="Exit status: 0 a usable exchanger (explicit or implicit), 64 not a domain or address, 68 no mail there (NXDOMAIN, null MX, no exchanger with an address), 75 DNS temporary failure (try again; never a fallback to the A record), 78 bad [dns] configuration. With several names the most urgent wins: 75, 68, 64, 0. --check does not change it.")
     def mx_lookup_cmd(
         names: Optional[List[str]] = typer.Argument(None, metavar="DOMAIN|ADDRESS... | -", help="Domains or mail addresses (the domain after the last '@'); '-' reads them from stdin.", show_default=False),
         json_mode: bool = typer.Option(False, "--json", help="One JSON object per name, one per line."),

@@ -12,7 +12,12 @@ from mailtools.cli import CONTEXT
 def register(app: typer.Typer) -> None:
     from mailtools.commands import COMMANDS
 
-    @app.command("pop3-serve", help=COMMANDS["pop3-serve"].summary + ".", context_settings=CONTEXT)
+    @app.command(
+        "pop3-serve", help=COMMANDS["pop3-serve"].summary + ".", context_settings=CONTEXT,
+        epilog="Exit status: 0 after a clean stop (SIGTERM, SIGINT), 64 a malformed --listen or"
+        " --tls-listen, 69 a listener cannot be opened, 78 bad configuration (a malformed listen"
+        " address in it, a TLS listener without a certificate).",
+    )
     def pop3_serve_cmd(
         listen: Optional[List[str]] = typer.Option(
             None, "--listen", metavar="HOST:PORT",

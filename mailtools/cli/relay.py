@@ -17,6 +17,10 @@ def register(app: typer.Typer) -> None:
         help=COMMANDS["relay"].summary
         + ". Without --once/--list/--flush/--hold/--release/--delete: the queue daemon plus the"
         " inbound SMTP listeners ([relay] listen, or --listen), until SIGTERM.",
+        epilog="Exit status: 0 success (also an overlapping --once run, and a pass that deferred or"
+        " bounced recipients: see the log lines on stderr), 64 usage (conflicting options, a malformed"
+        " queue id or --smarthost), 66 no such queue entry, 69 a listener cannot be opened, 75 the"
+        " entry is being delivered right now (try again), 78 bad configuration.",
         context_settings=CONTEXT,
     )
     def relay_cmd(

@@ -14,7 +14,9 @@ _LISTEN = "HOST:PORT, or 'off'"
 def register(app: typer.Typer) -> None:
     from mailtools.commands import COMMANDS
 
-    @app.command("serve", help=COMMANDS["serve"].summary + ".", context_settings=CONTEXT)
+    @app.command("serve", help=COMMANDS["serve"].summary + ".", context_settings=CONTEXT,
+                 epilog="Exit status: 0 after a clean stop (SIGTERM, SIGINT), 69 a listener cannot be"
+                 " opened (address in use, permission), 78 bad configuration.")
     def serve_cmd(
         root: Optional[str] = typer.Option(None, "--root", metavar="DIR", help="Data root (same as MAILTOOLS_HOME=DIR); created with a config, a self-signed certificate and folders when new."),
         hostname: Optional[str] = typer.Option(None, "--hostname", metavar="NAME", help="Host name for banners and Received headers (else the config's)."),

@@ -11,7 +11,12 @@ def register(app: typer.Typer) -> None:
     from mailtools.cli import CONTEXT
     from mailtools.commands import COMMANDS
 
-    @app.command("trace-headers", help=COMMANDS["trace-headers"].summary, context_settings=CONTEXT)
+    @app.command(
+        "trace-headers", help=COMMANDS["trace-headers"].summary + ".", context_settings=CONTEXT,
+        epilog="Exit status: 0 every input item reported (warnings do not change it), 64 usage, 65 an"
+        " input item is not a message (empty, no header section), 66 FILE is missing, unreadable or a"
+        " directory.",
+    )
     def trace_headers_cmd(
         file: Optional[str] = typer.Argument(
             None, metavar="FILE|-", help="A message or an mbox (default: standard input)."
