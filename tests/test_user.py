@@ -62,6 +62,10 @@ def test_add_creates_maildir_with_special_use_folders(home, run):
 @pytest.mark.parametrize("args,stdin,code,words", [
     (("user", "add", "alice", "--password-stdin"), b"pw\n", 65, "not a full address"),
     (("user", "add", "../../etc@example.test", "--password-stdin"), b"pw\n", 65, "not a usable"),
+    (("user", "add", "dave@example..test", "--password-stdin"), b"pw\n", 65, "not a usable"),
+    (("user", "add", "dave@-x.example.test", "--password-stdin"), b"pw\n", 65, "not a usable"),
+    (("user", "add", "dave@exa_mple.test", "--password-stdin"), b"pw\n", 65, "not a usable"),
+    (("user", "add", "dave@[192.0.2.1]", "--password-stdin"), b"pw\n", 65, "not a usable"),
     (("user", "add", "dave@example.test", "--password-stdin"), b"\n", 65, "empty password"),
     (("user", "add", "dave@example.test"), b"", 64, "--password-stdin"),
     (("user", "add", "dave@example.test", "--scheme", "MD5", "--password-stdin"), b"pw\n", 64, "SCHEME"),
@@ -230,3 +234,13 @@ def test_non_local_domain_gets_a_note(home, run):
     r = run("user", "add", "ext@example.org", "--password-stdin", "--scheme", "BLF-CRYPT", input=b"pw\n")
     assert r.returncode == 0 and b"not in local_domains" in r.stderr
     assert Users(users_file(home)).verify("ext@example.org", "pw")
+
+
+def test_single_label_host_name_is_a_usable_domain(home, run):
+    # serve puts the host name in local_domains; on a host called "mybox", cron's mail to root
+    # goes to root@mybox, so that user must be possible.
+    r = run("user", "add", "root@MyBox", "--password-stdin", input=b"pw\n")
+    assert r.returncode == 0, r.stderr
+    assert run("user", "list").stdout == b"root@mybox\n"
+    r = run("user", "add", "bj\u00f6rn@b\u00fccher.example", "--password-stdin", input=b"pw\n")
+    assert r.returncode == 0, r.stderr

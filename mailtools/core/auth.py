@@ -287,10 +287,23 @@ def check_username(user: str) -> str:
     except ValueError:
         raise DataError(f"not a full address (user@domain): {user!r}") from None
     if user.startswith("<") or "/" in local or "/" in domain or local in (".", "..") \
-            or domain in (".", "..") or "." not in domain and domain != "localhost" \
-            or local.startswith("-") or "@" in domain:
+            or local.startswith("-") or not _is_host_name(domain):
         raise DataError(f"not a usable address for a mailbox: {user!r}")
     return f"{local}@{domain}".lower()
+
+
+def _is_host_name(domain: str) -> bool:
+    """A domain a mailbox can live under: dot-separated labels of letters, digits and inner
+    hyphens (non-ASCII letters allowed: IDN U-labels), no empty label. A single label is fine
+    (`localhost`, or a host called `mybox` that `serve` puts in local_domains)."""
+    if not domain or len(domain) > 253:
+        return False
+    for label in domain.split("."):
+        if not label or len(label) > 63 or label[0] == "-" or label[-1] == "-":
+            return False
+        if not all(c.isalnum() or c == "-" for c in label):
+            return False
+    return True
 
 
 class Users:
