@@ -151,6 +151,8 @@ def test_rich_view_bar_scaled_to_the_slowest_hop():
     assert "\x1b[1;31m" in slow  # highlighted
     assert render.slowest(_report()) == 3
     assert "Total transit: 10m00s over 3 hops" in out
+    # every header fact is labelled, the subject too (it used to float above the table, unnamed)
+    assert any("Subject" in l and "three hops" in l for l in out.splitlines())
 
 
 def test_delay_format():

@@ -119,21 +119,20 @@ def table(report: dict, number: int | None = None):
     from rich.text import Text
 
     report = printable(report)
-    title = report.get("subject") or report.get("message_id") or "message"
-    if number is not None:
-        title = f"#{number}  {title}"
     facts = Table.grid(padding=(0, 1))
     facts.add_column(style="bold")
     facts.add_column()
+    if number is not None:
+        facts.add_row("Message", f"#{number}")
     for key, label in (("message_id", "Message-ID"), ("from", "From"), ("date", "Date"),
-                       ("return_path", "Return-Path")):
+                       ("return_path", "Return-Path"), ("subject", "Subject")):
         if report.get(key):
             facts.add_row(label, Text(report[key]))
     auth = _auth_text(report["auth"])
     if auth:
         facts.add_row("Auth", Text(auth))
 
-    t = Table(title=Text(title, style="bold"), title_justify="left", expand=False)
+    t = Table(expand=False)
     for col, kw in (("Hop", {"justify": "right"}), ("From", {}), ("IP", {}), ("By", {}),
                     ("With", {}), ("TLS", {}), ("Time (UTC)", {}), ("Delay", {"justify": "right"}),
                     ("", {"no_wrap": True})):
