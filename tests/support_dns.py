@@ -11,7 +11,7 @@ records given (no upstream, no /etc/hosts, nothing ever leaves 127.0.0.1).
         dns.port, dns.pid
 
 start_dnsmasq(mx=None, hosts=None, cname=None, txt=None, null_mx=(), empty=(), extra=(),
-              local=("test", "invalid"), ttl=60, tmpdir=None) -> DNSServer
+              local=("test", "invalid"), ttl=60, tmpdir=None, negcache=False) -> DNSServer
     mx       {domain: [(preference, host), ...]}
     hosts    {name: ["192.0.2.1", "2001:db8::1", ...]}   (A and AAAA records)
     cname    {alias: target}   (dnsmasq only serves CNAMEs whose target is in `hosts`)
@@ -21,6 +21,7 @@ start_dnsmasq(mx=None, hosts=None, cname=None, txt=None, null_mx=(), empty=(), e
     extra    more dnsmasq option lines, without the leading "--"
     local    domains dnsmasq answers alone: unknown names in them are NXDOMAIN
     ttl      TTL of every answer (dnsmasq's --local-ttl)
+    negcache cache negative answers from upstream servers (a caching front; off by default)
 Returns a DNSServer (also a context manager); .stop() terminates dnsmasq by its PID.
 
 start_fake_dns(mode) -> DNSServer, mode "servfail" | "refused" | "silent": a tiny stdlib
@@ -108,8 +109,10 @@ def probe(port: int, name: str = "probe.invalid", timeout: float = 0.2) -> bytes
             return None
 
 
-def dnsmasq_lines(mx=None, hosts=None, cname=None, txt=None, null_mx=(), empty=(), extra=(), local=("test", "invalid"), ttl=60) -> list[str]:
-    lines = ["no-resolv", "no-hosts", "no-poll", "no-negcache", f"local-ttl={ttl}", "listen-address=127.0.0.1", "bind-interfaces"]
+def dnsmasq_lines(mx=None, hosts=None, cname=None, txt=None, null_mx=(), empty=(), extra=(), local=("test", "invalid"), ttl=60, negcache=False) -> list[str]:
+    lines = ["no-resolv", "no-hosts", "no-poll", f"local-ttl={ttl}", "listen-address=127.0.0.1", "bind-interfaces"]
+    if not negcache:
+        lines.append("no-negcache")
     lines += [f"local=/{d}/" for d in local]
     for domain, records in (mx or {}).items():
         for pref, host in records:
@@ -132,11 +135,11 @@ def dnsmasq_lines(mx=None, hosts=None, cname=None, txt=None, null_mx=(), empty=(
     return lines
 
 
-def start_dnsmasq(mx=None, hosts=None, cname=None, txt=None, null_mx=(), empty=(), extra=(), local=("test", "invalid"), ttl=60, tmpdir=None) -> DNSServer:
+def start_dnsmasq(mx=None, hosts=None, cname=None, txt=None, null_mx=(), empty=(), extra=(), local=("test", "invalid"), ttl=60, tmpdir=None, negcache=False) -> DNSServer:
     """Start dnsmasq serving the given records; see the module docstring."""
     workdir = tempfile.mkdtemp(prefix="dnsmasq-", dir=tmpdir)
     conf = os.path.join(workdir, "dnsmasq.conf")
-    lines = dnsmasq_lines(mx, hosts, cname, txt, null_mx, empty, extra, local, ttl)
+    lines = dnsmasq_lines(mx, hosts, cname, txt, null_mx, empty, extra, local, ttl, negcache)
     with open(conf, "w") as f:
         f.write("\n".join(lines) + "\n")
     last_err = ""
