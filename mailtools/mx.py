@@ -16,6 +16,7 @@ Plain output, one line per exchanger in delivery order (equal preferences sorted
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 
 from mailtools.core import dns as mxdns
@@ -83,10 +84,88 @@ def run(
 
 
 async def _run(names, resolver, out, checker) -> int:
+    if checker is not None:
+        return await _run_checks(names, resolver, out, checker)
+    # Bulk: every name is a callback chain (core.dns.start_lookup), no task per name. At most
+    # `limit` names are being resolved at once and WINDOW results wait behind a slow one; the
+    # results are written in input order as soon as the oldest one is done.
+    loop = asyncio.get_running_loop()
+    limit = CONCURRENCY
+    done: dict[int, object] = {}  # input index -> result not written yet
+    state = {"next": 0, "written": 0, "active": 0, "worst": 0, "error": None}
+    wake: list[asyncio.Future] = []  # the producer, when it waits for room
+
+    def resume() -> None:
+        while wake:
+            fut = wake.pop()
+            if not fut.done():
+                fut.set_result(None)
+
+    def room() -> bool:
+        return state["active"] < limit and state["next"] - state["written"] < WINDOW
+
+    def finished(index: int, result) -> None:
+        done[index] = result
+        state["active"] -= 1
+        i = state["written"]
+        if index != i:
+            if state["active"] <= limit * 3 // 4 and room():  # wake the producer in batches
+                resume()
+            return
+        try:
+            while i in done:
+                result = done.pop(i)
+                if isinstance(result, BaseException):  # a bug, not a DNS outcome: stop
+                    raise result
+                out.result(result)
+                code = result.exit_code
+                if _SEVERITY[code] > _SEVERITY[state["worst"]]:
+                    state["worst"] = code
+                i += 1
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the producer
+            state["error"] = exc
+            resume()
+            return
+        state["written"] = i
+        if state["active"] <= limit * 3 // 4 and room():
+            resume()
+
+    async def wait() -> None:
+        fut = loop.create_future()
+        wake.append(fut)
+        await fut
+        if state["error"] is not None:
+            raise state["error"]
+
+    out.start()
+    try:
+        async for text in _inputs(names):
+            index = state["next"]
+            state["next"] = index + 1
+            state["active"] += 1
+            out.queued()
+            try:
+                mxdns.start_lookup(text, resolver, functools.partial(finished, index))
+            except ValueError as exc:
+                finished(index, Invalid(text, str(exc)))
+            if state["error"] is not None:
+                raise state["error"]
+            if not room():  # wait until a quarter of the names resolving are done
+                await wait()
+        while state["written"] < state["next"]:
+            await wait()
+    finally:
+        out.finish()
+        resolver.close()
+    return state["worst"]
+
+
+async def _run_checks(names, resolver, out, checker) -> int:
+    """--check: a task per name (each connects to its exchangers), 8 names at once."""
     worst = 0
     # At most `limit` names are being resolved at once: the producer takes a slot before it
     # starts a name (so only it ever waits on the semaphore), the name gives it back when done.
-    limit = CONCURRENCY if checker is None else 8
+    limit = 8
     slots = asyncio.Semaphore(limit)
 
     async def one(text: str):
@@ -96,8 +175,7 @@ async def _run(names, resolver, out, checker) -> int:
             except ValueError as exc:
                 return Invalid(text, str(exc))
             result = await mxdns.lookup(text, resolver)
-            if checker is not None:
-                result.checks = await checker.check(result)
+            result.checks = await checker.check(result)
             return result
         finally:
             slots.release()

@@ -134,19 +134,24 @@ def test_tempfail_exit_code_map():
 def test_mismatched_answer_is_ignored():
     """An answer whose question differs from ours (RFC 5452 9.1) must not be accepted."""
     async def go():
-        client = mxdns._UDPClient(asyncio.get_running_loop(), ("127.0.0.1", 9))
-        fut = asyncio.get_running_loop().create_future()
-        client.pending[1] = (fut, "a.test", dnswire.A)
+        r = mxdns.Resolver([("127.0.0.1", 9)], 2)
+        r._bind()
+        outcomes = []
+        client = mxdns._UDPClient(asyncio.get_running_loop(), ("127.0.0.1", 9), r)
+        q = mxdns._Question("a.test", dnswire.A, outcomes.append, asyncio.get_running_loop().time() + 2)
+        q.server, q.client, q.qid = ("127.0.0.1", 9), client, 1
+        r._active = 1
+        client.pending[1] = q
         wrong = struct.pack("!HHHHHH", 1, 0x8180, 1, 0, 0, 0) + dnswire.encode_name("b.test") + b"\x00\x01\x00\x01"
         client._answer(wrong)
-        assert not fut.done()
+        assert outcomes == [] and 1 in client.pending
         right = struct.pack("!HHHHHH", 1, 0x8180, 1, 0, 0, 0) + dnswire.encode_name("a.test") + b"\x00\x01\x00\x01"
         client._answer(right)
-        rcode = (await fut).rcode
         client.close()
-        return rcode
+        return outcomes
 
-    assert run(go()) == 0
+    outcomes = run(go())
+    assert len(outcomes) == 1 and outcomes[0].rcode == 0 and outcomes[0].records == []
 
 
 # --- properties ---------------------------------------------------------------------------------

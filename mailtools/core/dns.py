@@ -18,7 +18,10 @@ Failure policy (RFC 5321 5.1): SERVFAIL, REFUSED and timeouts are temporary fail
 from __future__ import annotations
 
 import asyncio
+import functools
+import heapq
 import ipaddress
+import os
 import random
 import re
 import socket
@@ -34,7 +37,20 @@ STATUSES = ("ok", "implicit", "null-mx", "nxdomain", "no-address", "tempfail")
 # there, 75 try again.
 EXIT_FOR_STATUS = {"ok": 0, "implicit": 0, "null-mx": 68, "nxdomain": 68, "no-address": 68, "tempfail": 75}
 
-_sysrandom = random.SystemRandom()
+class _QueryIds:
+    """Unpredictable 16-bit query ids (RFC 5452 9.2) from the OS's random source, fetched 2,048
+    at a time rather than with a system call per query."""
+
+    def __init__(self):
+        self.pool: list[int] = []
+
+    def next(self) -> int:
+        if not self.pool:
+            self.pool = list(memoryview(os.urandom(4096)).cast("H"))
+        return self.pool.pop()
+
+
+_query_ids = _QueryIds()
 
 
 class DNSTempFail(Exception):
@@ -173,11 +189,13 @@ class Answer:
 
 
 class _UDPClient:
-    """One connected UDP socket to one name server; answers matched by id and question
-    (RFC 5452 9.1), anything else dropped. The socket is drained on each wake-up (asyncio's
-    datagram transport reads one datagram per loop iteration, which halves bulk throughput)."""
+    """One connected UDP socket to one name server, with many queries in flight on it; answers
+    are matched by id and question (RFC 5452 9.1), anything else dropped. The socket is drained
+    on each wake-up (asyncio's datagram transport reads one datagram per loop iteration, which
+    halves bulk throughput) and each answer goes straight to its question: no future, task or
+    timer per query."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, server: tuple[str, int]):
+    def __init__(self, loop: asyncio.AbstractEventLoop, server: tuple[str, int], resolver: Resolver):
         family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -187,13 +205,39 @@ class _UDPClient:
         except OSError:
             sock.close()
             raise
-        self.loop, self.sock = loop, sock
+        self.loop, self.sock, self.resolver = loop, sock, resolver
         self.closed = False
-        self.pending: dict[int, tuple[asyncio.Future, str, int]] = {}
+        self.pending: dict[int, _Question] = {}  # query id -> the question waiting for it
+        self.outbox: list[tuple[int, bytes]] = []  # queries posted, sent on the next flush
         loop.add_reader(sock.fileno(), self._read_ready)
 
-    def send(self, data: bytes) -> None:
-        self.sock.send(data)
+    def post(self, qid: int, data: bytes, q: _Question) -> None:
+        """Queue a query; it is sent with the others posted in the same event loop iteration
+        (after the answers read in one go have been handled), so the server is woken once per
+        burst rather than once per query."""
+        if self.closed:
+            raise ConnectionResetError("socket closed")
+        self.pending[qid] = q
+        if not self.outbox:
+            self.loop.call_soon(self.flush)
+        self.outbox.append((qid, data))
+
+    def flush(self) -> None:
+        outbox, self.outbox = self.outbox, []
+        if self.closed:
+            return
+        send = self.sock.send
+        sent = 0
+        for qid, data in outbox:
+            try:
+                send(data)
+                sent += 1
+            except OSError as exc:  # that try failed (the others may still go out)
+                q = self.pending.pop(qid, None)
+                if q is not None:
+                    q.waiting = 0
+                    self.resolver._udp_failed(q, exc)
+        self.resolver.queries_sent += sent
 
     def close(self) -> None:
         if not self.closed:
@@ -211,63 +255,56 @@ class _UDPClient:
             try:
                 data = recv(65535)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:  # ICMP port unreachable and the like: fail over
                 self._fail_all(exc)
                 return
             self._answer(data)
+        if self.outbox:
+            self.flush()
 
     def _answer(self, data: bytes) -> None:
         if len(data) < 12:
             return
-        entry = self.pending.get((data[0] << 8) | data[1])
-        if entry is None:
-            return
-        fut, qname, qtype = entry
-        if fut.done():
+        qid = (data[0] << 8) | data[1]
+        q = self.pending.get(qid)
+        if q is None:
             return
         try:
             resp = wire.parse_response(data)
         except wire.WireError as exc:
-            fut.set_exception(exc)
+            del self.pending[qid]
+            self.resolver._udp_failed(q, exc)
             return
-        if resp.truncated or (resp.qname == qname and resp.qtype == qtype):
-            fut.set_result(resp)
+        if resp.truncated or (resp.qname == q.name and resp.qtype == q.rtype):
+            del self.pending[qid]
+            self.resolver._udp_answered(q, resp)
 
     def _fail_all(self, exc: Exception) -> None:
-        for fut, _, _ in list(self.pending.values()):
-            if not fut.done():
-                fut.set_exception(exc)
+        """Every query waiting on this socket failed; their retries start from the loop (not
+        from here: a retry may reopen this very server's socket)."""
+        waiting = list(self.pending.values())
+        self.pending.clear()
+        for q in waiting:
+            q.waiting = 0
+            self.loop.call_soon(self.resolver._udp_failed, q, exc)
 
 
-class _Slots:
-    """A counting semaphore whose release is O(1) however many wait (asyncio.Semaphore in
-    3.11 scans woken-but-not-yet-run waiters on every release)."""
+class _Question:
+    """One question on its way: who waits for it and where its retries stand."""
 
-    def __init__(self, n: int):
-        self.free = n
-        self.waiters: deque = deque()
+    __slots__ = ("name", "rtype", "callbacks", "deadline", "attempt", "waiting", "last", "server", "client", "qid", "sent", "srtt", "done")
 
-    async def acquire(self) -> None:
-        if self.free > 0 and not self.waiters:
-            self.free -= 1
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self.waiters.append(fut)
-        try:
-            await fut  # the releaser handed its slot straight to us
-        except BaseException:
-            if fut.done() and not fut.cancelled():
-                self.release()  # got the slot just as we were cancelled: pass it on
-            raise
-
-    def release(self) -> None:
-        while self.waiters:
-            fut = self.waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self.free += 1
+    def __init__(self, name: str, rtype: int, callback, deadline: float):
+        self.name, self.rtype, self.callbacks, self.deadline = name, rtype, [callback], deadline
+        self.attempt = 0  # UDP tries started so far
+        self.waiting = 0  # the try whose answer (or timeout) is awaited, 0 when none
+        self.last = "timed out"
+        self.server = self.client = None
+        self.qid = 0
+        self.sent = 0.0
+        self.srtt = None
+        self.done = False
 
 
 def _where(server: tuple[str, int]) -> str:
@@ -275,21 +312,31 @@ def _where(server: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _fail_timeout(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_exception(asyncio.TimeoutError())
+def _settle(fut: asyncio.Future, outcome) -> None:
+    if fut.done():  # the waiting task was cancelled
+        return
+    if isinstance(outcome, BaseException):
+        fut.set_exception(outcome)
+    else:
+        fut.set_result(outcome)
 
 
 class Resolver:
     """A caching stub resolver over the given recursive name servers.
 
-    `await query(name, "MX")` returns an Answer or raises DNSTempFail. One instance can be used
-    by many concurrent tasks; it binds to the running event loop on first use and rebinds if
-    used from a new loop later (e.g. after asyncio.run returns).
+    `await query(name, "MX")` returns an Answer or raises DNSTempFail; `submit(name, rtype,
+    callback)` is the same without a coroutine, for callers with thousands of questions. One
+    instance can be used by many concurrent tasks; it binds to the running event loop on first
+    use and rebinds if used from a new loop later (e.g. after asyncio.run returns).
+
+    Each question is a small state machine (_Question): a UDP try to the next server, its
+    timeout, the answer or failure deciding between done, another try, or TCP. At most
+    `max_inflight` questions are on the wire at once; the others wait in order.
     """
 
-    MAX_INFLIGHT = 100  # queries on the wire at once: more only overflows socket buffers
+    MAX_INFLIGHT = 100  # default cap on questions on the wire (a local server's socket buffer)
     MIN_RTO = 0.2  # first retransmission never sooner (a recursive server may be working on it)
+    TIMER_SLACK = 0.01  # timeouts are checked in batches at most this late
 
     def __init__(self, nameservers: list[tuple[str, int]], timeout: float = 5.0, *, cache_size: int = 50_000):
         if not nameservers:
@@ -297,13 +344,20 @@ class Resolver:
         self.nameservers = list(nameservers)
         self.timeout = float(timeout)
         self.cache_size = cache_size
+        self.max_inflight = self.MAX_INFLIGHT
         self._cache: dict[tuple[str, int], tuple[float, Answer]] = {}
         self._loop = None
         self._clients: dict[tuple[str, int], _UDPClient] = {}
-        self._inflight: dict[tuple[str, int], asyncio.Future] = {}
+        self._inflight: dict[tuple[str, int], _Question] = {}
         self.queries_sent = 0
         self._srtt: dict[tuple[str, int], float] = {}
-        self._slots = None
+        self._active = 0  # questions holding a slot
+        self._queued: deque = deque()  # questions waiting for a slot
+        self._pumping = False
+        self._timers: list = []  # heap of (expiry, seq, question, try)
+        self._timer = None
+        self._timer_at = float("inf")  # when the timer fires (inf: not armed)
+        self._seq = 0
 
     def __repr__(self) -> str:
         servers = ", ".join(f"{h}:{p}" for h, p in self.nameservers)
@@ -316,38 +370,42 @@ class Resolver:
         if isinstance(rtype, str):
             rtype = wire.TYPES[rtype.upper()]
         self._bind()
+        hit = self._cache.get((name, rtype))
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        fut = self._loop.create_future()
+        self.submit(name, rtype, functools.partial(_settle, fut))
+        return await fut
+
+    def submit(self, name: str, rtype: int, callback) -> None:
+        """Ask name/rtype (wire type number) and call `callback(outcome)` once, from the running
+        event loop, with the Answer or the exception (DNSTempFail) - right away for a cached
+        answer. A question already on the wire is not asked twice: its answer is shared."""
+        loop = self._loop
+        if loop is None or loop is not asyncio.get_running_loop():
+            self._bind()
+            loop = self._loop
         key = (name, rtype)
         hit = self._cache.get(key)
         if hit is not None:
             if hit[0] > time.monotonic():
-                return hit[1]
+                callback(hit[1])
+                return
             del self._cache[key]
-        pending = self._inflight.get(key)
-        if pending is not None:  # the same question is already on the wire: share its answer
-            return await asyncio.shield(pending)
-        fut = self._loop.create_future()
-        self._inflight[key] = fut
-        try:
-            answer = await self._resolve(name, rtype)
-        except BaseException as exc:
-            fut.set_exception(exc if isinstance(exc, Exception) else DNSTempFail("cancelled"))
-            fut.exception()  # mark retrieved: nobody else may be waiting
-            raise
-        finally:
-            self._inflight.pop(key, None)
-        fut.set_result(answer)
-        if answer.ttl > 0:
-            if len(self._cache) >= self.cache_size:
-                for old in list(self._cache)[: self.cache_size // 10 + 1]:
-                    del self._cache[old]
-            self._cache[key] = (time.monotonic() + answer.ttl, answer)
-        return answer
+        q = self._inflight.get(key)
+        if q is not None:  # the same question is already on its way: share its answer
+            q.callbacks.append(callback)
+            return
+        q = self._inflight[key] = _Question(name, rtype, callback, loop.time() + self.timeout)
+        self._queued.append(q)
+        self._pump()
 
     def close(self) -> None:
         """Close the sockets (they are reopened on the next query)."""
-        for client in self._clients.values():
-            client.close()
+        clients = list(self._clients.values())
         self._clients.clear()
+        for client in clients:
+            client.close()
 
     # -- internals -------------------------------------------------------------------------
 
@@ -359,109 +417,171 @@ class Resolver:
                 client.close()
             self._clients = {}
             self._inflight = {}
-            self._slots = _Slots(self.MAX_INFLIGHT)
+            self._active = 0
+            self._queued = deque()
+            self._pumping = False
+            self._timers = []
+            self._timer = None
+            self._timer_at = float("inf")
 
-    async def _resolve(self, name: str, rtype: int) -> Answer:
-        resp = await self._exchange(name, rtype)
-        current, cnames = name, []
-        owners: dict[str, str] = {}
-        for rec in resp.answer:
-            if rec.rtype == wire.CNAME:
-                owners[rec.name] = rec.data
-        ttls = []
-        while rtype != wire.CNAME and current in owners:  # RFC 1034 3.6.2: follow the chain
-            if len(cnames) >= 16:
-                raise DNSTempFail(f"CNAME chain too long at {name}")
-            current = owners[current]
-            cnames.append(current)
-        for rec in resp.answer:
-            if rec.rtype == wire.CNAME and rec.name in owners and (rec.name == name or rec.name in cnames):
-                ttls.append(rec.ttl)
-        records = [r.data for r in resp.answer if r.rtype == rtype and r.name == current]
-        ttls += [r.ttl for r in resp.answer if r.rtype == rtype and r.name == current]
-        if records:
-            ttl = min(ttls)
-        else:  # RFC 2308 5: negative answers are cached for the SOA's TTL/minimum, or not at all
-            soas = [min(r.ttl, r.data) for r in resp.authority if r.rtype == wire.SOA]
-            ttl = min(soas + ttls) if soas else 0
-        return Answer(name, rtype, resp.rcode, cnames, current, records, ttl)
+    def _pump(self) -> None:
+        """Start waiting questions while slots are free. Iterative, never recursive: a question
+        that fails at once frees its slot for the next one from this same loop."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            queued = self._queued
+            while queued and self._active < self.max_inflight:
+                self._active += 1
+                self._try(queued.popleft())
+        finally:
+            self._pumping = False
 
-    async def _exchange(self, name: str, rtype: int) -> wire.Response:
-        """Ask the servers in turn until one gives NOERROR or NXDOMAIN or the timeout runs out.
+    def _try(self, q: _Question) -> None:
+        """Send the next UDP try of q; finish q when its time or its tries are used up.
         Retransmission timers start at 4x the server's smoothed round-trip time (at least
-        MIN_RTO) and double per try (RFC 1536 1, RFC 6298 style)."""
+        MIN_RTO) and double per round (RFC 1536 1, RFC 6298 style)."""
         loop = self._loop
-        deadline = loop.time() + self.timeout
         servers = self.nameservers
-        last = "timed out"
-        attempt = 0
-        slots = self._slots
-        if slots.free > 0 and not slots.waiters:  # the common case, without an await
-            slots.free -= 1
-        else:
-            await slots.acquire()
-        try:
-            while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0.001:
-                    break
-                server = servers[attempt % len(servers)]
-                rounds = attempt // len(servers)
-                attempt += 1
-                srtt = self._srtt.get(server)
-                rto = min(self.timeout / 3, max(self.MIN_RTO, 4 * srtt)) if srtt is not None else self.timeout / 3
-                rto = min(remaining, rto * (2 ** rounds))
-                t0 = loop.time()
-                try:
-                    resp = await self._udp(server, name, rtype, rto)
-                    self._srtt[server] = (loop.time() - t0) if srtt is None else 0.875 * srtt + 0.125 * (loop.time() - t0)
-                    if resp.truncated:  # RFC 7766 5: retry over TCP
-                        resp = await self._tcp(server, name, rtype, max(0.1, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    last = f"no answer from {_where(server)} (timed out)"
-                    continue
-                except (OSError, wire.WireError, EOFError, asyncio.IncompleteReadError) as exc:
-                    last = f"{_where(server)}: {exc or type(exc).__name__}"
-                    if attempt >= 3 * len(servers):
-                        break
-                    continue
-                if resp.rcode in (wire.NOERROR, wire.NXDOMAIN):
-                    return resp
-                last = f"{wire.RCODE_NAMES.get(resp.rcode, resp.rcode)} from {_where(server)}"
-                if attempt >= 3 * len(servers):  # a server that says SERVFAIL is asked thrice
-                    break
-        finally:
-            slots.release()
-        raise DNSTempFail(f"{name} {wire.TYPE_NAMES.get(rtype, rtype)}: {last}")
+        n = len(servers)
+        while True:
+            now = loop.time()
+            remaining = q.deadline - now
+            if remaining <= 0.001:
+                return self._finish(q, self._tempfail(q))
+            server = servers[q.attempt % n]
+            rounds = q.attempt // n
+            q.attempt += 1
+            srtt = self._srtt.get(server)
+            rto = min(self.timeout / 3, max(self.MIN_RTO, 4 * srtt)) if srtt is not None else self.timeout / 3
+            rto = min(remaining, rto * (2 ** rounds))
+            try:
+                client = self._clients.get(server)
+                if client is None or client.closed:
+                    client = self._clients[server] = _UDPClient(loop, server, self)
+                pending = client.pending
+                qid = _query_ids.next()
+                while qid in pending:
+                    qid = _query_ids.next()
+                client.post(qid, wire.build_query(qid, q.name, q.rtype), q)
+            except (OSError, wire.WireError) as exc:
+                q.last = f"{_where(server)}: {exc or type(exc).__name__}"
+                if q.attempt >= 3 * n:
+                    return self._finish(q, self._tempfail(q))
+                continue
+            q.server, q.client, q.qid, q.sent, q.srtt = server, client, qid, now, srtt
+            q.waiting = q.attempt
+            self._arm(now + rto, q)
+            return
 
-    def _client(self, server: tuple[str, int]) -> _UDPClient:
-        client = self._clients.get(server)
-        if client is None or client.closed:
-            client = self._clients[server] = _UDPClient(self._loop, server)
-        return client
+    def _arm(self, when: float, q: _Question) -> None:
+        self._seq += 1
+        heapq.heappush(self._timers, (when, self._seq, q, q.attempt))
+        if when + self.TIMER_SLACK < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = when + self.TIMER_SLACK
+            self._timer = self._loop.call_at(self._timer_at, self._expire)
 
-    async def _udp(self, server, name: str, rtype: int, timeout: float) -> wire.Response:
-        client = self._client(server)
-        pending = client.pending
-        qid = _sysrandom.getrandbits(16)
-        while qid in pending:
-            qid = _sysrandom.getrandbits(16)
-        fut = self._loop.create_future()
-        pending[qid] = (fut, name, rtype)
-        handle = self._loop.call_later(timeout, _fail_timeout, fut)
-        try:
-            client.send(wire.build_query(qid, name, rtype))
-            self.queries_sent += 1
-            return await fut
-        finally:
-            handle.cancel()
-            pending.pop(qid, None)
+    def _expire(self) -> None:
+        """The timer: every try whose time is up and that is still unanswered has timed out."""
+        self._timer = None
+        self._timer_at = float("-inf")  # the retries below do not arm it: done once at the end
+        timers = self._timers
+        now = self._loop.time()
+        while timers and timers[0][0] <= now:
+            _, _, q, attempt = heapq.heappop(timers)
+            if q.waiting == attempt and not q.done:
+                q.waiting = 0
+                q.client.pending.pop(q.qid, None)
+                q.last = f"no answer from {_where(q.server)} (timed out)"
+                self._try(q)
+        self._timer_at = float("inf")
+        if timers:
+            self._timer_at = max(timers[0][0], now) + self.TIMER_SLACK
+            self._timer = self._loop.call_at(self._timer_at, self._expire)
+
+    def _udp_answered(self, q: _Question, resp: wire.Response) -> None:
+        now = self._loop.time()
+        q.waiting = 0
+        server, srtt = q.server, q.srtt
+        self._srtt[server] = (now - q.sent) if srtt is None else 0.875 * srtt + 0.125 * (now - q.sent)
+        if resp.truncated:  # RFC 7766 5: retry over TCP
+            task = self._loop.create_task(self._tcp(server, q.name, q.rtype, max(0.1, q.deadline - now)))
+            task.add_done_callback(functools.partial(self._tcp_done, q, server))
+            return
+        self._judge(q, server, resp)
+
+    def _udp_failed(self, q: _Question, exc: Exception) -> None:
+        if q.done:
+            return
+        q.waiting = 0
+        self._failed(q, q.server, exc)
+
+    def _tcp_done(self, q: _Question, server, task: asyncio.Task) -> None:
+        if task.cancelled():  # the loop is going away
+            return self._finish(q, DNSTempFail(f"{q.name} {wire.TYPE_NAMES.get(q.rtype, q.rtype)}: cancelled"))
+        exc = task.exception()
+        if exc is None:
+            return self._judge(q, server, task.result())
+        if isinstance(exc, asyncio.TimeoutError):
+            q.last = f"no answer from {_where(server)} (timed out)"
+            return self._try(q)
+        if isinstance(exc, (OSError, wire.WireError, EOFError, asyncio.IncompleteReadError)):
+            return self._failed(q, server, exc)
+        self._finish(q, exc)
+
+    def _failed(self, q: _Question, server, exc: Exception) -> None:
+        q.last = f"{_where(server)}: {exc or type(exc).__name__}"
+        if q.attempt >= 3 * len(self.nameservers):
+            return self._finish(q, self._tempfail(q))
+        self._try(q)
+
+    def _judge(self, q: _Question, server, resp: wire.Response) -> None:
+        if resp.rcode in (wire.NOERROR, wire.NXDOMAIN):
+            try:
+                outcome = _make_answer(q.name, q.rtype, resp)
+            except DNSTempFail as exc:
+                outcome = exc
+            return self._finish(q, outcome)
+        q.last = f"{wire.RCODE_NAMES.get(resp.rcode, resp.rcode)} from {_where(server)}"
+        if q.attempt >= 3 * len(self.nameservers):  # a server that says SERVFAIL is asked thrice
+            return self._finish(q, self._tempfail(q))
+        self._try(q)
+
+    @staticmethod
+    def _tempfail(q: _Question) -> DNSTempFail:
+        return DNSTempFail(f"{q.name} {wire.TYPE_NAMES.get(q.rtype, q.rtype)}: {q.last}")
+
+    def _finish(self, q: _Question, outcome) -> None:
+        if q.done:
+            return
+        q.done = True
+        q.waiting = 0
+        key = (q.name, q.rtype)
+        if self._inflight.get(key) is q:
+            del self._inflight[key]
+        if isinstance(outcome, Answer) and outcome.ttl > 0:
+            cache = self._cache
+            if len(cache) >= self.cache_size:
+                for old in list(cache)[: self.cache_size // 10 + 1]:
+                    del cache[old]
+            cache[key] = (time.monotonic() + outcome.ttl, outcome)
+        self._active -= 1
+        for callback in q.callbacks:
+            try:
+                callback(outcome)
+            except Exception as exc:  # noqa: BLE001 - one caller's bug must not stall the others
+                self._loop.call_exception_handler({"message": "DNS answer callback failed", "exception": exc})
+        if self._queued:
+            self._pump()
 
     async def _tcp(self, server, name: str, rtype: int, timeout: float) -> wire.Response:
         async def exchange():
             reader, writer = await asyncio.open_connection(server[0], server[1])
             try:
-                qid = _sysrandom.getrandbits(16)
+                qid = _query_ids.next()
                 msg = wire.build_query(qid, name, rtype)
                 writer.write(struct.pack("!H", len(msg)) + msg)
                 await writer.drain()
@@ -475,6 +595,38 @@ class Resolver:
 
         self.queries_sent += 1
         return await asyncio.wait_for(exchange(), timeout)
+
+
+def _make_answer(name: str, rtype: int, resp: wire.Response) -> Answer:
+    """The Answer to name/rtype in a NOERROR or NXDOMAIN response: the CNAME chain followed
+    (RFC 1034 3.6.2), the records of the type at its end, and how long it may be cached."""
+    current, cnames = name, []
+    owners: dict[str, str] = {}
+    answer = resp.answer
+    for rec in answer:
+        if rec.rtype == wire.CNAME:
+            owners[rec.name] = rec.data
+    ttls = []
+    if owners:
+        while rtype != wire.CNAME and current in owners:
+            if len(cnames) >= 16:
+                raise DNSTempFail(f"CNAME chain too long at {name}")
+            current = owners[current]
+            cnames.append(current)
+        for rec in answer:
+            if rec.rtype == wire.CNAME and rec.name in owners and (rec.name == name or rec.name in cnames):
+                ttls.append(rec.ttl)
+    records = []
+    for r in answer:
+        if r.rtype == rtype and r.name == current:
+            records.append(r.data)
+            ttls.append(r.ttl)
+    if records:
+        ttl = min(ttls)
+    else:  # RFC 2308 5: negative answers are cached for the SOA's TTL/minimum, or not at all
+        soas = [min(r.ttl, r.data) for r in resp.authority if r.rtype == wire.SOA]
+        ttl = min(soas + ttls) if soas else 0
+    return Answer(name, rtype, resp.rcode, cnames, current, records, ttl)
 
 
 def make_resolver(nameservers: list[str] | None = None, timeout: float | None = None) -> Resolver:
@@ -577,14 +729,91 @@ async def lookup(domain: str, resolver: Resolver, *, shuffle: bool = False) -> M
     try:
         answer = await resolver.query(name, wire.MX)
     except DNSTempFail as exc:
+        answer = exc
+    if not _take_mx(result, answer, shuffle):
+        return result
+    implicit = result.status == "implicit"
+
+    async def addresses(ex: Exchanger) -> None:
+        # A and AAAA at once (one task, not two plus a gather)
+        a_task = asyncio.ensure_future(_outcome(resolver.query(ex.host, wire.A)))
+        try:
+            aaaa = await _outcome(resolver.query(ex.host, wire.AAAA))
+            a = await a_task
+        finally:
+            a_task.cancel()
+        _take_addresses(ex, a, aaaa, implicit)
+
+    if len(result.exchangers) == 1:
+        await addresses(result.exchangers[0])
+    else:
+        await asyncio.gather(*(addresses(ex) for ex in result.exchangers))
+    _conclude(result)
+    return result
+
+
+async def _outcome(coro):
+    """The answer, or the DNSTempFail, of a query."""
+    try:
+        return await coro
+    except DNSTempFail as exc:
+        return exc
+
+
+def start_lookup(domain: str, resolver: Resolver, callback, *, shuffle: bool = False) -> None:
+    """lookup() without a coroutine, for bulk callers: calls `callback(MXResult)` once from the
+    running event loop (possibly before returning, when every answer is cached), or
+    `callback(exc)` for an unexpected error. Raises ValueError for input that is not a domain."""
+    name = normalise_domain(domain)
+    result = MXResult(domain, name)
+
+    def on_mx(answer) -> None:
+        try:
+            if not _take_mx(result, answer, shuffle):
+                return callback(result)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller, as lookup() would raise it
+            return callback(exc)
+        implicit = result.status == "implicit"
+        exchangers = result.exchangers
+        outcomes = [None] * (2 * len(exchangers))  # A, AAAA of each exchanger
+        left = [len(outcomes)]
+
+        def got(i: int, outcome) -> None:
+            outcomes[i] = outcome
+            left[0] -= 1
+            if left[0]:
+                return
+            try:
+                for j, ex in enumerate(exchangers):
+                    _take_addresses(ex, outcomes[2 * j], outcomes[2 * j + 1], implicit)
+                _conclude(result)
+            except Exception as exc:  # noqa: BLE001
+                return callback(exc)
+            callback(result)
+
+        submit = resolver.submit
+        for j, ex in enumerate(exchangers):
+            submit(ex.host, wire.A, functools.partial(got, 2 * j))
+            submit(ex.host, wire.AAAA, functools.partial(got, 2 * j + 1))
+
+    resolver.submit(name, wire.MX, on_mx)
+
+
+def _take_mx(result: MXResult, answer, shuffle: bool) -> bool:
+    """Read the MX answer (or DNSTempFail) into result; True when its exchangers' addresses
+    are to be looked up next."""
+    if isinstance(answer, DNSTempFail):
         # RFC 5321 5.1: a failed MX lookup is not "no MX": no fallback to A, try again later.
         result.status = "tempfail"
-        result.warnings.append(f"MX lookup failed temporarily: {exc}")
-        return result
+        result.warnings.append(f"MX lookup failed temporarily: {answer}")
+        return False
+    if isinstance(answer, BaseException):
+        raise answer
+    name = result.domain
     if answer.nxdomain:
         result.status = "nxdomain"
         result.warnings.append("domain does not exist (NXDOMAIN)")
-        return result
+        return False
     if answer.cnames:
         result.warnings.append(f"{name} is an alias (CNAME) for {answer.canonical}")
     records = answer.records
@@ -599,50 +828,23 @@ async def lookup(domain: str, resolver: Resolver, *, shuffle: bool = False) -> M
             # RFC 7505 3: a null MX says the domain accepts no mail; never fall back to A.
             result.status = "null-mx"
             result.warnings.append("null MX (RFC 7505): the domain accepts no mail")
-            return result
+            return False
         if null:
             result.warnings.append("null MX mixed with other MX records: ignored (RFC 7505 3)")
             records = [r for r in records if r[1] != ""]
         result.exchangers = [Exchanger(p, h) for p, h in delivery_order(records, shuffle)]
-    implicit = result.status == "implicit"
-    if len(result.exchangers) == 1:
-        await _resolve_exchanger(resolver, result.exchangers[0], implicit=implicit)
-    else:
-        await asyncio.gather(*(_resolve_exchanger(resolver, ex, implicit=implicit) for ex in result.exchangers))
-    usable = any(ex.addresses for ex in result.exchangers)
-    if not usable:
-        if any(ex.tempfail for ex in result.exchangers):
-            result.status = "tempfail"
-        else:
-            result.status = "no-address"
-            if result.exchangers and result.exchangers[0].host == name and not records:
-                result.warnings.append("no MX and no A/AAAA records: no mail can be delivered")
-            else:
-                result.warnings.append("no exchanger has an address: no mail can be delivered")
-    return result
+    for ex in result.exchangers:
+        host = ex.host
+        if (host[-1:].isdigit() or ":" in host) and _is_ip_literal(host):
+            ex.warnings.append("MX target is an IP address, not a host name (RFC 5321 5.1)")
+    return True
 
 
-async def _resolve_exchanger(resolver: Resolver, ex: Exchanger, *, implicit: bool = False) -> None:
-    host = ex.host
-    if (host[-1:].isdigit() or ":" in host) and _is_ip_literal(host):
-        ex.warnings.append("MX target is an IP address, not a host name (RFC 5321 5.1)")
-    # A and AAAA at once (one task, not two plus a gather: bulk mode does thousands of these)
-    a_task = asyncio.ensure_future(resolver.query(host, wire.A))
-    try:
-        try:
-            aaaa = await resolver.query(host, wire.AAAA)
-        except DNSTempFail as exc:
-            aaaa = exc
-        try:
-            a = await a_task
-        except DNSTempFail as exc:
-            a = exc
-    finally:
-        a_task.cancel()
-    answers = (a, aaaa)
+def _take_addresses(ex: Exchanger, a, aaaa, implicit: bool) -> None:
+    """Read the A and AAAA answers (or DNSTempFails) of one exchanger into it."""
     nx = 0
     cname_noted = False
-    for ans in answers:
+    for ans in (a, aaaa):
         if isinstance(ans, DNSTempFail):
             ex.tempfail = True
             ex.warnings.append(f"address lookup failed temporarily: {ans}")
@@ -663,3 +865,18 @@ async def _resolve_exchanger(resolver: Resolver, ex: Exchanger, *, implicit: boo
             ex.warnings.append("host does not exist (NXDOMAIN)")
         else:
             ex.warnings.append("host has no A or AAAA record")
+
+
+def _conclude(result: MXResult) -> None:
+    """The final status once every exchanger's addresses are known."""
+    if any(ex.addresses for ex in result.exchangers):
+        return
+    if any(ex.tempfail for ex in result.exchangers):
+        result.status = "tempfail"
+        return
+    implicit = result.status == "implicit"
+    result.status = "no-address"
+    if implicit:
+        result.warnings.append("no MX and no A/AAAA records: no mail can be delivered")
+    else:
+        result.warnings.append("no exchanger has an address: no mail can be delivered")

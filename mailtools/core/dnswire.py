@@ -22,6 +22,8 @@ RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOT
 EDNS_PAYLOAD = 1232  # RFC 9715 / DNS flag day 2020: fits one unfragmented datagram
 _HEADER = struct.Struct("!HHHHHH")
 _RR = struct.Struct("!HHIH")
+_QUESTION = struct.Struct("!HH")
+_ntop, _INET = socket.inet_ntop, socket.AF_INET
 # OPT pseudo-RR (RFC 6891 6.1.2): root owner, type 41, class = UDP payload size, no flags.
 _OPT = b"\x00" + struct.pack("!HHIH", OPT, EDNS_PAYLOAD, 0, 0)
 
@@ -30,35 +32,37 @@ class WireError(ValueError):
     """A message that is not valid DNS (or not one we can read)."""
 
 
+_LENGTH = [bytes((i,)) for i in range(64)]  # a label's length octet
+
+
 @functools.lru_cache(maxsize=4096)  # A and AAAA (and retries) ask for the same name
 def encode_name(name: str) -> bytes:
     """'mx.example.test' (ASCII, no trailing dot) -> wire labels. Raises WireError."""
     if not name or name == ".":
         return b"\x00"
-    out = bytearray()
-    for label in name.rstrip(".").split("."):
-        raw = label.encode("ascii")
-        if not 0 < len(raw) < 64:
-            raise WireError(f"bad label length in {name!r}")
-        out.append(len(raw))
-        out += raw
-    out.append(0)
+    labels = name.rstrip(".").encode("ascii").split(b".")
+    if not 0 < min(map(len, labels)) <= max(map(len, labels)) < 64:
+        raise WireError(f"bad label length in {name!r}")
+    out = b"".join([_LENGTH[len(label)] + label for label in labels]) + b"\x00"
     if len(out) > 255:  # RFC 1035 2.3.4
         raise WireError(f"name too long: {name[:40]}...")
-    return bytes(out)
+    return out
 
 
 def build_query(qid: int, name: str, qtype: int, *, edns: bool = True, rd: bool = True) -> bytes:
     """A query with one question (and an EDNS0 OPT record so big answers can come over UDP)."""
     flags = 0x0100 if rd else 0
     header = _HEADER.pack(qid, flags, 1, 0, 0, 1 if edns else 0)
-    return header + encode_name(name) + struct.pack("!HH", qtype, 1) + (_OPT if edns else b"")
+    return header + encode_name(name) + _QUESTION.pack(qtype, 1) + (_OPT if edns else b"")
 
 
-def _read_name(data: bytes, pos: int) -> tuple[str, int]:
+def _read_name(data: bytes, pos: int, seen: dict | None = None) -> tuple[str, int]:
     """Decode a possibly compressed name at pos; returns (lower-case text without trailing dot,
-    position after the name in the original stream)."""
-    out = bytearray()
+    position after the name in the original stream). `seen` (offset -> raw name) remembers the
+    names read so far in this message, so a pointer to one (RFC 1035 4.1.4: the answers'
+    owners point at the question) is not followed label by label again."""
+    parts = []
+    start = pos
     end = -1
     hops = 0
     n = len(data)
@@ -75,6 +79,12 @@ def _read_name(data: bytes, pos: int) -> tuple[str, int]:
             if end < 0:
                 end = pos + 2
             pos = ((length & 0x3F) << 8) | data[pos + 1]
+            if seen is not None:
+                known = seen.get(pos)
+                if known is not None:
+                    if known:
+                        parts.append(known)
+                    break
             hops += 1
             if hops > 64:
                 raise WireError("compression loop")
@@ -84,13 +94,14 @@ def _read_name(data: bytes, pos: int) -> tuple[str, int]:
         pos += 1
         if pos + length > n:
             raise WireError("label runs past the end")
-        if out:
-            out += b"."
-        out += data[pos : pos + length]
+        parts.append(data[pos : pos + length])
         pos += length
-    if len(out) > 254:
+    raw = b".".join(parts)
+    if len(raw) > 254:
         raise WireError("name too long")
-    return out.decode("ascii", "backslashreplace").lower(), (end if end >= 0 else pos)
+    if seen is not None:
+        seen[start] = raw
+    return raw.decode("ascii", "backslashreplace").lower(), (end if end >= 0 else pos)
 
 
 class Record:
@@ -117,7 +128,7 @@ class Response:
         self.qname, self.qtype, self.answer, self.authority = qname, qtype, answer, authority
 
 
-def _rdata(data: bytes, rtype: int, pos: int, rdlen: int):
+def _rdata(data: bytes, rtype: int, pos: int, rdlen: int, seen: dict | None = None):
     end = pos + rdlen
     if rtype == A:
         if rdlen != 4:
@@ -131,10 +142,10 @@ def _rdata(data: bytes, rtype: int, pos: int, rdlen: int):
         if rdlen < 3:
             raise WireError("bad MX record")
         (pref,) = struct.unpack_from("!H", data, pos)
-        host, _ = _read_name(data, pos + 2)
+        host, _ = _read_name(data, pos + 2, seen)
         return (pref, host)
     if rtype in (CNAME, NS):
-        return _read_name(data, pos)[0]
+        return _read_name(data, pos, seen)[0]
     if rtype == TXT:
         parts, p = [], pos
         while p < end:
@@ -162,10 +173,12 @@ def parse_response(data: bytes) -> Response:
     truncated = bool(flags & 0x0200)
     pos = 12
     qname, qtype = "", 0
+    seen: dict[int, bytes] = {}
+    n = len(data)
     try:
         for i in range(qd):
-            name, pos = _read_name(data, pos)
-            t, _c = struct.unpack_from("!HH", data, pos)
+            name, pos = _read_name(data, pos, seen)
+            t, _c = _QUESTION.unpack_from(data, pos)
             pos += 4
             if i == 0:
                 qname, qtype = name, t
@@ -173,13 +186,16 @@ def parse_response(data: bytes) -> Response:
         for idx, count in ((0, an), (1, ns)):
             out = sections[idx]
             for _ in range(count):
-                name, pos = _read_name(data, pos)
+                name, pos = _read_name(data, pos, seen)
                 rtype, rclass, ttl, rdlen = _RR.unpack_from(data, pos)
                 pos += 10
-                if pos + rdlen > len(data):
+                if pos + rdlen > n:
                     raise WireError("record runs past the end")
                 if rclass == 1:
-                    out.append(Record(name, rtype, ttl, _rdata(data, rtype, pos, rdlen)))
+                    if rtype == A and rdlen == 4:
+                        out.append(Record(name, A, ttl, _ntop(_INET, data[pos : pos + 4])))
+                    else:
+                        out.append(Record(name, rtype, ttl, _rdata(data, rtype, pos, rdlen, seen)))
                 pos += rdlen
     except (struct.error, IndexError) as exc:
         if truncated:
