@@ -52,8 +52,11 @@ def test_launcher_queues_the_message(home, installed):
     text = installed.read_text()
     assert text.startswith(f"#!{sys.executable} -IS\n") and launcher.MARKER in text
     assert installed.stat().st_mode & 0o777 == 0o755
-    p = call(installed, "-t", "-i", "-f", "me@example.test", "dave@example.test")
+    p = call(installed, "-v", "-t", "-i", "-f", "me@example.test", "dave@example.test")
     assert p.returncode == 0, p.stderr.decode()
+    # written before the quick exit (os._exit): nothing buffered is lost
+    assert p.stderr.startswith(b"submit[") and p.stderr.endswith(b"from=<me@example.test>, size=%d, nrcpt=4 (queued)\n"
+                                                                % len(message_of(home, entries(home)[0])))
     [e] = entries(home)
     assert e.sender == "me@example.test"
     assert [r.address for r in e.recipients] == ["dave@example.test", "alice@example.test",
@@ -71,13 +74,25 @@ def test_launcher_is_isolated_from_the_environment(home, installed, tmp_path):
     p = call(installed, "-i", "r@example.test", env={"PYTHONPATH": str(trap.parent)})
     assert p.returncode == 0, p.stderr.decode()
     assert len(entries(home)) == 1
+    # refusals keep their exit status and message
+    p = call(installed, "-i", "r@example.test", input=b"")
+    assert (p.returncode, p.stderr) == (65, b"sendmail: empty message: nothing queued\n")
+    p = call(installed, "-C", "/etc/other.cf", "r@example.test")
+    assert p.returncode == 64 and p.stderr.startswith(b"sendmail: option -C is not supported")
+    assert len(entries(home)) == 1
 
 
 def test_launcher_path_loads_no_site_no_pathlib_no_re(home, installed, tmp_path):
     # Run the launcher's own lines under -I -S and list what was imported at exit.
     body = installed.read_text().split("\n", 1)[1]
-    code = ("import sys, atexit\n"
-            "atexit.register(lambda: sys.stderr.write('MODULES ' + ' '.join(sorted(sys.modules)) + '\\n'))\n"
+    # A queued message ends with os._exit (no interpreter teardown): list the modules there.
+    code = ("import os, sys\n"
+            "real_exit = os._exit\n"
+            "def _exit(rc):\n"
+            "    sys.stderr.write('MODULES ' + ' '.join(sorted(sys.modules)) + '\\n')\n"
+            "    sys.stderr.flush()\n"
+            "    real_exit(rc)\n"
+            "os._exit = _exit\n"
             + body)
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     for _ in range(2):  # the first run parses the TOML (tomllib) and caches it; then no more
@@ -87,7 +102,7 @@ def test_launcher_path_loads_no_site_no_pathlib_no_re(home, installed, tmp_path)
     modules = set(p.stderr.decode().split("MODULES ", 1)[1].split())
     assert "mailtools.submit.front" in modules and "mailtools.core.queue" in modules
     heavy = {"site", "pathlib", "re", "typer", "click", "rich", "email", "asyncio", "argparse",
-             "tomllib", "importlib.util", "dns", "ssl"} & modules
+             "tomllib", "importlib.util", "dns", "ssl", "threading"} & modules
     assert not heavy
     assert len(entries(home)) == 2
 

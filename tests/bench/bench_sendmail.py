@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
 """bench_sendmail.py - per-message wall time of `sendmail -t -i < 2 KB message`, start-up
-included: mailtools (through a `sendmail` symlink to the installed script) against Postfix's
-/usr/sbin/sendmail (hand-off to postdrop; the Postfix daemon may be stopped, the maildrop keeps
-it) and msmtp in sendmail mode handing to a local smtp-sink; plus the interpreter floor.
+included: mailtools two ways, (a) a `sendmail` symlink to the installed console script and (b)
+the launcher `mailtools submit --install-sendmail` writes (`#!python -IS`: no site), against
+Postfix's /usr/sbin/sendmail (hand-off to postdrop; the Postfix daemon may be stopped, the
+maildrop keeps it) and msmtp in sendmail mode handing to a local smtp-sink; plus the two
+interpreter floors (`python -c pass`, `python -I -S -c pass`).
 
-    python3 tests/bench/bench_sendmail.py [-n 50]
+    python3 tests/bench/bench_sendmail.py [-n 50] [--python /usr/bin/python3]
 
-Each figure: median (min-max) of N runs after 3 warm-ups (like reference-bench/cmdtime.py).
+--python: also the launcher and the -I -S floor of another interpreter (say Debian's python3,
+built with PGO/LTO and a static libpython, unlike a pyenv build), from a venv of it holding a
+copy of this checkout's mailtools, as `pip install .` there would have it.
+
+Each figure: median (min-max) of N runs after 3 warm-ups (like reference-bench/cmdtime.py); the
+commands take turns run by run, so load from other users of the machine hits all alike.
 Files this run adds to Postfix's maildrop are removed at the end.
 """
 
@@ -25,6 +32,7 @@ import time
 from pathlib import Path
 
 MAILDROP = Path("/var/spool/postfix/maildrop")
+REPO = Path(__file__).resolve().parent.parent.parent
 
 
 def free_port() -> int:
@@ -36,21 +44,28 @@ def free_port() -> int:
 CPU: dict[str, float] = {}
 
 
-def timed(cmd, stdin_file, n, env=None, warmup=3):
-    walls, cpus = [], []
+def once(cmd, stdin_file, env=None) -> tuple[float, float]:
+    """(wall ms, cpu ms) of one run; any failure aborts the benchmark."""
+    with open(stdin_file, "rb") if stdin_file else open(os.devnull, "rb") as f:
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t = time.monotonic()
+        p = subprocess.run(cmd, stdin=f, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        dt = time.monotonic() - t
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if p.returncode != 0:
+        sys.exit(f"exit {p.returncode}: {cmd}: {p.stderr.decode(errors='replace')}")
+    return dt * 1000, ((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)) * 1000
+
+
+def timed_interleaved(cases: dict, n: int, warmup: int = 3) -> dict:
+    """cases: key -> (cmd, stdin file or None, env). Runs them in turns; key -> (walls, cpu)."""
+    runs: dict = {k: [] for k in cases}
     for i in range(warmup + n):
-        with open(stdin_file, "rb") if stdin_file else open(os.devnull, "rb") as f:
-            r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            t = time.monotonic()
-            p = subprocess.run(cmd, stdin=f, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-            dt = time.monotonic() - t
-            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if p.returncode != 0:
-            sys.exit(f"exit {p.returncode}: {cmd}: {p.stderr.decode(errors='replace')}")
-        if i >= warmup:
-            walls.append(dt * 1000)
-            cpus.append(((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)) * 1000)
-    return sorted(walls), statistics.median(cpus)
+        for key, (cmd, stdin_file, env) in cases.items():
+            r = once(cmd, stdin_file, env)
+            if i >= warmup:
+                runs[key].append(r)
+    return {k: (sorted(w for w, _ in rs), statistics.median(c for _, c in rs)) for k, rs in runs.items()}
 
 
 def show(label, result):
@@ -62,6 +77,19 @@ def show(label, result):
     return med
 
 
+def venv_with_mailtools(python: str, dest: Path) -> Path:
+    """A venv of `python` with a byte-compiled copy of mailtools in its site-packages (the
+    sendmail path needs no third-party package); returns the venv's interpreter."""
+    subprocess.run([python, "-m", "venv", "--without-pip", str(dest)], check=True)
+    vpy = dest / "bin" / "python3"
+    purelib = subprocess.run([str(vpy), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    shutil.copytree(REPO / "mailtools", Path(purelib) / "mailtools", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
+    subprocess.run([str(vpy), "-m", "compileall", "-q", str(Path(purelib) / "mailtools")], check=True, env=env)
+    return vpy
+
+
 def script_path() -> str:
     cand = Path(sys.executable).parent / "mailtools"
     return str(cand) if cand.exists() else shutil.which("mailtools") or sys.exit("mailtools not installed")
@@ -70,6 +98,7 @@ def script_path() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=50)
+    ap.add_argument("--python", help="also measure the launcher on this interpreter")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-sendmail-"))
     root = work / "root"
@@ -91,25 +120,26 @@ def main() -> None:
                XDG_CACHE_HOME=str(work / "cache"))
     print(f"message: {eml.stat().st_size} bytes; N={a.n}; load average {os.getloadavg()[0]:.1f}")
 
-    results = {}
-    results["mailtools"] = show("mailtools sendmail -t -i (symlink)", timed([str(work / "sendmail"), "-t", "-i"], eml, a.n, env))
-    queued = len(list((root / "queue" / "new").iterdir()))
-    assert queued == a.n + 3, f"expected {a.n + 3} queue entries, found {queued}"
-
+    # (b) the launcher, written by the real command; it keeps the pycache prefix of env
+    launcher = work / "sbin" / "sendmail"
+    launcher.parent.mkdir()
+    subprocess.run([script_path(), "submit", "--install-sendmail", str(launcher)], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    py = Path(sys.executable).name
+    other = None
+    if a.python:  # its own launcher, byte code from compileall (no pycache prefix to keep)
+        other = venv_with_mailtools(a.python, work / "venv-other")
+        plain = {k: v for k, v in env.items() if k != "PYTHONPYCACHEPREFIX"}
+        subprocess.run([str(other), "-m", "mailtools", "submit", "--install-sendmail", str(work / "sbin" / "sendmail-other")],
+                       env=plain, check=True, stdout=subprocess.DEVNULL)
+    cases = {
+        "mailtools": ("mailtools sendmail -t -i (symlink)", [str(work / "sendmail"), "-t", "-i"], eml, env),
+        "launcher": ("mailtools sendmail -t -i (launcher, -I -S)", [str(launcher), "-t", "-i"], eml, env),
+    }
     if Path("/usr/sbin/sendmail").exists() and Path("/usr/sbin/postdrop").exists():
-        before = set(os.listdir(MAILDROP)) if MAILDROP.exists() else set()
-        try:
-            results["postfix"] = show("postfix /usr/sbin/sendmail -t -i", timed(["/usr/sbin/sendmail", "-t", "-i"], eml, a.n))
-        finally:
-            if MAILDROP.exists():
-                for name in set(os.listdir(MAILDROP)) - before:
-                    try:
-                        os.unlink(MAILDROP / name)
-                    except OSError:
-                        pass
+        cases["postfix"] = ("postfix /usr/sbin/sendmail -t -i", ["/usr/sbin/sendmail", "-t", "-i"], eml, None)
     else:
         print("postfix sendmail: not installed, skipped")
-
     sink = None
     if shutil.which("msmtp") and shutil.which("smtp-sink"):
         port = free_port()
@@ -118,25 +148,48 @@ def main() -> None:
         rc = work / "msmtprc"
         rc.write_text(f"defaults\nauth off\ntls off\naccount default\nhost 127.0.0.1\nport {port}\nfrom bench@example.test\n")
         rc.chmod(0o600)
-        try:
-            results["msmtp"] = show("msmtp -t -i (SMTP to a local smtp-sink)", timed(["msmtp", "-C", str(rc), "-t", "-i"], eml, a.n))
-        finally:
-            sink.terminate()
-            sink.wait(5)
+        cases["msmtp"] = ("msmtp -t -i (SMTP to a local smtp-sink)", ["msmtp", "-C", str(rc), "-t", "-i"], eml, None)
     else:
         print("msmtp / smtp-sink: not installed, skipped")
+    cases["python"] = (f"{py} -c pass (floor of the symlink)", [sys.executable, "-c", "pass"], None, env)
+    cases["python_S"] = (f"{py} -I -S -c pass (floor of the launcher)", [sys.executable, "-I", "-S", "-c", "pass"], None, env)
+    if other:
+        cases["other"] = (f"launcher on {a.python}", [str(work / "sbin" / "sendmail-other"), "-t", "-i"], eml, plain)
+        cases["other_S"] = (f"{a.python} -I -S -c pass", [a.python, "-I", "-S", "-c", "pass"], None, plain)
 
-    results["python"] = show(f"{Path(sys.executable).name} -c pass (floor)", timed([sys.executable, "-c", "pass"], None, a.n, env))
-    results["python_S"] = show(f"{Path(sys.executable).name} -I -S -c pass", timed([sys.executable, "-I", "-S", "-c", "pass"], None, a.n, env))
+    before = set(os.listdir(MAILDROP)) if MAILDROP.exists() else set()
+    try:
+        timings = timed_interleaved({k: (cmd, f, e) for k, (_, cmd, f, e) in cases.items()}, a.n)
+    finally:
+        if sink is not None:
+            sink.terminate()
+            sink.wait(5)
+        if MAILDROP.exists():
+            for name in set(os.listdir(MAILDROP)) - before:
+                try:
+                    os.unlink(MAILDROP / name)
+                except OSError:
+                    pass
+    queued = len(list((root / "queue" / "new").iterdir()))
+    expect = (3 if other else 2) * (a.n + 3)
+    assert queued == expect, f"expected {expect} queue entries, found {queued}"
+    results = {k: show(label, timings[k]) for k, (label, *_rest) in cases.items()}
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
 
-    m = results["mailtools"]
     print()
-    for key, label in (("postfix", "Postfix sendmail"), ("msmtp", "msmtp"), ("python", "bare interpreter")):
-        if key in results:
-            print(f"ratio mailtools / {label:<17} {m / results[key]:5.2f}x")
+    for key, label, floor_key in (("mailtools", "symlink", "python"), ("launcher", "launcher", "python_S"),
+                                  ("other", "--python", "other_S")):
+        if key not in results:
+            continue
+        m = results[key]
+        floor = results[floor_key]
+        for ref, ref_label in (("postfix", "Postfix sendmail"), ("msmtp", "msmtp")):
+            if ref in results:
+                print(f"ratio mailtools ({label:<8}) / {ref_label:<17} {m / results[ref]:5.2f}x")
+        print(f"ratio mailtools ({label:<8}) / its interpreter floor {m / floor:5.2f}x;"
+              f"  own work (median - floor) {m - floor:5.1f} ms")
     if "postfix" in results:
-        print(f"ratio (mailtools - interpreter) / Postfix  {(m - results['python']) / results['postfix']:5.2f}x"
-              "  (our own work, start-up of Python itself taken out)")
+        print("goal: launcher within 1.5x of Postfix's sendmail")
     shutil.rmtree(work, ignore_errors=True)
 
 
