@@ -396,3 +396,100 @@ def test_delay_warning_once(env, dns):
         r = env.run("--flush")
         assert "sender delay notification" not in r.stderr.decode()
         assert len(list((box / "new").iterdir())) == 1
+
+
+class HangUpMX:
+    """A remote MX that offers PIPELINING, answers 250 to each message's final dot and then
+    hangs up at once, unread: whatever the client pipelined behind that message (the next
+    message's MAIL, RCPT and DATA) is lost with the connection. Records each message's
+    Subject."""
+
+    def __init__(self):
+        import socketserver
+        import threading
+
+        self.subjects: list = []
+        self.connections = 0
+        mx = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                mx.connections += 1
+                w = self.wfile.write
+                w(b"220 hangup.remote.test ESMTP\r\n")
+                while True:
+                    line = self.rfile.readline()
+                    if not line:
+                        return
+                    verb = line[:4].upper()
+                    if verb == b"EHLO":
+                        w(b"250-hangup.remote.test\r\n250 PIPELINING\r\n")
+                    elif verb in (b"MAIL", b"RCPT", b"RSET"):
+                        w(b"250 2.0.0 ok\r\n")
+                    elif verb == b"DATA":
+                        w(b"354 go on\r\n")
+                        subject = b""
+                        for body in iter(self.rfile.readline, b""):
+                            if body == b".\r\n":
+                                break
+                            if body.startswith(b"Subject: "):
+                                subject = body[9:].strip()
+                        mx.subjects.append(subject.decode())
+                        w(b"250 2.0.0 queued\r\n")
+                        self.wfile.flush()
+                        self.connection.shutdown(2)  # the pipelined rest is never read
+                        return
+                    elif verb == b"QUIT":
+                        w(b"221 bye\r\n")
+                        return
+                    else:
+                        w(b"502 5.5.2 no\r\n")
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_hang_up_after_the_dot_loses_no_pipelined_message(env, dns):
+    """The next message's envelope rides behind each message's content (one write per message);
+    a server that closes right after its 250 drops that envelope: the message goes out again on
+    a fresh connection, and each message arrives exactly once."""
+    mx = HangUpMX()
+    try:
+        env.write(dns, mx.port, extra_relay="concurrency = 1")
+        for i in range(6):
+            env.enqueue("alice@example.test", ["bob@remote.test"], msg(f"hang{i}"))
+        r = env.run("--once")
+        assert r.returncode == 0, r.stderr
+        assert sorted(mx.subjects) == [f"hang{i}" for i in range(6)], r.stderr.decode()
+        assert mx.connections >= 6
+        assert env.entries() == []
+        assert r.stderr.decode().count("status=sent") == 6
+    finally:
+        mx.close()
+
+
+def test_rejected_dot_with_pipelined_envelopes_bounces_each_message_once(env, dns):
+    with support_sink.start_sink(hard=["."]) as sink:
+        env.write(dns, sink.port, extra_relay="concurrency = 1")
+        box = env.maildir("alice@example.test")
+        for i in range(5):
+            env.enqueue("alice@example.test", ["bob@remote.test"], msg(f"rej{i}"))
+        r = env.run("--once")
+        assert r.returncode == 0, r.stderr
+        log = r.stderr.decode()
+        bob = [ln for ln in log.splitlines() if "to=<bob@remote.test>" in ln]
+        assert len(bob) == 5 and all("status=bounced" in ln for ln in bob), log
+        dsns = list((box / "new").iterdir())
+        assert len(dsns) == 5
+        assert sorted(re.search(rb"Subject: (rej\d)", p.read_bytes()).group(1) for p in dsns) == [
+            b"rej%d" % i for i in range(5)]
+        assert env.entries() == []

@@ -171,3 +171,93 @@ def test_pipelined_transaction_in_two_writes_per_recipient_outcomes():
         return lines
 
     asyncio.run(go())
+
+
+class HoldDotServer(FakeServer):
+    """Answers a message's final '.' only when the next line has come or a second has passed,
+    and notes whether that next line was already the next MAIL FROM: the client announced the
+    next message without waiting for the answer."""
+
+    def __init__(self, replies: dict):
+        super().__init__(b"220 fake ESMTP\r\n", replies)
+        self.mail_before_dot_reply = 0
+
+    async def handle(self, reader, writer):
+        writer.write(self.greeting)
+        held = False
+        while True:
+            try:
+                line = await asyncio.wait_for(reader.readline(), 1.0 if held else 10.0)
+            except asyncio.TimeoutError:
+                line = None
+            if held:
+                if line is not None and line.startswith(b"MAIL FROM:"):
+                    self.mail_before_dot_reply += 1
+                writer.write(self.replies[b"."])
+                held = False
+            if line is None:
+                continue
+            if not line:
+                break
+            self.seen.append(line)
+            if line == b".\r\n":
+                held = True
+                continue
+            verb = line.split(b" ")[0].split(b":")[0].strip().upper()
+            out = self.replies.get(verb)
+            if out is not None:
+                writer.write(out)
+                await writer.drain()
+                if verb == b"QUIT":
+                    break
+        writer.close()
+
+
+PIPELINING_REPLIES = {
+    b"EHLO": b"250-fake\r\n250-PIPELINING\r\n250 SIZE 100000\r\n",
+    b"MAIL": b"250 2.1.0 ok\r\n", b"RCPT": b"250 2.1.5 ok\r\n", b"DATA": b"354 go\r\n",
+    b".": b"250 2.0.0 queued\r\n", b"QUIT": b"221 bye\r\n", b"RSET": b"250 2.0.0 ok\r\n",
+}
+
+
+def test_next_envelope_rides_behind_the_content():
+    async def go():
+        fs = HoldDotServer(PIPELINING_REPLIES)
+        conn, srv = await _open(fs)
+        p1, p2, p3 = (client.prepare_data(b"Subject: %d\n\nbody\n" % i) for i in (1, 2, 3))
+        r1 = await conn.send("a@example.test", ["b@x.test"], p1, then=("a@example.test", ["c@x.test"], p2, False, False))
+        assert r1.outcome(0).code == 250 and conn.announced
+        r2 = await conn.send("a@example.test", ["c@x.test"], p2)  # its envelope is on the wire
+        assert r2.outcome(0).code == 250 and not conn.announced
+        r3 = await conn.send("a@example.test", ["d@x.test"], p3)
+        assert r3.outcome(0).code == 250
+        await conn.quit()
+        srv.close()
+        return fs
+
+    fs = asyncio.run(go())
+    assert fs.mail_before_dot_reply == 1  # message 2 announced behind 1; 3 was not
+    mails = [ln for ln in fs.seen if ln.startswith((b"MAIL", b"RCPT", b"DATA", b"RSET"))]
+    assert [ln.split(b" SIZE=")[0].strip() for ln in mails] == [
+        b"MAIL FROM:<a@example.test>", b"RCPT TO:<b@x.test>", b"DATA",
+        b"MAIL FROM:<a@example.test>", b"RCPT TO:<c@x.test>", b"DATA",
+        b"MAIL FROM:<a@example.test>", b"RCPT TO:<d@x.test>", b"DATA"]  # no RSET, no second envelope
+
+
+def test_announced_message_must_follow_and_quit_hangs_up():
+    async def go():
+        fs = FakeServer(b"220 fake ESMTP\r\n", PIPELINING_REPLIES)
+        conn, srv = await _open(fs)
+        p1, p2 = (client.prepare_data(b"Subject: %d\n\nbody\n" % i) for i in (1, 2))
+        await conn.send("a@example.test", ["b@x.test"], p1, then=("a@example.test", ["c@x.test"], p2, False, False))
+        with pytest.raises(RuntimeError):
+            await conn.send("a@example.test", ["other@x.test"], p2)
+        await conn.quit()  # a transaction without content is open: no QUIT (it would be content)
+        assert not conn.alive
+        await asyncio.sleep(0.2)
+        srv.close()
+        return fs
+
+    fs = asyncio.run(go())
+    assert not any(ln.startswith(b"QUIT") for ln in fs.seen)
+    assert fs.seen.count(b".\r\n") == 1

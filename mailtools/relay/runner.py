@@ -60,6 +60,11 @@ class Job:
     domain: str
     rcpts: list  # Recipient objects of the entry
     done: bool = False
+    addrs: Optional[list] = None  # set by Runner._prepare: the addresses and what they need
+    utf8: bool = False
+    want_utf8: bool = False
+    eightbit: bool = False
+    after: Optional["Job"] = None  # the job announced behind this one on its connection
 
 
 @dataclass
@@ -438,21 +443,27 @@ class Runner:
 
     async def _worker(self, dest: Destination) -> None:
         conn: Optional[smtp.SMTPConnection] = None
+        carried: Optional[Job] = None
         try:
             while True:
-                job = await self._next_job(dest, conn)
+                job = carried or await self._next_job(dest, conn)
+                carried = None
                 if job is None:
                     break
                 try:
-                    conn = await self._deliver_job(dest, job, conn)
+                    conn, carried = await self._deliver_job(dest, job, conn)
                 except Exception as exc:  # noqa: BLE001 - never lose a job's outcome
                     log(f"{job.work.entry.id}: internal error: {type(exc).__name__}: {exc}")
                     self._finish_job(job, {r.address: Outcome(DEFERRED, f"internal error: {exc}", "4.3.0")
                                            for r in job.rcpts})
+                    if job.after is not None and not job.after.done:
+                        carried = job.after  # announced on the connection we now drop
                     if conn is not None:
                         conn.close()
                         conn = None
         finally:
+            if carried is not None and not carried.done:
+                dest.queue.put_nowait(carried)  # another worker takes it (cancelled mid-way)
             if conn is not None:
                 await conn.quit()
             dest.workers -= 1
@@ -466,37 +477,77 @@ class Runner:
             work.payload = smtp.prepare_data(self._received(work.entry, rcpt, work.data) + work.data)
         return work.payload
 
+    def _refusal(self, job: Job, conn) -> Optional[Outcome]:
+        """What this connection's server would make us bounce before sending (SMTPUTF8, SIZE)."""
+        where = f"{conn.host}[{conn.ip}]:{conn.port}"
+        if job.utf8 and "SMTPUTF8" not in conn.extensions:
+            # RFC 6531 3.2: an internationalised envelope cannot be downgraded
+            return Outcome(BOUNCED, f"SMTPUTF8 is required, but was not offered by host {where}",
+                           "5.6.7", where, conn.host)
+        size = len(self._payload(job))
+        if conn.max_size and size > conn.max_size:
+            return Outcome(BOUNCED, f"message size {size} exceeds size limit {conn.max_size} "
+                           f"of server {where}", "5.3.4", where, conn.host)
+        return None
+
+    def _prepare(self, job: Job) -> None:
+        if job.addrs is None:
+            entry = job.work.entry
+            job.addrs = [r.address for r in job.rcpts]
+            job.utf8 = smtp.needs_smtputf8(entry.sender, job.addrs)
+            job.want_utf8 = job.utf8 or bool(entry.dsn.get("smtputf8"))
+            job.eightbit = (entry.dsn.get("body") in ("8BITMIME", "BINARYMIME")
+                            or smtp.has_8bit(job.work.data))
+
+    def _take_next(self, dest: Destination, conn) -> Optional[Job]:
+        """The destination's next job, to announce behind this message's content (one write per
+        message on a busy connection), when the server pipelines and would take it."""
+        if not conn.pipelining or dest.dead is not None or conn.messages_sent + 1 >= REUSE_LIMIT:
+            return None
+        try:
+            nxt = dest.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+        if nxt is None:  # a wake-up for idle workers: leave it for them
+            dest.queue.put_nowait(None)
+            return None
+        self._prepare(nxt)
+        return nxt
+
     async def _deliver_job(self, dest: Destination, job: Job, conn):
+        """Deliver one job over `conn` (opened when needed); returns (connection to reuse or
+        None, the job to deliver next over it or None). The next job is taken from the
+        destination's queue here when its envelope can go out behind this message."""
         entry = job.work.entry
-        addrs = [r.address for r in job.rcpts]
+        self._prepare(job)
+        addrs = job.addrs
         if dest.dead is not None:
             self._finish_job(job, {a: dest.dead for a in addrs})
-            return conn
+            if conn is not None and conn.announced:  # this job's transaction stays unfinished
+                conn.close()
+                conn = None
+            return conn, None
         payload = self._payload(job)
-        utf8 = smtp.needs_smtputf8(entry.sender, addrs)
-        want_utf8 = utf8 or bool(entry.dsn.get("smtputf8"))
-        eightbit = entry.dsn.get("body") in ("8BITMIME", "BINARYMIME") or smtp.has_8bit(job.work.data)
         for attempt in (1, 2):
             if conn is None or not conn.alive:
                 conn, failure = await self._connect(dest, job)
                 if conn is None:
                     self._finish_job(job, {a: failure for a in addrs})
-                    return None
+                    return None, None
             where = f"{conn.host}[{conn.ip}]:{conn.port}"
-            if utf8 and "SMTPUTF8" not in conn.extensions:
-                # RFC 6531 3.2: an internationalised envelope cannot be downgraded
-                o = Outcome(BOUNCED, f"SMTPUTF8 is required, but was not offered by host {where}",
-                            "5.6.7", where, conn.host)
-                self._finish_job(job, {a: o for a in addrs})
-                return conn
-            if conn.max_size and len(payload) > conn.max_size:
-                o = Outcome(BOUNCED, f"message size {len(payload)} exceeds size limit {conn.max_size} "
-                            f"of server {where}", "5.3.4", where, conn.host)
-                self._finish_job(job, {a: o for a in addrs})
-                return conn
+            refused = self._refusal(job, conn)
+            if refused is not None:
+                self._finish_job(job, {a: refused for a in addrs})
+                return conn, None
+            if job.after is None:
+                job.after = self._take_next(dest, conn)
+            nxt = job.after
+            then = None
+            if nxt is not None and conn.pipelining and self._refusal(nxt, conn) is None:
+                then = (nxt.work.entry.sender, nxt.addrs, self._payload(nxt), nxt.want_utf8, nxt.eightbit)
             try:
-                result = await conn.send(entry.sender, addrs, payload, smtputf8=want_utf8,
-                                         eightbit=eightbit)
+                result = await conn.send(entry.sender, addrs, payload, smtputf8=job.want_utf8,
+                                         eightbit=job.eightbit, then=then)
             except smtp.SMTPClientError as exc:
                 reused = conn.messages_sent > 0
                 conn.close()
@@ -505,7 +556,7 @@ class Runner:
                     continue  # the server closed an idle connection: one fresh try
                 o = Outcome(DEFERRED, f"conversation with {where} failed: {exc}", exc.status, where)
                 self._finish_job(job, {a: o for a in addrs})
-                return None
+                return None, nxt
             outcomes = {}
             for i, a in enumerate(addrs):
                 reply = result.outcome(i)
@@ -516,8 +567,8 @@ class Runner:
             if conn.messages_sent >= REUSE_LIMIT:
                 await conn.quit()
                 conn = None
-            return conn
-        return conn
+            return conn, nxt
+        return conn, job.after
 
     def _client_config(self, dest: Destination) -> smtp.ClientConfig:
         rc = self.cfg.relay
