@@ -222,6 +222,52 @@ def test_stls(pop):
     p.quit()
 
 
+def _stls_then_first_command_in_one_segment(srv, pipelined: bytes, first: bytes) -> bytes:
+    """STLS, then the client's TLS Finished and its first command in one TCP segment, as GnuTLS
+    clients send them; returns what the server answers to that command (b"" if nothing)."""
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"STLS\r\n" + pipelined)
+    assert f.readline().startswith(b"+OK")
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context(cafile=srv.ca.ca_file).wrap_bio(incoming, outgoing, server_hostname="localhost")
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if outgoing.pending:
+                s.sendall(outgoing.read())
+            incoming.write(s.recv(65536))
+    tls.write(first)
+    s.sendall(outgoing.read())  # Finished + command together
+    got = b""
+    try:
+        while b"\r\n" not in got:
+            data = s.recv(65536)
+            if not data:
+                break
+            incoming.write(data)
+            try:
+                got += tls.read(65536)
+            except ssl.SSLWantReadError:
+                pass
+    except socket.timeout:
+        pass
+    s.close()
+    return got
+
+
+def test_stls_command_right_behind_the_handshake_is_answered(pop):
+    # msmtp, mutt and other GnuTLS clients: the first command rides with the TLS Finished.
+    assert _stls_then_first_command_in_one_segment(pop, b"", b"CAPA\r\n").startswith(b"+OK")
+    # plaintext pipelined behind STLS is still dropped (RFC 2595 4): the first reply over TLS
+    # answers the command sent over TLS (NOOP before login is an error), not the plaintext CAPA
+    got = _stls_then_first_command_in_one_segment(pop, b"CAPA\r\n", b"NOOP\r\n")
+    assert got.startswith(b"-ERR"), got
+
+
 def test_implicit_tls(pop):
     ctx = ssl.create_default_context(cafile=pop.ca.ca_file)
     p = poplib.POP3_SSL("127.0.0.1", pop.tls_port, context=ctx, timeout=10)

@@ -57,6 +57,11 @@ class POP3Protocol(asyncio.Protocol):
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timeout = 600.0
+        # While STLS's handshake runs: the first command a client sends right behind its TLS
+        # Finished (GnuTLS clients put both in one segment) reaches data_received, decrypted,
+        # before start_tls() returns; it is kept here and fed after tls_started().
+        self._starting_tls = False
+        self._early = bytearray()
 
     # --- asyncio callbacks -------------------------------------------------------------------
 
@@ -87,6 +92,9 @@ class POP3Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
+            return
+        if self._starting_tls:
+            self._early += data
             return
         self._last = self.loop.time()
         self.session.receive(data)
@@ -215,19 +223,25 @@ class POP3Protocol(asyncio.Protocol):
         return self.session.login_result(result)
 
     async def _start_tls(self) -> bool:
+        self._starting_tls = True
         try:
             transport = await self.loop.start_tls(
                 self.transport, self, self.listener.ssl_context, server_side=True,
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
         except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError):
             transport = None
+        finally:
+            self._starting_tls = False
+        early, self._early = bytes(self._early), bytearray()
         if transport is None:
             self._closed = True
             self.transport.abort()
             self.session.connection_lost()
             return False
         self.transport = transport
-        self.session.tls_started()
+        self.session.tls_started()  # drops plaintext pipelined behind STLS (RFC 2595 4)...
+        if early:
+            self.session.receive(early)  # ...but not what came over TLS during the handshake
         return True
 
     # --- RFC 1939 3: the autologout timer ----------------------------------------------------
