@@ -195,3 +195,23 @@ def test_launcher_from_a_plain_pip_install(home, tmp_path):
     assert p.returncode == 0, p.stderr.decode()
     [e] = entries(home)
     assert [r.address for r in e.recipients] == ["alice@example.test", "bob@example.test", "carol@example.test"]
+
+
+def test_exit_handlers_still_run_through_the_link(home, tmp_path):
+    """The `sendmail` link skips the interpreter's teardown only when nothing registered an exit
+    handler: one from a sitecustomize (as coverage's subprocess hook does) still runs."""
+    script = shutil.which("mailtools", path=os.path.dirname(sys.executable)) or shutil.which("mailtools")
+    if not script:
+        pytest.skip("the mailtools console script is not installed")
+    link = tmp_path / "sendmail"
+    link.symlink_to(script)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import atexit, os\n"
+        "atexit.register(lambda: open(os.environ['EXIT_MARK'], 'w').write('ran'))\n")
+    mark = tmp_path / "mark"
+    p = call(link, "-i", "r@example.test", env={"PYTHONPATH": str(hook), "EXIT_MARK": str(mark)})
+    assert p.returncode == 0, p.stderr.decode()
+    assert mark.read_text() == "ran"
+    assert len(entries(home)) == 1

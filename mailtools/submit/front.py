@@ -173,20 +173,19 @@ def sendmail_main(argv: list[str], prog: str = "sendmail") -> int:
     return exitcodes.run(prog, _main, argv, prog)
 
 
-def launcher_main(argv: list[str]) -> int:
-    """The script `--install-sendmail` writes (`#!python -IS`, mailtools/submit/launcher.py):
-    sendmail, or `sendmail -bp` through a link named mailq.
+def process_main(argv: list[str], prog: str = "sendmail") -> int:
+    """sendmail (or mailq) as the whole process: the `sendmail` link (through
+    mailtools.__main__) and the launcher. Not for callers that go on running afterwards.
 
     Queuing one message is a process of a few milliseconds that is over once the entry is
-    fsynced, so it runs without the cyclic garbage collector and ends with os._exit() after
-    flushing stdout and stderr: the interpreter's teardown (freeing every module, a last
-    collection) was a sixth of the whole run's instructions. Only when no thread was started
-    (threading never imported) and every file of ours is closed; all other modes (-q, -bs,
-    servers) exit normally."""
-    prog = "mailq" if os.path.basename(argv[0]) == "mailq" else "sendmail"
-    args = argv[1:]
+    fsynced, so it runs without the cyclic garbage collector and ends with os._exit() right
+    after flushing stdout and stderr: the interpreter's teardown (freeing every module, a last
+    collection) cost a sixth of the launcher's instructions and a seventh of the link's. Only
+    when no thread was started (threading never imported) and no exit handler is registered (a
+    sitecustomize or coverage's .pth may add one); every file of ours is closed by then. Other
+    modes (-q, -bs, -bp, the servers) end normally."""
     try:
-        o = parse(args) if prog == "sendmail" else None
+        o = parse(argv) if prog == "sendmail" else None
     except UsageError:
         o = None  # sendmail_main reports it
     quick = (o is not None and o.mode == "m" and not (o.queue_run or o.listen or o.tls_listen)
@@ -195,15 +194,29 @@ def launcher_main(argv: list[str]) -> int:
         import gc
 
         gc.disable()
-    rc = sendmail_main(args, prog)
-    if quick and "threading" not in sys.modules:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            return rc
-        os._exit(rc)
+    rc = sendmail_main(argv, prog)
+    if quick:
+        _quick_exit(rc)
     return rc
+
+
+def _quick_exit(rc: int) -> None:
+    import atexit
+
+    if "threading" in sys.modules or getattr(atexit, "_ncallbacks", lambda: 1)():
+        return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    os._exit(rc)
+
+
+def launcher_main(argv: list[str]) -> int:
+    """The script `--install-sendmail` writes (`#!python -IS`, mailtools/submit/launcher.py):
+    sendmail, or `sendmail -bp` through a link named mailq."""
+    return process_main(argv[1:], "mailq" if os.path.basename(argv[0]) == "mailq" else "sendmail")
 
 
 def run_parsed(argv: list[str]) -> int:
