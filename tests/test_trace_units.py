@@ -174,3 +174,13 @@ def test_control_characters_never_reach_the_terminal():
 def test_latin1_header_is_read_as_latin1():
     r = build("From: J\u00fcrgen <j@example.test>\nReceived: by x id 1; Thu, 28 Nov 2026 10:00:00 +0000\n".encode("latin-1"))
     assert r["from"] == "J\u00fcrgen <j@example.test>"
+
+
+def test_rich_view_without_hops_has_no_empty_table():
+    from rich.console import Console
+
+    buf = io.StringIO()
+    Console(file=buf, width=120, force_terminal=True).print(render.table(build(b"Subject: none\n\nbody\n")))
+    out = buf.getvalue()
+    assert "\u250f" not in out and "Hop" not in out  # no table frame
+    assert "no-received" in out and "none" in out

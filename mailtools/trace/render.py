@@ -152,7 +152,7 @@ def table(report: dict, number: int | None = None):
             Text(_bar(delay, longest), style="yellow" if h["index"] != slow else "red"),
             style=style,
         )
-    parts = [facts, t]
+    parts = [facts, t] if report["hops"] else [facts]  # no empty table: the warning says why
     total = report["total_transit_s"]
     if total is not None:
         parts.append(Text(f"Total transit: {fmt_delay(total).lstrip('+')} over {len(report['hops'])} hops"))
