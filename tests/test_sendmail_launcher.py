@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailtools.core.queue import Queue
 from mailtools.submit import launcher
@@ -215,3 +217,24 @@ def test_exit_handlers_still_run_through_the_link(home, tmp_path):
     assert p.returncode == 0, p.stderr.decode()
     assert mark.read_text() == "ran"
     assert len(entries(home)) == 1
+
+
+# core/config.py parses durations without `re` (not imported on the sendmail path); it must
+# accept and refuse exactly what the regex it replaced did.
+_DURATION_RE = r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$"
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet="0129.smhdwx \t\n-+e\u0665\u00b2", max_size=8))
+def test_parse_duration_agrees_with_the_regex(text):
+    import re
+
+    from mailtools.core.config import _UNITS, parse_duration
+
+    m = re.match(_DURATION_RE, text)
+    expected = float(m.group(1)) * _UNITS[m.group(2)] if m else None
+    try:
+        got = parse_duration(text)
+    except ValueError:
+        got = None
+    assert got == expected
