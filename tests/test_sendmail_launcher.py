@@ -157,6 +157,18 @@ def test_install_replaces_only_mailtools(home, tmp_path, run):
     assert [p.name for p in tmp_path.iterdir() if ".mailtools-" in p.name] == []  # no temp files left
 
 
+def test_launcher_without_mailtools_is_a_temporary_failure(tmp_path):
+    # mailtools moved away after the launcher was written: 75 (the caller retries), a hint
+    odd = tmp_path / "gone {x} 'q\""
+    path = tmp_path / "sendmail"
+    path.write_text(launcher.render(python=sys.executable, package=str(odd)))
+    path.chmod(0o755)
+    p = call(path, "r@example.test")
+    assert p.returncode == 75
+    assert p.stderr.decode() == (f"sendmail: cannot load mailtools from {odd} (No module named 'mailtools'); "
+                                 "run 'mailtools submit --install-sendmail' again\n")
+
+
 def test_render_refuses_an_interpreter_path_a_shebang_cannot_hold():
     from mailtools.core.exitcodes import CantCreate
 
@@ -166,7 +178,7 @@ def test_render_refuses_an_interpreter_path_a_shebang_cannot_hold():
         launcher.render(python="/" + "x" * 200)
     text = launcher.render(python="/usr/bin/python3", package="/srv/lib", pycache_prefix="/var/cache/pyc")
     assert text.splitlines()[0] == "#!/usr/bin/python3 -IS"
-    assert "sys.path.append('/srv/lib')" in text and "sys.pycache_prefix = '/var/cache/pyc'" in text
+    assert "PACKAGE = '/srv/lib'" in text and "sys.pycache_prefix = '/var/cache/pyc'" in text
 
 
 def test_launcher_from_a_plain_pip_install(home, tmp_path):
@@ -191,7 +203,7 @@ def test_launcher_from_a_plain_pip_install(home, tmp_path):
                        capture_output=True, timeout=60)
     assert r.returncode == 0, r.stderr.decode()
     text = target.read_text()
-    assert text.startswith(f"#!{py} -IS\n") and f"sys.path.append({site_packages!r})" in text
+    assert text.startswith(f"#!{py} -IS\n") and f"PACKAGE = {site_packages!r}" in text
     assert str(REPO) not in text
     p = call(target, "-t", "-i")
     assert p.returncode == 0, p.stderr.decode()

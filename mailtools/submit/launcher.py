@@ -8,7 +8,7 @@ gets control; `python3 -I -S` skips all of that. The launcher is
     #!<this interpreter> -IS
     import sys
     sys.path.append("<the directory that holds the mailtools package>")
-    from mailtools.submit.front import launcher_main
+    from mailtools.submit.front import launcher_main  # (exit 75 if it is gone)
     sys.exit(launcher_main(sys.argv))
 
 -I (isolated: no PYTHON* variables, no user site, no script directory on sys.path) and -S (no
@@ -36,8 +36,14 @@ TEMPLATE = """\
 {marker}, written by `mailtools submit --install-sendmail` (mailtools {version}).
 # -I -S: no site start-up hooks, no PYTHON* variables; see mailtools-submit(1).
 import sys
-sys.path.append({package_dir!r})
-{pycache}from mailtools.submit.front import launcher_main
+PACKAGE = {package_dir!r}
+sys.path.append(PACKAGE)
+{pycache}try:
+    from mailtools.submit.front import launcher_main
+except ImportError as exc:  # mailtools moved or removed: 75 = try again later (sysexits)
+    sys.stderr.write(f"sendmail: cannot load mailtools from {{PACKAGE}} ({{exc}}); "
+                     "run 'mailtools submit --install-sendmail' again\\n")
+    sys.exit(75)
 sys.exit(launcher_main(sys.argv))
 """
 
