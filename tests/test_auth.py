@@ -36,6 +36,21 @@ def test_doveadm_hashes_verify(scheme, password):
 
 
 @needs_doveadm
+def test_plain_doveadm_pw_default_crypt_scheme_verifies(tmp_path):
+    # `doveadm pw -p X` without -s writes {CRYPT}$2y$... (the default scheme): the README
+    # promises that lines from doveadm pw work.
+    out = subprocess.run([DOVEADM, "pw", "-p", "dv pass"], capture_output=True, text=True, check=True)
+    stored = out.stdout.strip()
+    assert stored.startswith("{CRYPT}$2")
+    assert check_password(stored, "dv pass") and not check_password(stored, "dv pasS")
+    users = tmp_path / "users"
+    users.write_text(f"carol@example.test:{stored}::::::\n")
+    u = auth.Users(users)
+    assert not u.problems and u.verify("carol@example.test", "dv pass")
+    assert not check_password("{CRYPT}abJnggxhB/yWI", "x")  # DES crypt: not supported, never raises
+
+
+@needs_doveadm
 def test_doveadm_sha512_crypt_with_rounds():
     stored = doveadm_pw("SHA512-CRYPT", "hunter2", "-r", "7000")
     assert "$rounds=7000$" in stored

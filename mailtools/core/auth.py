@@ -155,7 +155,10 @@ def split_scheme(stored: str) -> tuple[str, str]:
     if stored.startswith("{"):
         end = stored.find("}")
         if end > 1:
-            return stored[1:end].upper(), stored[end + 1 :]
+            scheme, value = stored[1:end].upper(), stored[end + 1 :]
+            if scheme == "CRYPT":  # what a plain `doveadm pw` writes: the hash's prefix tells
+                return split_scheme(value)[0] or "CRYPT", value
+            return scheme, value
         return "", stored
     for prefix, scheme in (("$argon2id$", "ARGON2ID"), ("$argon2i$", "ARGON2I"), ("$6$", "SHA512-CRYPT"),
                            ("$5$", "SHA256-CRYPT"), ("$2y$", "BLF-CRYPT"), ("$2b$", "BLF-CRYPT"),
