@@ -250,3 +250,16 @@ def test_parse_duration_agrees_with_the_regex(text):
     except ValueError:
         got = None
     assert got == expected
+
+
+def test_closed_standard_descriptors(home, installed):
+    """A caller that closed stdout/stderr (some daemons do) still gets exit 0 and a clean
+    entry; a closed stdin is an empty message (65), not an internal error."""
+    q = f"'{installed}'"
+    p = subprocess.run(["sh", "-c", f"exec {q} -v -t -i >&- 2>&-"], input=MSG, timeout=60)
+    assert p.returncode == 0
+    [e] = entries(home)
+    assert message_of(home, e).endswith(b"\n\nhello\n") and b"submit[" not in message_of(home, e)
+    p = subprocess.run(["sh", "-c", f"exec {q} -i r@example.test <&-"], capture_output=True, timeout=60)
+    assert (p.returncode, p.stderr) == (65, b"sendmail: empty message: nothing queued\n")
+    assert len(entries(home)) == 1
