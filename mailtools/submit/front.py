@@ -74,7 +74,8 @@ def parse(argv: list[str]) -> Options:
             if name in ("--listen", "--tls-listen", "--install-sendmail"):
                 if not eq:
                     if i >= len(argv):
-                        raise UsageError(f"option {name} needs {'PATH' if name[3] == 'n' else 'HOST:PORT'}")
+                        what = "PATH" if name == "--install-sendmail" else "HOST:PORT"
+                        raise UsageError(f"option {name} needs {what}")
                     value, i = argv[i], i + 1
                 if name == "--install-sendmail":
                     o.install = value
