@@ -493,3 +493,31 @@ def test_rejected_dot_with_pipelined_envelopes_bounces_each_message_once(env, dn
         assert sorted(re.search(rb"Subject: (rej\d)", p.read_bytes()).group(1) for p in dsns) == [
             b"rej%d" % i for i in range(5)]
         assert env.entries() == []
+
+
+def test_long_queue_split_over_processes_delivers_each_once_and_bounces(env, dns):
+    """`relay --once` on a queue of several hundred entries deals them to one process per CPU
+    (each claims only its share); every message still arrives once, and the DSNs the processes
+    queue go out in the final pass."""
+    from mailtools.relay.runner import PER_PROCESS
+
+    n = 2 * PER_PROCESS + 10
+    with support_sink.start_sink() as sink:
+        env.write(dns, sink.port)
+        box = env.maildir("alice@example.test")
+        for i in range(n):
+            rcpt = f"u{i}@nomail.test" if i % 50 == 0 else f"u{i}@remote.test"  # null MX: bounce
+            env.enqueue("alice@example.test", [rcpt], msg(f"split{i}"))
+        r = env.run("--once", timeout=120)
+        assert r.returncode == 0, r.stderr
+        log = r.stderr.decode()
+        bounced = [i for i in range(n) if i % 50 == 0]
+        assert sink.wait_count(n - len(bounced)) == n - len(bounced)
+        time.sleep(0.3)
+        rcpts = sorted(rc for m in sink.messages() for rc in m.recipients)
+        assert rcpts == sorted(f"u{i}@remote.test" for i in range(n) if i % 50), "a message twice or lost"
+        assert len(list((box / "new").iterdir())) == len(bounced)
+        pids = set(re.findall(r"relay\[(\d+)\]: \w+: to=<u\d+@remote.test>", log))
+        if (os.cpu_count() or 1) > 1:
+            assert len(pids) >= 2, "one process did all the work"
+        assert env.entries() == []

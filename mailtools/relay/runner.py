@@ -9,6 +9,10 @@ domains are delivered straight into the Maildirs. When every job of an entry has
 entry's envelope is written back (or the entry removed, when every recipient is final), bounces are
 queued, and the claim is released.
 
+`relay --once` on a long queue deals the entries to one process per CPU (`_run_split`): one
+Python process is one core's worth of work (the GIL), and the claim rename keeps two processes
+from ever delivering one recipient, however the queue is split.
+
 Crash safety (what a SIGKILL at any point leaves): the entry stays claimed; `Queue.recover()` puts
 it back after `relay.claim_timeout`; recipients whose 250 we had not yet written down are tried
 once more (at most one duplicate, never a loss). A DSN is queued (fsynced) before the entry that
@@ -28,6 +32,7 @@ import fcntl
 import os
 import re
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +105,7 @@ def _domain_of(address: str) -> str:
 
 class Runner:
     def __init__(self, cfg, queue=None, *, smarthost: Optional[str] = None,
-                 stop: Optional[asyncio.Event] = None):
+                 stop: Optional[asyncio.Event] = None, concurrency: Optional[int] = None):
         from mailtools.core.queue import Queue
 
         self.cfg = cfg
@@ -108,7 +113,7 @@ class Runner:
         self.queue = queue or Queue(cfg.queue_dir)
         rc = cfg.relay
         self.smarthost = smarthost if smarthost is not None else (rc.smarthost or "")
-        self.concurrency = max(1, int(rc.concurrency))
+        self.concurrency = max(1, int(concurrency or rc.concurrency))
         self.timeouts = smtp.Timeouts(rc.connect_timeout, rc.command_timeout, rc.data_timeout)
         self.retry = list(rc.retry) or [300.0]
         self.max_queue_time = float(rc.max_queue_time)
@@ -778,16 +783,102 @@ def lock_path(cfg) -> Path:
     return cfg.queue_dir.parent / f".relay-once.{cfg.hostname}.lock"
 
 
-async def run_queue(cfg, *, flush: bool = False, smarthost: Optional[str] = None) -> dict:
-    """Passes until nothing new is due (bounces queued during a pass go out in the next)."""
-    runner = Runner(cfg, smarthost=smarthost)
-    await runner.run_pass(flush=flush)
-    for _ in range(3):
+PER_PROCESS = 100  # due entries per process before `relay --once` splits the queue
+
+
+async def run_queue(cfg, *, flush: bool = False, smarthost: Optional[str] = None,
+                    only: Optional[set] = None, concurrency: Optional[int] = None,
+                    bounce_passes: bool = True) -> dict:
+    """Passes until nothing new is due (bounces queued during a pass go out in the next).
+    The stats carry "bounces": DSNs queued and not yet sent by a pass of this call."""
+    runner = Runner(cfg, smarthost=smarthost, concurrency=concurrency)
+    await runner.run_pass(flush=flush, only=only)
+    for _ in range(3 if bounce_passes else 0):
         if not runner.bounces_queued:
             break
         runner.bounces_queued = 0
         await runner.run_pass()
-    return runner.stats
+    return {**runner.stats, "bounces": runner.bounces_queued}
+
+
+def _processes(cfg, entries: int) -> int:
+    """How many processes share a long queue: one per CPU (at most 4), each with at least
+    PER_PROCESS entries and one connection; one process is one core's worth of Python (GIL)."""
+    n = min(os.cpu_count() or 1, 4, entries // PER_PROCESS, max(1, int(cfg.relay.concurrency)))
+    return max(1, n)
+
+
+def _run_split(cfg, *, flush: bool, smarthost: Optional[str]) -> dict:
+    """One pass split over several processes, as Postfix runs many smtp processes: the ids
+    in new/ are dealt round-robin (ids sort by arrival, so every process gets old and new
+    mail), each process claims only its share (claims stay atomic renames: two processes
+    never deliver one recipient, whatever the split) and opens its share of
+    relay.concurrency connections. A process that dies leaves its claims to recover()."""
+    import json
+
+    from mailtools.core.queue import Queue
+
+    ids = Queue(cfg.queue_dir).ids("new")
+    n = _processes(cfg, len(ids))
+    if n == 1:
+        return asyncio.run(run_queue(cfg, flush=flush, smarthost=smarthost))
+    each = max(1, int(cfg.relay.concurrency) // n)
+    shares = [set(ids[k::n]) for k in range(n)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    kids = []
+    for k in range(1, n):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its share, its stats on the pipe, and out (never return)
+            code = 75
+            try:
+                os.close(r)
+                stats = asyncio.run(run_queue(cfg, flush=flush, smarthost=smarthost, only=shares[k],
+                                              concurrency=each, bounce_passes=False))
+                os.write(w, json.dumps(stats).encode())
+                code = 0
+            except BaseException as exc:  # noqa: BLE001 - whatever happens, the child exits here
+                log(f"warning: queue process failed: {type(exc).__name__}: {exc}")
+            finally:
+                try:
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        os.close(w)
+        kids.append((pid, r))
+    try:
+        stats = asyncio.run(run_queue(cfg, flush=flush, smarthost=smarthost, only=shares[0],
+                                      concurrency=each, bounce_passes=False))
+    finally:
+        results = [_collect(pid, r) for pid, r in kids]
+    for got in results:
+        for key, value in got.items():
+            stats[key] = stats.get(key, 0) + value
+    if stats.get("bounces"):  # DSNs the processes queued: sent by a pass over the whole queue
+        more = asyncio.run(run_queue(cfg, smarthost=smarthost))
+        for key, value in more.items():
+            stats[key] = value if key == "bounces" else stats.get(key, 0) + value
+    return stats
+
+
+def _collect(pid: int, fd: int) -> dict:
+    """A child's stats from its pipe, once it has exited (a child that died says nothing:
+    assume it queued a bounce, so the final pass looks)."""
+    import json
+
+    chunks = []
+    while True:
+        b = os.read(fd, 65536)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(fd)
+    os.waitpid(pid, 0)
+    try:
+        return json.loads(b"".join(chunks))
+    except ValueError:
+        return {"bounces": 1}
 
 
 def run_once(cfg, *, flush: bool = False, smarthost: Optional[str] = None) -> Optional[dict]:
@@ -802,7 +893,7 @@ def run_once(cfg, *, flush: bool = False, smarthost: Optional[str] = None) -> Op
             return None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        return asyncio.run(run_queue(cfg, flush=flush, smarthost=smarthost))
+        return _run_split(cfg, flush=flush, smarthost=smarthost)
     finally:
         os.close(fd)
 

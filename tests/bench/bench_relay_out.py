@@ -214,11 +214,13 @@ def main() -> int:
     sink = CountingSink()
     try:
         mt = bench_mailtools(a.count, a.size, sink)
-        print(f"relay_out mailtools: {a.count} msgs in {mt:.2f}s = {a.count / mt:.0f} msg/s", flush=True)
+        print(f"relay_out mailtools: {a.count} msgs in {mt:.2f}s = {a.count / mt:.0f} msg/s"
+              f" (load average {os.getloadavg()[0]:.1f})", flush=True)
         if a.no_postfix:
             return 0
         pf = bench_postfix(a.count, a.size, sink)
-        print(f"relay_out postfix:   {a.count} msgs in {pf:.2f}s = {a.count / pf:.0f} msg/s", flush=True)
+        print(f"relay_out postfix:   {a.count} msgs in {pf:.2f}s = {a.count / pf:.0f} msg/s"
+              f" (load average {os.getloadavg()[0]:.1f})", flush=True)
         print(f"relay_out ratio mailtools/postfix: {pf / mt:.2f}")
     finally:
         sink.stop()
