@@ -164,6 +164,32 @@ def test_tty_prompt_asks_twice(home):
     assert Users(users_file(home)).verify("gina@example.test", "same pw")
 
 
+def test_ctrl_c_at_the_prompt_ends_the_line_and_exits_130(home):
+    import pty
+    import sys
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvp(sys.executable, [sys.executable, "-m", "mailtools", "user", "add", "hal@example.test"])
+    out = b""
+    deadline = time.monotonic() + 30
+    while b"assword" not in out and time.monotonic() < deadline:
+        out += os.read(fd, 1024)
+    os.write(fd, b"\x03")  # the terminal turns it into SIGINT
+    try:
+        while True:
+            chunk = os.read(fd, 1024)
+            if not chunk:
+                break
+            out += chunk
+    except OSError:
+        pass
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 130
+    assert out.endswith(b"\n"), out  # the prompt's line is ended
+    assert not users_file(home).exists() or "hal" not in users_file(home).read_text()
+
+
 @pytest.mark.skipif(DOVEADM is None or shutil.which("dovecot") is None or os.geteuid() != 0,
                     reason="needs dovecot and doveadm, as root")
 def test_dovecot_accepts_the_users_file(home, run, tmp_path):

@@ -24,6 +24,20 @@ def _scheme(value: str) -> str:
     return v
 
 
+def _ask(from_stdin: bool, prompt: str) -> str:
+    """The password (mailtools.user.read_password); Ctrl-C at the prompt ends the prompt's line
+    before exiting 130, so the shell prompt does not land behind "Password for ...:"."""
+    from mailtools import user
+
+    try:
+        return user.read_password(from_stdin, prompt)
+    except KeyboardInterrupt:
+        import sys
+
+        sys.stderr.write("\n")
+        raise typer.Exit(130) from None
+
+
 def register(app: typer.Typer) -> None:
     from mailtools.commands import COMMANDS
 
@@ -50,7 +64,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = config.load()
         name = user.check_new(cfg, address)  # 65/73 before asking for a password
-        password = user.read_password(password_stdin, f"Password for {name}")
+        password = _ask(password_stdin, f"Password for {name}")
         user.add(cfg, name, password, scheme, make_maildir=not no_maildir)
         return 0
 
@@ -74,7 +88,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = config.load()
         user.check_exists(cfg, address)  # 67 before asking for a password
-        password = user.read_password(password_stdin, f"New password for {address}")
+        password = _ask(password_stdin, f"New password for {address}")
         user.passwd(cfg, address, password, scheme)
         return 0
 
