@@ -402,7 +402,7 @@ class Runner:
         forpart = f"\r\n\tfor <{rcpt}>" if rcpt else ""
         return (
             f"Received: {frm}by {self.cfg.hostname} (mailtools relay){proto}\r\n"
-            f"\tid {entry.id}{forpart}; {email.utils.formatdate(localtime=True)}\r\n"
+            f"\tid {entry.id}{forpart}; {_date()}\r\n"
         ).encode("utf-8")
 
     def _submit(self, job: Job) -> None:
@@ -484,13 +484,14 @@ class Runner:
 
     def _refusal(self, job: Job, conn) -> Optional[Outcome]:
         """What this connection's server would make us bounce before sending (SMTPUTF8, SIZE)."""
-        where = f"{conn.host}[{conn.ip}]:{conn.port}"
         if job.utf8 and "SMTPUTF8" not in conn.extensions:
             # RFC 6531 3.2: an internationalised envelope cannot be downgraded
+            where = f"{conn.host}[{conn.ip}]:{conn.port}"
             return Outcome(BOUNCED, f"SMTPUTF8 is required, but was not offered by host {where}",
                            "5.6.7", where, conn.host)
         size = len(self._payload(job))
         if conn.max_size and size > conn.max_size:
+            where = f"{conn.host}[{conn.ip}]:{conn.port}"
             return Outcome(BOUNCED, f"message size {size} exceeds size limit {conn.max_size} "
                            f"of server {where}", "5.3.4", where, conn.host)
         return None
@@ -718,6 +719,17 @@ def _origin(data: bytes) -> tuple[str, str]:
         frm += "\r\n\t"
     proto = f" with {w.group(1).decode()}" if w and m else ""
     return frm, proto
+
+
+_DATE = [0, ""]
+
+
+def _date() -> str:
+    """RFC 5322 date-time of now, local time, formatted once per second (not per message)."""
+    now = int(time.time())
+    if _DATE[0] != now:
+        _DATE[0], _DATE[1] = now, email.utils.formatdate(now, localtime=True)
+    return _DATE[1]
 
 
 def _log_tls(conn) -> None:
