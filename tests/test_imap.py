@@ -199,7 +199,10 @@ def test_outside_changes_and_restart_keep_uids(tmp_path):
         time.sleep(1.1)
         # mutt-style: flag a message by renaming its file in the Maildir
         cur = maildir_of(root) / "cur"
-        f = sorted(cur.iterdir())[1]
+        from mailtools.core import maildir as md
+
+        base = md.UidList.read(maildir_of(root)).uids[2]  # (names do not sort by delivery)
+        f = next(p for p in cur.iterdir() if p.name.split(":2,")[0] == base)
         f.rename(f.with_name(f.name.split(":2,")[0] + ":2,FS"))
         deliver(root, message(4))
         c.noop()
