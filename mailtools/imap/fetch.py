@@ -103,6 +103,26 @@ def parse_atts(cur: Cursor) -> list[Att]:
     return atts
 
 
+_atts_cache: dict[bytes, tuple] = {}
+
+
+def parse_atts_cached(cur: Cursor) -> list[Att]:
+    """parse_atts, remembered by the command's remaining text when that is all of it: a client
+    downloading a mailbox sends the same attribute list once per message (Att objects are
+    never changed after parsing, so they can be shared)."""
+    rest = cur.data[cur.pos :]
+    got = _atts_cache.get(rest)
+    if got is not None:
+        cur.pos = len(cur.data)
+        return list(got)
+    atts = parse_atts(cur)
+    if cur.at_end() and len(rest) <= 512:
+        if len(_atts_cache) >= 256:
+            _atts_cache.clear()
+        _atts_cache[rest] = tuple(atts)
+    return atts
+
+
 _date_cache: dict[int, bytes] = {}
 
 
@@ -118,10 +138,6 @@ def internaldate(ts: int) -> bytes:
             _date_cache.clear()
         _date_cache[ts] = s
     return s
-
-
-def _literal(b: bytes) -> bytes:
-    return b"{%d}\r\n" % len(b) + b
 
 
 def section_bytes(att: Att, data: bytes | None, header: bytes | None) -> bytes | None:
@@ -156,48 +172,52 @@ def section_bytes(att: Att, data: bytes | None, header: bytes | None) -> bytes |
 
 
 def render(folder, msg, seq: int, atts: list[Att], flags: bytes, with_uid: bool) -> bytes | None:
-    """One '* seq FETCH (...)' line (with CRLF); None when the message is gone."""
-    items: list[bytes] = []
+    """One '* seq FETCH (...)' line (with CRLF); None when the message is gone. Joined once:
+    a message body is copied into the line and nowhere else."""
+    out: list[bytes] = [b"* %d FETCH (" % seq]
+    add = out.append
     if with_uid and not any(a.kind == "UID" for a in atts):
-        items.append(b"UID %d" % msg.uid)
+        add(b"UID %d" % msg.uid)
     info = None
     data = None
     for a in atts:
+        if len(out) > 1:
+            add(b" ")
         k = a.kind
         if k == "UID":
-            items.append(b"UID %d" % msg.uid)
+            add(b"UID %d" % msg.uid)
         elif k == "FLAGS":
-            items.append(b"FLAGS (" + flags + b")")
+            out += (b"FLAGS (", flags, b")")
         elif k in ("RFC822.SIZE", "INTERNALDATE", "ENVELOPE", "RFC822.HEADER"):
             if info is None:
                 info = folder.info_for(msg)
                 if info is None:
                     return None
             if k == "RFC822.SIZE":
-                items.append(b"RFC822.SIZE %d" % info.size)
+                add(b"RFC822.SIZE %d" % info.size)
             elif k == "INTERNALDATE":
-                items.append(b"INTERNALDATE " + internaldate(info.idate))
+                out += (b"INTERNALDATE ", internaldate(info.idate))
             elif k == "ENVELOPE":
-                items.append(b"ENVELOPE " + folder.envelope(msg, info))
+                out += (b"ENVELOPE ", folder.envelope(msg, info))
             else:
-                items.append(b"RFC822.HEADER " + _literal(info.header))
+                out += (b"RFC822.HEADER {%d}\r\n" % len(info.header), info.header)
         elif k in ("BODYSTRUCTURE", "BODY"):
             s = folder.structure(msg, k == "BODYSTRUCTURE", data)
             if s is None:
                 return None
-            items.append(k.encode() + b" " + s)
+            out += (k.encode(), b" ", s)
         else:
             if data is None and a.needs_data:
                 data = folder.read(msg)
                 if data is None:
                     return None
             if k == "RFC822":
-                items.append(b"RFC822 " + _literal(data))
+                label, body = b"RFC822", data
             elif k == "RFC822.TEXT":
-                items.append(b"RFC822.TEXT " + _literal(mime.split(data)[1]))
+                label, body = b"RFC822.TEXT", mime.split(data)[1]
             else:
                 header = None
-                if not a.parts:
+                if not a.parts and a.spec.startswith("HEADER"):  # BODY[] and BODY[TEXT] need no split
                     if data is not None:
                         header = mime.split(data)[0]
                     else:
@@ -215,5 +235,6 @@ def render(folder, msg, seq: int, atts: list[Att], flags: bytes, with_uid: bool)
                     start, length = a.partial
                     body = body[start : start + length]
                     label += b"<%d>" % start
-                items.append(label + b" " + _literal(body))
-    return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"
+            out += (label, b" {%d}\r\n" % len(body), body)
+    add(b")\r\n")
+    return b"".join(out)

@@ -1,9 +1,15 @@
 """SEARCH (RFC 3501 6.4.4): parse a search program into predicates, evaluate per message.
 
 Predicates pull only what they need: flags and UIDs from the folder state, size, date and
-headers from the cache, the whole file only for BODY/TEXT. Header keys first look for the
-needle in the raw header bytes and only decode (RFC 2047) when it could match, so a SUBJECT
-search over 10,000 cached headers takes milliseconds; work per message is linear in its size.
+headers from the cache, the whole file only for BODY/TEXT. A header key compares with the
+field's decoded (RFC 2047), lower-cased values, which the folder remembers per field name, so
+a second SUBJECT search over 10,000 messages is a dictionary walk; work per message is linear
+in its size.
+
+A search runs as a generator (`Program.run`) that yields every SLICE seconds, so the session
+can pause it and let the server answer other connections during a long BODY/TEXT search.
+The keys of the top-level AND that need no file (flags, UIDs, header fields) filter the whole
+candidate list first, in one tight loop each; the rest are evaluated per message.
 """
 
 from __future__ import annotations
@@ -11,11 +17,14 @@ from __future__ import annotations
 import email.header
 import re
 import email.utils
+import time
 from datetime import date, datetime
 
 from mailtools.imap import mime
 from mailtools.imap.parser import Cursor, ParseError, in_ranges, parse_seqset
 
+SLICE = 0.01  # seconds of work between two yields of Program.run
+_MISSING = object()
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
 
@@ -70,20 +79,64 @@ class Ctx:
         return self._data
 
 
-def _header_has(ctx: Ctx, name: str | None, needle: str) -> bool:
-    inf = ctx.info
-    if inf is None:
+def field_text(folder, m, name: str):
+    """The values of header field `name` of message m as SEARCH compares them: decoded and
+    lower-cased; one str, a tuple when the field repeats, None when it is absent."""
+    idx = folder.field_index(name)
+    v = idx.get(m.base, _MISSING)
+    if v is _MISSING:
+        inf = folder.info_for(m)
+        if inf is None:
+            return None  # expunged meanwhile: nothing to remember
+        vals = [decode_header(x).lower() for x in mime.field_values(inf.header, name)]
+        v = idx[m.base] = (vals[0] if len(vals) == 1 else tuple(vals)) if vals else None
+    return v
+
+
+def _has(v, needle: str) -> bool:
+    """needle (lower case) in one of the values; "" matches a field that is present."""
+    if v is None:
         return False
-    hdr = inf.header
-    if needle.isascii() and b"=?" not in hdr and needle.lower().encode() not in hdr.lower():
-        return False
-    for n, v in mime.headers(hdr):
-        if name is None or n == name:
-            if not needle:
-                return True
-            if needle.lower() in decode_header(v).lower():
-                return True
-    return False
+    if type(v) is str:
+        return needle in v
+    return any(needle in x for x in v)
+
+
+def _header_has(ctx: Ctx, name: str, needle: str) -> bool:
+    return _has(field_text(ctx.folder, ctx.msg, name), needle.lower())
+
+
+def _header_filter(name: str, needle: str):
+    """The batch form of _header_has: (folder, [(seq, Msg)]) -> the matching ones."""
+    nl = needle.lower()
+
+    def run(folder, items):
+        get = folder.field_index(name).get
+        out = []
+        clock = time.monotonic
+        until = clock() + SLICE
+        for i, it in enumerate(items):
+            v = get(it[1].base, _MISSING)
+            if v is _MISSING:
+                v = field_text(folder, it[1], name)
+                if not i & 15 and clock() > until:
+                    yield  # building the index may read every file of a cold folder
+                    until = clock() + SLICE
+            if v is not None and (nl in v if type(v) is str else any(nl in x for x in v)):
+                out.append(it)
+        return out
+
+    return run
+
+
+def _msg_filter(test):
+    """The batch form of a key that looks only at the Msg (flags, UID): test(Msg) -> bool."""
+
+    def run(folder, items):
+        return [it for it in items if test(it[1])]
+        yield  # a generator like the others; this one never needs to pause
+
+    return run
 
 
 _needles: dict[str, "re.Pattern"] = {}
@@ -144,7 +197,8 @@ def _sent_date(ctx: Ctx) -> date | None:
     inf = ctx.info
     if inf is None:
         return None
-    v = mime.get(mime.headers(inf.header), "date")
+    vals = mime.field_values(inf.header, "date")
+    v = vals[0] if vals else None
     if not v:
         return None
     try:
@@ -160,7 +214,7 @@ def _idate(ctx: Ctx) -> date | None:
 
 
 class Program:
-    """A parsed search program; call matches(ctx)."""
+    """A parsed search program; `run(...)` evaluates it over a mailbox."""
 
     def __init__(self, cur: Cursor, session, *, uid_max: int, seq_max: int, keyword_letter):
         self.cur = cur
@@ -168,11 +222,43 @@ class Program:
         self.uid_max, self.seq_max = uid_max, seq_max
         self.keyword_letter = keyword_letter
         self.needs_order = False
-        keys = [self.key(0)]
-        while not cur.at_end():
+        self.filters = []  # batch forms of top-level keys, (folder, items) -> generator
+        keys = []
+        while True:
+            self.last_filter = None
+            k = self.key(0)
+            if self.last_filter is not None:
+                self.filters.append(self.last_filter)
+            else:
+                keys.append(k)
+            if cur.at_end():
+                break
             cur.sp()
-            keys.append(self.key(0))
-        self.pred = keys[0] if len(keys) == 1 else (lambda c, ks=keys: all(k(c) for k in ks))
+        self.rest = keys  # the keys without a batch form, evaluated per message by pred
+        self.pred = (lambda c: True) if not keys else keys[0] if len(keys) == 1 else (
+            lambda c, ks=keys: all(k(c) for k in ks))
+
+    def run(self, folder, items: list, recent: set):
+        """Generator: yields now and then (every SLICE seconds of work), returns the matching
+        [(seq, Msg)] of items in their order."""
+        for f in self.filters:
+            items = yield from f(folder, items)
+        if not self.rest:
+            return items
+        pred, clock = self.pred, time.monotonic
+        hits = []
+        until = clock() + SLICE
+        for i, (seq, m) in enumerate(items):
+            if pred(Ctx(folder, m, seq, recent)):
+                hits.append((seq, m))
+            if not i & 15 and clock() > until:
+                yield
+                until = clock() + SLICE
+        return hits
+
+    def _filter(self, fn):
+        """Offer the batch form of the key being returned (used when it is top-level)."""
+        self.last_filter = fn
 
     def astr(self) -> str:
         self.cur.sp()
@@ -200,9 +286,13 @@ class Program:
             "UNDRAFT": ("D", False), "UNFLAGGED": ("F", False), "UNSEEN": ("S", False),
         }
         if word == "ALL":
+            if depth == 0:
+                self._filter(_msg_filter(lambda m: True))
             return lambda c: True
         if word in flagkeys:
             letter, want = flagkeys[word]
+            if depth == 0:
+                self._filter(_msg_filter(lambda m: (letter in m.flags) == want))
             return lambda c: (letter in c.msg.flags) == want
         if word in ("KEYWORD", "UNKEYWORD"):
             cur.sp()
@@ -211,6 +301,8 @@ class Program:
             want = word == "KEYWORD"
             if letter is None:
                 return lambda c: not want
+            if depth == 0:
+                self._filter(_msg_filter(lambda m: (letter in m.flags) == want))
             return lambda c: (letter in c.msg.flags) == want
         if word == "NEW":
             return lambda c: c.msg.uid in c.recent and "S" not in c.msg.flags
@@ -231,6 +323,8 @@ class Program:
         if word == "UID":
             cur.sp()
             ranges = parse_seqset(cur.seqset(), self.uid_max)
+            if depth == 0:
+                self._filter(_msg_filter(lambda m: in_ranges(m.uid, ranges)))
             return lambda c: in_ranges(c.msg.uid, ranges)
         if word in ("LARGER", "SMALLER"):
             cur.sp()
@@ -247,14 +341,12 @@ class Program:
             if op == "ON":
                 return lambda c: (x := get(c)) is not None and x == d
             return lambda c: (x := get(c)) is not None and x >= d
-        if word in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
+        if word in ("FROM", "TO", "CC", "BCC", "SUBJECT", "HEADER"):
+            name = self.astr().lower() if word == "HEADER" else word.lower()
             s = self.astr()
-            name = word.lower()
+            if depth == 0:
+                self._filter(_header_filter(name, s))
             return lambda c: _header_has(c, name, s)
-        if word == "HEADER":
-            field = self.astr().lower()
-            s = self.astr()
-            return lambda c: _header_has(c, field, s)
         if word == "BODY":
             s = self.astr()
             return lambda c: _contains(_body_text(c.data), s)

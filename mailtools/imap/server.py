@@ -15,13 +15,14 @@ import logging
 import ssl
 
 from mailtools.core.listen import is_loopback, parse_listen
-from mailtools.imap.session import SELECTED, CheckPassword, Close, Delay, Session, StartTLS
+from mailtools.imap.session import SELECTED, CheckPassword, Close, Delay, Resume, Session, StartTLS
 
 log = logging.getLogger("mailtools.imap")
 AUTOLOGOUT = 30 * 60.0
 COMMAND_TIMEOUT = 5 * 60.0  # a half-sent command, or a client that never logs in
 IDLE_POLL = 0.5
 HANDSHAKE_TIMEOUT = 30.0
+WRITE_BUFFER = 2 * 1024 * 1024
 
 
 class _Shared:
@@ -46,6 +47,9 @@ async def _connection(shared: _Shared, implicit_tls: bool, reader: asyncio.Strea
         tls_available=shared.ssl_context is not None and not implicit_tls,
     )
     sess.threaded_auth = True
+    sess.cooperative = True
+    # a paused FETCH goes on making output until this much waits unsent (then drain() waits)
+    writer.transport.set_write_buffer_limits(high=WRITE_BUFFER)
     try:
         writer.write(sess.greeting())
         loop = asyncio.get_running_loop()
@@ -96,32 +100,41 @@ async def _connection(shared: _Shared, implicit_tls: bool, reader: asyncio.Strea
 
 
 async def _emit(out: list, writer, sess: Session, shared: _Shared, reader) -> bool:
-    """Carry out what the session asked for; True when the connection should close."""
-    chunk: list[bytes] = []
-    for item in out:
-        if isinstance(item, bytes):
-            chunk.append(item)
-            continue
+    """Carry out what the session asked for; True when the connection should close.
+    CheckPassword and Resume come last in a list: the session's answer to them is the next."""
+    while out is not None:
+        todo, out = out, None
+        chunk: list[bytes] = []
+        for item in todo:
+            if isinstance(item, bytes):
+                chunk.append(item)
+                continue
+            if chunk:
+                writer.write(b"".join(chunk))
+                chunk = []
+            if isinstance(item, Resume):
+                # a long FETCH/SEARCH paused: the client reads what is sent while the rest is
+                # made, and every other connection gets its turn (sleep(0)) in between
+                await writer.drain()
+                await asyncio.sleep(0)
+                out = sess.resume()
+            elif isinstance(item, Delay):
+                await writer.drain()
+                await asyncio.sleep(item.seconds)
+            elif isinstance(item, StartTLS):
+                await writer.drain()
+                reader._buffer.clear()  # RFC 3501 6.2.1: nothing sent before TLS survives it
+                await asyncio.wait_for(writer.start_tls(shared.ssl_context), HANDSHAKE_TIMEOUT)
+                writer.transport.set_write_buffer_limits(high=WRITE_BUFFER)
+                sess.tls_started()
+            elif isinstance(item, CheckPassword):
+                ok = await asyncio.to_thread(_verify, item)
+                out = sess.finish_login(ok)
+            elif isinstance(item, Close):
+                await writer.drain()
+                return True
         if chunk:
             writer.write(b"".join(chunk))
-            chunk = []
-        if isinstance(item, Delay):
-            await writer.drain()
-            await asyncio.sleep(item.seconds)
-        elif isinstance(item, StartTLS):
-            await writer.drain()
-            reader._buffer.clear()  # RFC 3501 6.2.1: nothing sent before TLS survives it
-            await asyncio.wait_for(writer.start_tls(shared.ssl_context), HANDSHAKE_TIMEOUT)
-            sess.tls_started()
-        elif isinstance(item, CheckPassword):
-            ok = await asyncio.to_thread(_verify, item)
-            if await _emit(sess.finish_login(ok), writer, sess, shared, reader):
-                return True
-        elif isinstance(item, Close):
-            await writer.drain()
-            return True
-    if chunk:
-        writer.write(b"".join(chunk))
     await writer.drain()
     return False
 

@@ -1,14 +1,23 @@
 """The sans-I/O IMAP session: bytes in, replies and actions out (RFC 3501 + extensions).
 
 `Session.feed(data)` returns a list of bytes (to send, in order) and action objects for the
-transport (StartTLS, Delay, Close). Which commands each state allows is the STATE table; what
-runs them is the COMMANDS table. IDLE and AUTHENTICATE switch the reader to plain lines.
+transport (StartTLS, Delay, Close, CheckPassword, Resume). Which commands each state allows is
+the STATE table; what runs them is the COMMANDS table. IDLE and AUTHENTICATE switch the reader
+to plain lines.
+
+Long commands (FETCH, SEARCH) are generators that yield every so often. A `cooperative`
+session (the asyncio server's) stops there with a Resume action: the transport sends what is
+ready, lets other connections run, and calls resume(); pipelined commands wait meanwhile. Else
+the command runs to its end at once, as in the transcript tests.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import time
+from bisect import bisect_left, bisect_right
+from types import GeneratorType
 
 from mailtools.imap import fetch as fetchmod
 from mailtools.imap import search as searchmod
@@ -39,6 +48,14 @@ class CheckPassword:
 class Delay:
     def __init__(self, seconds: float):
         self.seconds = seconds
+
+
+class Resume:
+    """A command paused: send what came before, let others run, then call Session.resume()."""
+
+
+FETCH_CHUNK = 256 * 1024  # a paused FETCH hands over at least this much output
+FETCH_SLICE = 0.01  # ... or this many seconds of work
 
 
 NOT_AUTH, AUTH, SELECTED, LOGOUT = "not-authenticated", "authenticated", "selected", "logout"
@@ -88,6 +105,8 @@ class Session(MailboxCommands):
         self.utf8 = False  # ENABLE UTF8=ACCEPT (RFC 6855)
         self._users = users
         self.threaded_auth = False  # the transport verifies passwords in a thread
+        self.cooperative = False  # long commands pause with Resume (the transport resumes them)
+        self.work = None  # the paused command (a generator), while cooperative
         self.pending_login: tuple | None = None  # (tag, user) while a password is checked
 
     # -- plumbing -----------------------------------------------------------------------
@@ -112,10 +131,36 @@ class Session(MailboxCommands):
     def feed(self, data: bytes) -> list:
         self.out = []
         self.reader.push(data)
-        self._run()
+        if self.work is None:  # else it waits for the paused command
+            self._run()
         self._flush_folder()
         out, self.out = self.out, []
         return out
+
+    def resume(self) -> list:
+        """Continue the paused command (the transport's answer to Resume), then what was
+        pipelined after it."""
+        self.out = []
+        if self.work is not None:
+            self._continue()
+            if self.work is None and not self.closed:
+                self._run()
+        self._flush_folder()
+        out, self.out = self.out, []
+        return out
+
+    def _continue(self) -> None:
+        """Run the current command until it ends, or until it yields in a cooperative session."""
+        gen = self.work
+        while True:
+            try:
+                next(gen)
+            except StopIteration:
+                self.work = None
+                return
+            if self.cooperative:
+                self.out.append(Resume())
+                return
 
     def finish_login(self, ok: bool) -> list:
         """The transport's answer to CheckPassword; go on with what was pipelined."""
@@ -150,11 +195,11 @@ class Session(MailboxCommands):
                 if self.out and isinstance(self.out[-1], StartTLS):
                     self.reader.reset()  # RFC 3501 6.2.1: pipelined plaintext is discarded
                     return
-            if self.closed or self.pending_login is not None:
+            if self.closed or self.pending_login is not None or self.work is not None:
                 return
 
     def _flush_folder(self):
-        if self.folder is not None:
+        if self.folder is not None and self.work is None:  # a paused command flushes at its end
             self.folder.flush()
 
     def poll(self) -> list:
@@ -217,8 +262,15 @@ class Session(MailboxCommands):
             self.send(f"{tag} BAD {name} not allowed now")
             return
         handler = getattr(self, "cmd_" + name.lower())
+        self.work = self._execute(tag, name, uid, handler, cur)
+        self._continue()
+
+    def _execute(self, tag, name, uid, handler, cur):
+        """Run one command's handler (a generator when it can pause) and send its tagged reply."""
         try:
             text = handler(tag, cur, uid)
+            if isinstance(text, GeneratorType):
+                text = yield from text
         except ParseError as exc:
             self.send(f"{tag} BAD Error in arguments: {exc}")
             return
@@ -510,24 +562,16 @@ class Session(MailboxCommands):
                 return []
             raise No("No messages")  # RFC 3501: a sequence number on an empty mailbox is invalid
         if uid:
-            ranges = parse_seqset(setstr, view[-1])
-            if len(ranges) == 1 and ranges[0] == (ranges[0][0], view[-1]) and ranges[0][0] <= view[0]:
-                out = list(enumerate(view, 1))
-            else:
-                out = [(i, u) for i, u in enumerate(view, 1) if in_ranges(u, ranges)]
+            # the view is in UID order: each range is one slice of it
+            spans = [range(bisect_left(view, lo), bisect_right(view, hi)) for lo, hi in parse_seqset(setstr, view[-1])]
         else:
-            ranges = parse_seqset(setstr, len(view))
-            for lo, hi in ranges:
-                if lo < 1 or hi > len(view):
+            spans = [range(lo - 1, hi) for lo, hi in parse_seqset(setstr, len(view))]
+            for r in spans:
+                if r.start < 0 or r.stop > len(view):
                     raise Bad("Invalid message sequence number")
-            seqs = sorted({s for lo, hi in ranges for s in range(lo, hi + 1)})
-            out = [(s, view[s - 1]) for s in seqs]
-        res = []
-        for s, u in out:
-            m = f.by_uid.get(u)
-            if m is not None:
-                res.append((s, m))
-        return res
+        idx = spans[0] if len(spans) == 1 else sorted({i for r in spans for i in r})
+        get = f.by_uid.get
+        return [(i + 1, m) for i in idx if (m := get(view[i])) is not None]
 
     def cmd_check(self, tag, cur, uid):
         cur.eol()
@@ -576,23 +620,22 @@ class Session(MailboxCommands):
             )
         except searchmod.BadCharset:
             raise No("[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset") from None
-        hits = []
-        by_uid = f.by_uid
-        recent = self.recent
-        for seq, u in enumerate(self.view, 1):
-            m = by_uid.get(u)
-            if m is None:
-                continue
-            if prog.pred(searchmod.Ctx(f, m, seq, recent)):
-                hits.append(u if uid else seq)
-        self.send("* SEARCH" + "".join(f" {h}" for h in hits))
+        return self._search(prog, uid)
+
+    def _search(self, prog, uid: bool):
+        """Generator (see _continue): the search pauses now and then when cooperative."""
+        f = self.folder
+        get = f.by_uid.get
+        items = [(seq, m) for seq, m in enumerate(map(get, self.view), 1) if m is not None]
+        hits = yield from prog.run(f, items, self.recent)
+        self.send("* SEARCH" + "".join([f" {m.uid}" for _, m in hits] if uid else [f" {s}" for s, _ in hits]))
         return ("UID SEARCH" if uid else "SEARCH") + " completed"
 
     def cmd_fetch(self, tag, cur, uid):
         cur.sp()
         setstr = cur.seqset()
         cur.sp()
-        atts = fetchmod.parse_atts(cur)
+        atts = fetchmod.parse_atts_cached(cur)
         if cur.take(b" ("):  # fetch modifiers (CONDSTORE's CHANGEDSINCE): not offered
             raise ParseError("unsupported FETCH modifier")
         cur.eol()
@@ -602,17 +645,32 @@ class Session(MailboxCommands):
         want_flags = any(a.kind == "FLAGS" for a in atts)
         if seen and not want_flags:
             atts = atts + [fetchmod.Att("FLAGS")]
+        return self._fetch(f, msgs, atts, seen, uid)
+
+    def _fetch(self, f, msgs, atts, seen: bool, uid: bool):
+        """Generator (see _continue): hands over every FETCH_CHUNK bytes or FETCH_SLICE seconds
+        when cooperative, so a big FETCH streams while the client reads, and others get a turn."""
         render = fetchmod.render
-        out = self.out
-        fb = self.flag_bytes
         vflags = self.vflags
+        recent = self.recent
+        names = {}  # (flag letters, recent) -> FLAGS bytes, for this command
+        clock = time.monotonic
+        size, until = 0, clock() + FETCH_SLICE
         for seq, m in msgs:
             if seen and "S" not in m.flags:
                 f.set_flags(m, m.flags + "S")
             vflags[m.uid] = m.flags
-            line = render(f, m, seq, atts, fb(m), uid)
+            key = (m.flags, m.uid in recent)
+            fb = names.get(key)
+            if fb is None:
+                fb = names[key] = self.flag_bytes(m)
+            line = render(f, m, seq, atts, fb, uid)
             if line is not None:
-                out.append(line)
+                self.out.append(line)
+                size += len(line)
+                if size >= FETCH_CHUNK or clock() > until:
+                    yield
+                    size, until = 0, clock() + FETCH_SLICE
         return ("UID FETCH" if uid else "FETCH") + " completed"
 
     def cmd_store(self, tag, cur, uid):

@@ -52,6 +52,7 @@ class Folder:
         self.cache = Cache(self.path)
         self.info: dict[str, Info] | None = None
         self._hf: OrderedDict = OrderedDict()  # field list -> {base: HEADER.FIELDS bytes}
+        self._fields: OrderedDict = OrderedDict()  # field name -> {base: values for SEARCH}
         self.dirty = False
         self.read_ns = 0  # when the state was last read (time.time_ns() before the stat)
         self.by_base: dict[str, Msg] = {}
@@ -114,8 +115,9 @@ class Folder:
             vanished = [m.base for u, m in old.items() if u not in self.by_uid]
             for b in vanished:
                 self.info.pop(b, None)
-                for per in self._hf.values():
-                    per.pop(b, None)
+                for memo in (self._hf, self._fields):
+                    for per in memo.values():
+                        per.pop(b, None)
             self.cache.drop(vanished)
         self.uidvalidity = ul.uidvalidity
         self.nextuid = ul.nextuid
@@ -335,21 +337,32 @@ class Folder:
             self.cache.put(m.base, inf)
         return inf.envelope
 
+    @staticmethod
+    def _memo(memos: OrderedDict, key, keep: int) -> dict:
+        """The {base: value} dict of one key, the `keep` most recently used keys kept."""
+        per = memos.get(key)
+        if per is None:
+            per = memos[key] = {}
+            while len(memos) > keep:
+                memos.popitem(last=False)
+        else:
+            memos.move_to_end(key)
+        return per
+
     def header_fields(self, m: Msg, header: bytes, fields: list[str]) -> bytes:
         """BODY[HEADER.FIELDS (...)], remembered in memory for the last few field lists
         (clients ask for the same list on every sync)."""
-        key = tuple(fields)
-        per = self._hf.get(key)
-        if per is None:
-            per = self._hf[key] = {}
-            while len(self._hf) > 4:
-                self._hf.popitem(last=False)
-        else:
-            self._hf.move_to_end(key)
+        per = self._memo(self._hf, tuple(fields), 4)
         got = per.get(m.base)
         if got is None:
             got = per[m.base] = mime.header_fields(header, set(fields), False)
         return got
+
+    def field_index(self, name: str) -> dict:
+        """{base: what SEARCH compares} for header field `name`, filled by the search module;
+        the message content behind a base never changes, so entries stay valid until it
+        vanishes. Kept for the 8 most recently searched fields."""
+        return self._memo(self._fields, name, 8)
 
     def structure(self, m: Msg, extended: bool, data: bytes | None = None) -> bytes | None:
         inf = self.info_for(m)
