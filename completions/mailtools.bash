@@ -17,7 +17,7 @@ _mailtools() {
                 case "$w" in --listen|--tls-listen) skip=1; continue;; esac
                 ;;
             "mx-lookup")
-                case "$w" in --nameserver|--timeout|--port) skip=1; continue;; esac
+                case "$w" in --nameserver|--timeout|--port|--concurrency) skip=1; continue;; esac
                 ;;
             "pop3-serve")
                 case "$w" in --listen|--tls-listen) skip=1; continue;; esac
@@ -59,8 +59,8 @@ _mailtools() {
             opts="--listen --tls-listen --help"; words=""
             valopts="--listen --tls-listen"; fileopts=""; files=0;;
         "mx-lookup")
-            opts="--json --nameserver --timeout --check --port --help"; words=""
-            valopts="--nameserver --timeout --port"; fileopts=""; files=0;;
+            opts="--json --nameserver --timeout --check --port --concurrency --help"; words=""
+            valopts="--nameserver --timeout --port --concurrency"; fileopts=""; files=0;;
         "pop3-serve")
             opts="--listen --tls-listen --help"; words=""
             valopts="--listen --tls-listen"; fileopts=""; files=0;;

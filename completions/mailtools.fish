@@ -24,6 +24,7 @@ complete -c mailtools -n '__fish_seen_subcommand_from mx-lookup' -l nameserver -
 complete -c mailtools -n '__fish_seen_subcommand_from mx-lookup' -l timeout -r -x -d 'Seconds per DNS lookup and per SMTP step of --check (else [dns] timeout, 5).'
 complete -c mailtools -n '__fish_seen_subcommand_from mx-lookup' -l check -d 'Also connect to each exchanger: banner, EHLO, STARTTLS, TLS version, certificate; and show SPF, DMARC, MTA-STS and TLS-RPT records.'
 complete -c mailtools -n '__fish_seen_subcommand_from mx-lookup' -l port -r -x -d 'SMTP port for --check.'
+complete -c mailtools -n '__fish_seen_subcommand_from mx-lookup' -l concurrency -r -x -d 'DNS queries in flight at once (names from stdin resolved together).'
 complete -c mailtools -n '__fish_seen_subcommand_from mx-lookup' -l help -d 'Show help and exit.'
 complete -c mailtools -n '__fish_seen_subcommand_from pop3-serve' -l listen -r -x -d 'Listen for POP3 (STLS offered when [tls] has a certificate); repeatable; replaces [pop3] listen.'
 complete -c mailtools -n '__fish_seen_subcommand_from pop3-serve' -l tls-listen -r -x -d 'Listen for POP3 over implicit TLS (port 995 style); repeatable; replaces [pop3] tls_listen.'

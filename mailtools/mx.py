@@ -24,7 +24,9 @@ from mailtools.core.exitcodes import UsageError, error
 from mailtools.core.output import emit_json, is_tty
 
 PROG = "mailtools mx-lookup"
-CONCURRENCY = 128  # names resolved at once in bulk mode (each is 1 + 2 per exchanger queries)
+CONCURRENCY = 200  # default DNS queries in flight (and names being resolved) in bulk mode: 200
+# hides a 20 ms resolver (10,000 queries/s) and still fits a local server's default socket
+# buffer (a burst of 512 overflowed dnsmasq's, costing retransmissions)
 WINDOW = 8192  # results buffered for in-order output behind a slow name
 
 # Exit status when several names give different answers: the most urgent wins.
@@ -47,6 +49,7 @@ def run(
     timeout: float | None = None,
     check: bool = False,
     port: int = 25,
+    concurrency: int | None = None,
 ) -> int:
     """The whole command; returns the exit status (raises UsageError for bad arguments)."""
     if not names:
@@ -62,6 +65,10 @@ def run(
         raise UsageError("--timeout must be a number of seconds between 0 and 3600")
     if not 0 < port < 65536:
         raise UsageError("--port must be between 1 and 65535")
+    if concurrency is None:
+        concurrency = CONCURRENCY
+    if not 0 < concurrency <= 10_000:
+        raise UsageError("--concurrency must be between 1 and 10000")
     try:
         resolver = mxdns.make_resolver(nameservers or None, timeout)
     except ValueError as exc:
@@ -80,17 +87,17 @@ def run(
         from mailtools.mxcheck import Checker
 
         checker = Checker(resolver, port=port, timeout=resolver.timeout)
-    return asyncio.run(_run(names, resolver, out, checker))
+    resolver.max_inflight = concurrency
+    return asyncio.run(_run(names, resolver, out, checker, concurrency))
 
 
-async def _run(names, resolver, out, checker) -> int:
+async def _run(names, resolver, out, checker, limit: int = CONCURRENCY) -> int:
     if checker is not None:
         return await _run_checks(names, resolver, out, checker)
     # Bulk: every name is a callback chain (core.dns.start_lookup), no task per name. At most
     # `limit` names are being resolved at once and WINDOW results wait behind a slow one; the
     # results are written in input order as soon as the oldest one is done.
     loop = asyncio.get_running_loop()
-    limit = CONCURRENCY
     done: dict[int, object] = {}  # input index -> result not written yet
     state = {"next": 0, "written": 0, "active": 0, "worst": 0, "error": None}
     wake: list[asyncio.Future] = []  # the producer, when it waits for room
@@ -328,7 +335,7 @@ class PlainOutput:
 # --- fast front (no typer: start-up time matters when a script runs this per name) -----------
 
 _FLAGS = {"--json": "json_mode", "--check": "check"}
-_VALUED = {"--nameserver": "nameservers", "--timeout": "timeout", "--port": "port"}
+_VALUED = {"--nameserver": "nameservers", "--timeout": "timeout", "--port": "port", "--concurrency": "concurrency"}
 
 
 def parse_args(argv: list[str]) -> tuple[list[str], dict]:

@@ -208,6 +208,8 @@ def test_no_arguments_and_bad_options(run, home):
     assert run("mx-lookup", "--frob", "x.test").returncode == 64
     assert run("mx-lookup", "--nameserver", "not-an-ip", "x.test").returncode == 64
     assert run("mx-lookup", "--timeout", "abc", "x.test").returncode == 64
+    assert run("mx-lookup", "--concurrency", "0", "x.test").returncode == 64
+    assert run("mx-lookup", "--concurrency", "many", "x.test").returncode == 64
 
 
 @pytest.mark.parametrize("mode", ["servfail", "refused"])
@@ -245,9 +247,11 @@ def test_config_nameservers_used(dns, run, tmp_path):
     assert r.returncode == 78 and b"nameservers" in r.stderr
 
 
-def test_bulk_stdin_in_input_order(mx):
+@pytest.mark.parametrize("concurrency", [None, "1", "3"])
+def test_bulk_stdin_in_input_order(mx, concurrency):
     names = ["multi.test", "nosuch.test", "aonly.test", "bad name", "", "# comment", "nullmx.test", "cname.test"] * 20
-    rc, out, err = mx("-", input=("\n".join(names) + "\n").encode())
+    extra = ["--concurrency", concurrency] if concurrency else []
+    rc, out, err = mx(*extra, "-", input=("\n".join(names) + "\n").encode())
     got = lines(out)
     expect_one = [
         "multi.test 10 mx1.multi.test 192.0.2.1 2001:db8::1",

@@ -21,7 +21,8 @@ def register(app: typer.Typer) -> None:
         timeout: Optional[float] = typer.Option(None, "--timeout", metavar="S", help="Seconds per DNS lookup and per SMTP step of --check (else [dns] timeout, 5).", show_default=False),
         check: bool = typer.Option(False, "--check", help="Also connect to each exchanger: banner, EHLO, STARTTLS, TLS version, certificate; and show SPF, DMARC, MTA-STS and TLS-RPT records."),
         port: int = typer.Option(25, "--port", metavar="PORT", help="SMTP port for --check."),
+        concurrency: int = typer.Option(200, "--concurrency", metavar="N", help="DNS queries in flight at once (names from stdin resolved together)."),
     ) -> int:
         from mailtools import mx
 
-        return mx.run(names or [], json_mode=json_mode, nameservers=nameserver, timeout=timeout, check=check, port=port)
+        return mx.run(names or [], json_mode=json_mode, nameservers=nameserver, timeout=timeout, check=check, port=port, concurrency=concurrency)

@@ -307,6 +307,9 @@ class _Question:
         self.done = False
 
 
+_now = time.monotonic  # what asyncio's loop.time() returns, without the method call
+
+
 def _where(server: tuple[str, int]) -> str:
     host, port = server
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -396,7 +399,17 @@ class Resolver:
         if q is not None:  # the same question is already on its way: share its answer
             q.callbacks.append(callback)
             return
-        q = self._inflight[key] = _Question(name, rtype, callback, loop.time() + self.timeout)
+        q = self._inflight[key] = _Question(name, rtype, callback, _now() + self.timeout)
+        if self._active < self.max_inflight and not self._queued and not self._pumping:
+            self._active += 1
+            self._pumping = True  # a question failing at once starts no other from inside _try
+            try:
+                self._try(q)
+            finally:
+                self._pumping = False
+            if self._queued:
+                self._pump()
+            return
         self._queued.append(q)
         self._pump()
 
@@ -446,7 +459,7 @@ class Resolver:
         servers = self.nameservers
         n = len(servers)
         while True:
-            now = loop.time()
+            now = _now()
             remaining = q.deadline - now
             if remaining <= 0.001:
                 return self._finish(q, self._tempfail(q))
@@ -489,7 +502,7 @@ class Resolver:
         self._timer = None
         self._timer_at = float("-inf")  # the retries below do not arm it: done once at the end
         timers = self._timers
-        now = self._loop.time()
+        now = _now()
         while timers and timers[0][0] <= now:
             _, _, q, attempt = heapq.heappop(timers)
             if q.waiting == attempt and not q.done:
@@ -503,7 +516,7 @@ class Resolver:
             self._timer = self._loop.call_at(self._timer_at, self._expire)
 
     def _udp_answered(self, q: _Question, resp: wire.Response) -> None:
-        now = self._loop.time()
+        now = _now()
         q.waiting = 0
         server, srtt = q.server, q.srtt
         self._srtt[server] = (now - q.sent) if srtt is None else 0.875 * srtt + 0.125 * (now - q.sent)
@@ -707,6 +720,8 @@ class MXResult:
 def delivery_order(records: list[tuple[int, str]], shuffle: bool) -> list[tuple[int, str]]:
     """By preference (lowest first); equal preferences in random order when shuffle
     (RFC 5321 5.1), else by name so reports are stable. Duplicates dropped."""
+    if len(records) == 1:  # most domains
+        return list(records)
     groups: dict[int, list[str]] = {}
     for pref, host in records:
         hosts = groups.setdefault(pref, [])
@@ -823,7 +838,7 @@ def _take_mx(result: MXResult, answer, shuffle: bool) -> bool:
         result.warnings.append("no MX records: mail goes to the domain's own address (implicit MX)")
         result.exchangers = [Exchanger(0, name)]
     else:
-        null = [r for r in records if r[1] == ""]
+        null = [r for r in records if r[1] == ""] if len(records) > 1 or records[0][1] == "" else ()
         if null and len(null) == len(records):
             # RFC 7505 3: a null MX says the domain accepts no mail; never fall back to A.
             result.status = "null-mx"
@@ -843,7 +858,7 @@ def _take_mx(result: MXResult, answer, shuffle: bool) -> bool:
 def _take_addresses(ex: Exchanger, a, aaaa, implicit: bool) -> None:
     """Read the A and AAAA answers (or DNSTempFails) of one exchanger into it."""
     nx = 0
-    cname_noted = False
+    cname_noted = several = False
     for ans in (a, aaaa):
         if isinstance(ans, DNSTempFail):
             ex.tempfail = True
@@ -857,8 +872,11 @@ def _take_addresses(ex: Exchanger, a, aaaa, implicit: bool) -> None:
             cname_noted = True
         if ans.nxdomain:
             nx += 1
+        if len(ans.records) > 1:
+            several = True
         ex.addresses.extend(ans.records)
-    if len(ex.addresses) > 1:
+    # A before AAAA: already in order unless a family has several addresses
+    if several:
         ex.addresses = sorted(set(ex.addresses), key=_address_key)
     if not ex.addresses and not ex.tempfail:
         if nx == 2:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import socket
 import struct
+from typing import Any, NamedTuple
 
 A, NS, CNAME, SOA, MX, TXT, AAAA, OPT = 1, 2, 5, 6, 15, 16, 28, 41
 TYPES = {"A": A, "NS": NS, "CNAME": CNAME, "SOA": SOA, "MX": MX, "TXT": TXT, "AAAA": AAAA}
@@ -104,28 +105,34 @@ def _read_name(data: bytes, pos: int, seen: dict | None = None) -> tuple[str, in
     return raw.decode("ascii", "backslashreplace").lower(), (end if end >= 0 else pos)
 
 
-class Record:
+class Record(NamedTuple):
     """One resource record: owner name, type, TTL and parsed data.
 
     data is: A/AAAA -> address text; MX -> (preference, exchange); CNAME/NS -> target name;
     TXT -> the character-strings joined (bytes); SOA -> minimum TTL (int); others -> raw bytes.
+    (A tuple: thousands are made per second in bulk lookups.)
     """
 
-    __slots__ = ("name", "rtype", "ttl", "data")
-
-    def __init__(self, name: str, rtype: int, ttl: int, data):
-        self.name, self.rtype, self.ttl, self.data = name, rtype, ttl, data
+    name: str
+    rtype: int
+    ttl: int
+    data: Any
 
     def __repr__(self) -> str:
         return f"Record({self.name!r}, {TYPE_NAMES.get(self.rtype, self.rtype)}, {self.ttl}, {self.data!r})"
 
 
-class Response:
-    __slots__ = ("id", "rcode", "truncated", "qname", "qtype", "answer", "authority")
+class Response(NamedTuple):
+    id: int
+    rcode: int
+    truncated: bool
+    qname: str
+    qtype: int
+    answer: list
+    authority: list
 
-    def __init__(self, qid, rcode, truncated, qname, qtype, answer, authority):
-        self.id, self.rcode, self.truncated = qid, rcode, truncated
-        self.qname, self.qtype, self.answer, self.authority = qname, qtype, answer, authority
+
+_new = tuple.__new__  # Record(...) / Response(...) without the Python-level __new__
 
 
 def _rdata(data: bytes, rtype: int, pos: int, rdlen: int, seen: dict | None = None):
@@ -186,16 +193,20 @@ def parse_response(data: bytes) -> Response:
         for idx, count in ((0, an), (1, ns)):
             out = sections[idx]
             for _ in range(count):
-                name, pos = _read_name(data, pos, seen)
+                if data[pos] == 0xC0 and data[pos + 1] == 12 and qd:  # the question's name
+                    name = qname
+                    pos += 2
+                else:
+                    name, pos = _read_name(data, pos, seen)
                 rtype, rclass, ttl, rdlen = _RR.unpack_from(data, pos)
                 pos += 10
                 if pos + rdlen > n:
                     raise WireError("record runs past the end")
                 if rclass == 1:
                     if rtype == A and rdlen == 4:
-                        out.append(Record(name, A, ttl, _ntop(_INET, data[pos : pos + 4])))
+                        out.append(_new(Record, (name, A, ttl, _ntop(_INET, data[pos : pos + 4]))))
                     else:
-                        out.append(Record(name, rtype, ttl, _rdata(data, rtype, pos, rdlen, seen)))
+                        out.append(_new(Record, (name, rtype, ttl, _rdata(data, rtype, pos, rdlen, seen))))
                 pos += rdlen
     except (struct.error, IndexError) as exc:
         if truncated:
@@ -205,4 +216,4 @@ def parse_response(data: bytes) -> Response:
         if truncated:  # a cut-off answer: the caller retries over TCP
             return Response(qid, rcode, True, qname, qtype, [], [])
         raise
-    return Response(qid, rcode, truncated, qname, qtype, sections[0], sections[1])
+    return _new(Response, (qid, rcode, truncated, qname, qtype, sections[0], sections[1]))
