@@ -18,8 +18,9 @@ random hex digits: ids sort by arrival and two hosts sharing the spool never pic
 (mkdir in tmp/ is the tie-breaker if they ever did).
 
 Durability (STYLE.md practice 8; qmail's INTERNALS is the model). enqueue() writes message and
-envelope into tmp/QID/, fsyncs both files and the entry directory, renames the entry into new/
-and fsyncs new/; only then does it return the id (and only then may SMTP say 250 or submit exit
+envelope into tmp/QID/ (opened O_DSYNC: each write returns with its data and the file size on
+disk), fsyncs the entry directory, renames the entry into new/ and fsyncs new/; only then does
+it return the id (and only then may SMTP say 250 or submit exit
 0). The entry directory's own fsync is what makes the names ``message`` and ``envelope``
 durable: the rename writes new/ and tmp/, not the renamed directory's blocks, and POSIX gives
 no other promise. On ext4 (and XFS) the file fsyncs have already committed the journal
@@ -105,15 +106,57 @@ def valid_id(qid: str) -> bool:
     return 16 <= len(qid) <= 40 and all(c in _HEX for c in qid)
 
 
-def _write_file(path: str, data: bytes, exclusive: bool = True) -> None:
+_O_DSYNC = getattr(os, "O_DSYNC", 0)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _write_file(path: str, data: bytes, exclusive: bool = True, *, dir_fd: int | None = None,
+                dsync: bool = False) -> None:
+    """Create (or truncate) path, write data, make it durable. With dsync the file is opened
+    O_DSYNC: each write returns once its data and the file's size are on disk (what
+    fdatasync promises, and all a new file's content needs), one system call less than
+    write + fsync."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
-    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
+    synced = dsync and _O_DSYNC
+    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0) | (_O_DSYNC if synced else 0), 0o600,
+                 dir_fd=dir_fd)
     try:
         view = memoryview(data)
         while view:
             n = os.write(fd, view)
             view = view[n:]
-        os.fsync(fd)
+        if not synced:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS, _TOPDIR_FL = 0x80086601, 0x40086602, 0x00020000
+
+
+def _spread_subdirs(path: str) -> None:
+    """Best effort: set the ext2/3/4 "top of directory hierarchy" flag (chattr +T) on tmp/, so
+    the kernel places each new entry directory (and so its two files) in a block group of its
+    own choosing instead of tmp/'s group. Why: ext4 without a journal will not reuse an inode
+    freed in the last minutes, and finds a free one by looking at every such inode of the
+    group from its start (recently_deleted() in fs/ext4/ialloc.c). In a group where thousands
+    of files were just removed (a busy /tmp, or this queue after a burst of deliveries) that
+    made each of enqueue()'s three creations cost 0.3-1.2 ms of CPU here; spread, 0.03 ms.
+    Placement only: nothing about the entry or its durability changes. Other file systems
+    refuse the ioctl or ignore the flag."""
+    try:
+        import fcntl
+        import struct
+
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except (ImportError, OSError):
+        return
+    try:
+        flags = struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, struct.pack("l", 0)))[0]
+        if not flags & _TOPDIR_FL:
+            fcntl.ioctl(fd, _FS_IOC_SETFLAGS, struct.pack("l", flags | _TOPDIR_FL))
+    except OSError:
+        pass
     finally:
         os.close(fd)
 
@@ -200,6 +243,7 @@ class Queue:
     def __init__(self, path):
         self.path = os.fspath(path)
         self._ready = False
+        self._fds: tuple[int, int] | None = None  # tmp/ and new/, for enqueue()
         self.problems: list[str] = []  # envelopes entries() could not read
 
     def _dir(self, sub: str) -> str:
@@ -241,28 +285,56 @@ class Queue:
                 raise ValueError(f"unsafe recipient address {r.address!r}")
         if "\n" in sender or "\r" in sender:
             raise ValueError(f"unsafe sender address {sender!r}")
-        tmp_root = self._dir("tmp")
+        tmp_fd, new_fd = self._dir_fds()
         while True:
             now = time.time()
             qid = new_id(now)
-            tmp = os.path.join(tmp_root, qid)
             try:
-                os.mkdir(tmp, 0o700)
+                os.mkdir(qid, 0o700, dir_fd=tmp_fd)
                 break
             except FileExistsError:
                 continue
         entry = Entry(qid, sender, rcpts, now, len(data), dsn)
         try:
-            _write_file(os.path.join(tmp, "message"), data)
-            _write_file(os.path.join(tmp, "envelope"), entry.serialise())
-            _fsync_dir(tmp)
-            final_dir = self._dir("new")
-            os.rename(tmp, os.path.join(final_dir, qid))
+            fd = os.open(qid, _DIR_FLAGS, dir_fd=tmp_fd)
+            try:
+                _write_file("message", data, dir_fd=fd, dsync=True)
+                _write_file("envelope", entry.serialise(), dir_fd=fd, dsync=True)
+                os.fsync(fd)  # the names message and envelope
+            finally:
+                os.close(fd)
+            os.rename(qid, qid, src_dir_fd=tmp_fd, dst_dir_fd=new_fd)
         except BaseException:
-            _remove_tree(tmp)  # disk full, I/O error: leave nothing behind (nothing was accepted)
+            # disk full, I/O error: leave nothing behind (nothing was accepted)
+            _remove_tree(os.path.join(self._dir("tmp"), qid))
             raise
-        _fsync_dir(final_dir)
+        os.fsync(new_fd)  # the name new/QID
         return qid
+
+    def _dir_fds(self) -> tuple[int, int]:
+        """Descriptors of tmp/ and new/, opened once: enqueue() creates, renames and fsyncs
+        relative to them (as Postfix works from inside its queue directory), which spares a
+        path walk per call and the open/close around each directory fsync. The fsync of new/
+        is of the very directory the rename went into."""
+        fds = self._fds
+        if fds is None:
+            self._ensure()
+            _spread_subdirs(self._dir("tmp"))
+            tmp_fd = os.open(self._dir("tmp"), _DIR_FLAGS)
+            try:
+                new_fd = os.open(self._dir("new"), _DIR_FLAGS)
+            except BaseException:
+                os.close(tmp_fd)
+                raise
+            fds = self._fds = (tmp_fd, new_fd)
+        return fds
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_fds", None) or ():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     # reading --------------------------------------------------------------------------
 
