@@ -209,3 +209,52 @@ def test_failed_auth_delayed_without_blocking_others(server):
 def test_bound_addresses(server):
     addrs = bound_addresses(server.servers)
     assert f"127.0.0.1:{server.port}" in addrs
+
+
+def _starttls_then_first_command_in_one_segment(port, tls_ca, pipelined: bytes, first: bytes) -> bytes:
+    """STARTTLS, then the client's TLS Finished and its first command in one TCP segment (as
+    GnuTLS clients such as msmtp and mutt send them); returns the server's answer to it."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"EHLO c\r\n")
+    while not f.readline().startswith(b"250 "):
+        pass
+    s.sendall(b"STARTTLS\r\n" + pipelined)
+    assert f.readline().startswith(b"220 ")
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_ctx(tls_ca).wrap_bio(incoming, outgoing, server_hostname="localhost")
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if outgoing.pending:
+                s.sendall(outgoing.read())
+            incoming.write(s.recv(65536))
+    tls.write(first)
+    s.sendall(outgoing.read())  # Finished + command together
+    got = b""
+    try:
+        while not got.endswith(b"\r\n"):
+            data = s.recv(65536)
+            if not data:
+                break
+            incoming.write(data)
+            try:
+                got += tls.read(65536)
+            except ssl.SSLWantReadError:
+                pass
+    except socket.timeout:
+        pass
+    s.close()
+    return got
+
+
+def test_starttls_command_right_behind_the_handshake_is_answered(server, tls_ca):
+    got = _starttls_then_first_command_in_one_segment(server.port, tls_ca, b"", b"EHLO c\r\n")
+    assert got.startswith(b"250-mx.example.test"), got
+    # plaintext pipelined behind STARTTLS is still dropped: the first answer over TLS is to the
+    # NOOP sent over TLS, and there is exactly one
+    got = _starttls_then_first_command_in_one_segment(server.port, tls_ca, b"HELP\r\n", b"NOOP\r\n")
+    assert got == b"250 2.0.0 Ok\r\n", got

@@ -76,6 +76,7 @@ class SMTPProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._paused = False
+        self._early: bytearray | None = None  # bytes that came over TLS during the handshake
 
     # --- asyncio callbacks -----------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -108,6 +109,9 @@ class SMTPProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._closed or self.session is None:
+            return
+        if self._early is not None:  # STARTTLS handshake running: only decrypted bytes get here
+            self._early += data
             return
         self._last = self.loop.time()
         events = self.session.feed(data)
@@ -186,15 +190,21 @@ class SMTPProtocol(asyncio.Protocol):
 
     async def _starttls(self) -> None:
         L = self.listener
+        # start_tls() pauses the plain transport at once, so from here on data_received sees
+        # only what arrives over TLS. A client's first command often rides in one segment with
+        # its TLS Finished (GnuTLS: msmtp, mutt); asyncio hands it over before start_tls()
+        # returns. Keep it for the TLS session; plaintext pipelined behind STARTTLS is still
+        # dropped by tls_started() (RFC 3207 4.2).
+        self._early = bytearray()
         try:
             transport = await self.loop.start_tls(
                 self.transport, self, L.ssl_context, server_side=True,
                 ssl_handshake_timeout=L.handshake_timeout)
         except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError):
-            self._closed = True
+            transport = None
             if self.transport is not None:
                 self.transport.abort()
-            return
+        early, self._early = bytes(self._early), None
         if transport is None:
             self._closed = True
             return
@@ -202,6 +212,8 @@ class SMTPProtocol(asyncio.Protocol):
         self._busy = False
         self._last = self.loop.time()
         self._handle(self.session.tls_started(tls_details(transport.get_extra_info("ssl_object"))))
+        if early:
+            self.data_received(early)
 
     # --- timeouts (RFC 5321 4.5.3.2) -------------------------------------------------------
     def _arm_timer(self) -> None:
