@@ -275,3 +275,21 @@ def test_swaks_implicit_tls_auth_login_pipelined(msa, tls_ca):
     [e] = msa.entries()
     assert [r.address for r in e.recipients] == ["a@remote.test", "b@remote.test"]
     assert b"with ESMTPSA" in msa.message(e)
+
+
+# --- the From check's quick path (msa.from_values) equals get_header ---------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from mailtools.core.message import get_header, split_header  # noqa: E402
+from mailtools.submit.msa import from_values  # noqa: E402
+
+_PIECES = [b"From", b"from", b"FROM ", b"From\t", b"Fr om", b"To", b"X", b"", b" ", b"\t", b":",
+           b"\r", b"\n", b"\r\n", b"a@b", b"<c@d>", b"\xc3\xa9", b"\x7f", b"\x00", b"From:",
+           b"\r\n\r\n", b"\n\n"]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=14))
+def test_from_values_equals_get_header(pieces):
+    header, _ = split_header(b"".join(pieces))
+    assert from_values(header) == get_header(header, "From")

@@ -15,8 +15,24 @@ def protocol_keyword(esmtp: bool, tls: bool, auth: bool) -> str:
     return "ESMTP" + ("S" if tls else "") + ("A" if auth else "")
 
 
+_last_date: tuple = (None, "")  # (epoch second, its rfc5322_date): servers stamp many a second
+
+
 def rfc5322_date(when: float | None = None) -> str:
     """'Sat, 28 Nov 2026 15:47:00 +0000' in local time with its numeric zone (RFC 5322 3.3)."""
+    global _last_date
+    if when is None:
+        now = int(time.time())
+        last = _last_date
+        if last[0] == now:
+            return last[1]
+        text = _format_date(now)
+        _last_date = (now, text)
+        return text
+    return _format_date(when)
+
+
+def _format_date(when: float) -> str:
     t = time.localtime(when)
     off = t.tm_gmtoff or 0
     sign = "+" if off >= 0 else "-"
@@ -34,6 +50,23 @@ def received_value(*, helo: str | None, peer_ip: str, by_host: str, protocol: st
                    tls: dict | None = None, auth_user: str | None = None,
                    when: float | None = None) -> str:
     """The value of a Received header, folded over several lines (CRLF + tab)."""
+    return received_tail(received_head(helo=helo, peer_ip=peer_ip, by_host=by_host, protocol=protocol,
+                                       queue_id=queue_id, tls=tls, auth_user=auth_user),
+                         recipient, when)
+
+
+def received_tail(head: str, recipient: str | None = None, when: float | None = None) -> str:
+    """A received_head() (the same for every message of a connection) completed with the
+    message's own parts: the recipient when there is one, and the date."""
+    if recipient:
+        head += f"\r\n\tfor <{_clean(recipient)}>"
+    return head + f"; {rfc5322_date(when)}"
+
+
+def received_head(*, helo: str | None, peer_ip: str, by_host: str, protocol: str,
+                  queue_id: str | None = None, tls: dict | None = None,
+                  auth_user: str | None = None) -> str:
+    """The part of a Received value before 'for <...>' and the date."""
     ip = f"IPv6:{peer_ip}" if ":" in peer_ip else peer_ip
     parts = [f"from {_clean(helo or 'unknown')} ([{ip}])"]
     extra = []
@@ -45,6 +78,4 @@ def received_value(*, helo: str | None, peer_ip: str, by_host: str, protocol: st
     if extra:
         parts.append("(" + "; ".join(extra) + ")")
     parts.append(f"by {by_host} (mailtools) with {protocol}" + (f" id {queue_id}" if queue_id else ""))
-    if recipient:
-        parts.append(f"for <{_clean(recipient)}>")
-    return "\r\n\t".join(parts) + f"; {rfc5322_date(when)}"
+    return "\r\n\t".join(parts)

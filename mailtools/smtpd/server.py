@@ -178,8 +178,16 @@ class SMTPProtocol(asyncio.Protocol):
         self._handle(self.session.resume(result))
 
     def _start_call(self, fn: Callable) -> None:
-        # A future with a callback, not a Task: one less coroutine per message on the hot path.
-        self.loop.run_in_executor(_blocking_pool(), fn).add_done_callback(self._call_done)
+        # The pool's own future and one call_soon_threadsafe back: no asyncio future chained to
+        # it (run_in_executor), no Task; the hot path of every message.
+        _blocking_pool().submit(fn).add_done_callback(self._call_finished)
+
+    def _call_finished(self, fut) -> None:
+        """In the worker thread: hand the result to the loop."""
+        try:
+            self.loop.call_soon_threadsafe(self._call_done, fut)
+        except RuntimeError:
+            pass  # the loop is closed: the server is gone
 
     def _call_done(self, fut) -> None:
         try:

@@ -273,6 +273,8 @@ class Session:
     # --- internals -------------------------------------------------------------------------
     def _take(self) -> list:
         out, self._out = self._out, []
+        if len(out) < 2:
+            return out
         # merge adjacent Sends (pipelined replies go out in one write, RFC 2920 3.2)
         merged: list = []
         for ev in out:
@@ -539,6 +541,25 @@ class Session:
         rest = arg[len(keyword):].lstrip(" ")
         if not rest.startswith("<"):
             return None
+        if '"' not in rest:  # the common case: no quoted local part, the first '>' ends it
+            i = rest.find(">")
+            if i < 0:
+                return None
+        else:
+            i = Session._quoted_end(rest)
+            if i is None:
+                return None
+        address = rest[1:i]
+        if ":" in address and address.startswith("@"):  # source route (RFC 5321 C): ignore it
+            address = address.split(":", 1)[1]
+        params = rest[i + 1:].split()
+        if rest[i + 1:i + 2] not in ("", " "):
+            return None
+        return address, params
+
+    @staticmethod
+    def _quoted_end(rest: str) -> int | None:
+        """Index of the '>' that closes '<...>' when the path holds a quoted string."""
         i, quoted = 1, False
         while i < len(rest):
             c = rest[i]
@@ -548,17 +569,9 @@ class Session:
             if c == '"':
                 quoted = not quoted
             elif c == ">" and not quoted:
-                break
+                return i
             i += 1
-        else:
-            return None
-        address = rest[1:i]
-        if ":" in address and address.startswith("@"):  # source route (RFC 5321 C): ignore it
-            address = address.split(":", 1)[1]
-        params = rest[i + 1:].split()
-        if rest[i + 1:i + 2] not in ("", " "):
-            return None
-        return address, params
+        return None
 
     def _cmd_mail(self, arg: str) -> None:
         parsed = self._path(arg, "FROM:")

@@ -22,7 +22,7 @@ import sys
 from mailtools.core.log import say
 from mailtools.core.message import get_header, split_header
 from mailtools.smtpd import replies as R
-from mailtools.smtpd.received import protocol_keyword, received_value
+from mailtools.smtpd.received import protocol_keyword, received_head, received_tail
 from mailtools.smtpd.session import ConnInfo, Handler, Limits, Transaction
 from mailtools.submit import prepare
 
@@ -41,6 +41,23 @@ def owns(user: str, address: str) -> bool:
         return False
     a_local, u_local = a_local.lower(), u_local.lower()
     return a_local == u_local or a_local.split("+", 1)[0] == u_local
+
+
+def from_values(header: bytes) -> list[str]:
+    """get_header(header, "From"), with a quick path for a header without folded lines (what
+    mail programs send): the same values, without unfolding and checking every field."""
+    if b"\n " in header or b"\n\t" in header or header[:1] in (b" ", b"\t"):
+        return get_header(header, "From")
+    out = []
+    for line in header.split(b"\n"):
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line:
+            break
+        colon = line.find(b":")
+        if colon > 0 and line[:colon].rstrip(b" \t").lower() == b"from":
+            out.append(line[colon + 1:].strip(b" \t").decode("utf-8", "surrogateescape"))
+    return out
 
 
 def _client(info: ConnInfo) -> str:
@@ -102,29 +119,45 @@ class SubmitHandler(Handler):
             return R.BAD_ADDRESS_SYNTAX
         return None  # authenticated users may send anywhere
 
+    def _received_head(self, info: ConnInfo) -> str:
+        """The connection's part of the Received header, made once per connection (and again
+        if what it says changes: HELO, TLS, AUTH)."""
+        tls = info.tls
+        key = (info.helo, info.esmtp, info.auth_user,
+               tls and (tls.get("version"), tls.get("cipher"), tls.get("bits")))
+        cached = info.extra.get("received_head")
+        if cached is None or cached[0] != key:
+            head = received_head(
+                helo=info.helo, peer_ip=info.peer_ip, by_host=self.cfg.hostname,
+                protocol=protocol_keyword(info.esmtp, tls is not None, info.auth_user is not None),
+                tls=tls, auth_user=info.auth_user)
+            cached = info.extra["received_head"] = (key, head)
+        return cached[1]
+
     def data(self, info: ConnInfo, tx: Transaction, message: bytes):
         # Runs in a worker thread: enqueue() fsyncs.
         cfg = self.cfg
-        header, _ = split_header(message)
         if not self.local and cfg.submit.restrict_senders and info.auth_user:
-            for value in get_header(header, "From"):
+            owned = info.extra.setdefault("owned_from", set())  # From values seen to be theirs
+            for value in from_values(split_header(message)[0]):
+                if (info.auth_user, value) in owned:
+                    continue
                 for addr in prepare.parse_address_list(value):
                     if not owns(info.auth_user, addr):
                         self.log(f"NOQUEUE: reject: DATA from {_client(info)}: 553 5.7.1 "
                                  f"From: <{addr}> not owned by user {info.auth_user}")
                         return R.SENDER_NOT_OWNED.with_text(
                             f"From: <{addr}>: address not owned by user {info.auth_user}")
+                if len(owned) < 100:
+                    owned.add((info.auth_user, value))
         sender = tx.sender
         if self.local:
             helo = info.helo or "localhost"
             received = (f"from {helo} (userid {os.getuid()})\r\n\tby {cfg.hostname} (mailtools) "
                         f"with {protocol_keyword(info.esmtp, False, False)};\r\n\t{prepare.rfc5322_date()}")
         else:
-            received = received_value(
-                helo=info.helo, peer_ip=info.peer_ip, by_host=cfg.hostname,
-                protocol=protocol_keyword(info.esmtp, info.tls is not None, info.auth_user is not None),
-                tls=info.tls, auth_user=info.auth_user,
-                recipient=tx.recipients[0] if len(tx.recipients) == 1 else None)
+            received = received_tail(self._received_head(info),
+                                     tx.recipients[0] if len(tx.recipients) == 1 else None)
         from_address = sender or info.auth_user or f"MAILER-DAEMON@{cfg.hostname}"
         data = prepare.fixup(message, from_address=from_address, hostname=cfg.hostname,
                              trace=[("Received", received)])
