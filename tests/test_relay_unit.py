@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -261,3 +262,38 @@ def test_announced_message_must_follow_and_quit_hangs_up():
     fs = asyncio.run(go())
     assert not any(ln.startswith(b"QUIT") for ln in fs.seen)
     assert fs.seen.count(b".\r\n") == 1
+
+
+def test_claim_asks_want_before_the_rename_and_again_only_after_a_change(tmp_path):
+    from mailtools.core.queue import Queue
+
+    q = Queue(tmp_path / "q")
+    a = q.enqueue("s@example.test", ["r@x.test"], b"Subject: a\n\nbody\n")
+    asked = []
+    assert q.claim(a, want=lambda e: asked.append(e.id) or False) is None
+    assert asked == [a] and q.ids("new") == [a] and q.ids("active") == []  # no rename
+    asked.clear()
+    e = q.claim(a, want=lambda e: asked.append(e.recipients[0].state) or True)
+    assert e is not None and asked == ["queued"]  # unchanged envelope: asked (and parsed) once
+    assert e.state_dir == "active" and q.ids("active") == [a] and e.claimed_by
+    e.recipients[0].state = "sent"
+    assert q.release(e)
+
+    b = q.enqueue("s@example.test", ["r@x.test"], b"Subject: b\n\nbody\n")
+
+    def racing(entry):
+        # another runner delivers it between our read and our rename: its envelope changes
+        if not asked:
+            other = q.get(b)
+            other.recipients[0].state = "deferred"  # tried, and not due for an hour
+            other.recipients[0].next_attempt = time.time() + 3600
+            env = tmp_path / "q" / "new" / b / "envelope"
+            env.write_bytes(other.serialise())
+        asked.append(entry.recipients[0].state)
+        return entry.recipients[0].state == "queued"
+
+    asked.clear()
+    assert q.claim(b, want=racing) is None
+    assert asked == ["queued", "deferred"]  # asked again on the changed envelope, and refused
+    assert q.ids("active") == [] and q.ids("new") == [b]  # given back
+    assert q.claim(b) is not None  # the plain claim() is unchanged

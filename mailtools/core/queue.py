@@ -421,12 +421,32 @@ class Queue:
 
     # claiming -------------------------------------------------------------------------
 
-    def claim(self, qid: str) -> Entry | None:
+    def claim(self, qid: str, *, want=None) -> Entry | None:
         """Take an entry in new/ for delivery (atomic rename into active/); None if another
-        runner has it, it is held, or it is gone."""
+        runner has it, it is held, or it is gone.
+
+        `want(entry) -> bool` (a runner's "is it due?") is asked of the envelope as it is in
+        new/, before the rename: an entry not wanted costs one read and no rename. After the
+        rename the envelope is read again and parsed only when its bytes changed meanwhile
+        (another runner's update() won the race), and then asked again (None, the entry back
+        in new/, when no longer wanted)."""
         self._ensure()
         if not valid_id(qid):
             raise QueueError(f"not a queue id: {qid!r}")
+        seen = raw = None
+        if want is not None:
+            where = os.path.join(self._dir("new"), qid, "envelope")
+            try:
+                with open(where, "rb") as f:
+                    raw = f.read()
+            except (FileNotFoundError, NotADirectoryError):
+                return None  # claimed, held or gone meanwhile
+            try:
+                seen = Entry.parse(raw, where)
+            except ValueError:
+                seen = None  # claimed all the same: a broken envelope is parked in hold/ below
+            if seen is not None and not want(seen):
+                return None
         global _claims
         _claims += 1
         # A unique name per claim: two tasks of one process never both win, and an NFS
@@ -449,11 +469,21 @@ class Queue:
         except OSError:
             pass
         try:
-            return self._load(dst, "active", name)
+            if raw is None:
+                return self._load(dst, "active", name)
+            where = os.path.join(dst, "envelope")
+            with open(where, "rb") as f:
+                now = f.read()
+            entry = seen if now == raw and seen is not None else Entry.parse(now, where)
         except ValueError:
             # A broken envelope: park it in hold/ for the operator rather than retry forever.
             os.rename(dst, os.path.join(self._dir("hold"), qid))
             return None
+        entry.state_dir, entry.path, entry.claimed_by = "active", dst, ".".join(name.split(".")[1:3])
+        if entry is not seen and not want(entry):
+            self.release(entry)
+            return None
+        return entry
 
     def _check_claim(self, entry: Entry) -> str:
         # No stat here: the write, rename or unlink that follows fails with ENOENT when the

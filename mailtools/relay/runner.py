@@ -183,20 +183,11 @@ class Runner:
         return self.worked
 
     def _claim_ready(self, qid: str, flush: bool):
-        """In a claim thread: (entry, message) for a due entry we now own, else None."""
-        from mailtools.core.queue import QueueError
-
-        try:
-            seen = self.queue.get(qid)  # a read, no rename: most deferred entries stop here
-        except (QueueError, OSError, ValueError):
-            return None
-        if seen.state_dir != "new" or not self.due(seen, time.time(), flush):
-            return None
-        entry = self.queue.claim(qid)
-        if entry is None:  # another runner has it
-            return None
-        if not self.due(entry, time.time(), flush):  # done meanwhile by someone else
-            self.queue.release(entry)
+        """(entry, message) for a due entry we now own, else None."""
+        # due() is asked before the rename (most deferred entries stop there, after one read)
+        # and again only if another runner changed the envelope before our rename won
+        entry = self.queue.claim(qid, want=lambda e: self.due(e, time.time(), flush))
+        if entry is None:  # not due, claimed by another runner, held or gone
             return None
         try:
             return entry, self.queue.read_message(entry)
