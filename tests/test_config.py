@@ -69,3 +69,50 @@ def test_bad_config_from_the_command_line(tmp_path, run):
 def test_missing_config_file(tmp_path, run):
     r = run("--config", tmp_path / "none.toml", "relay", "--list")
     assert r.returncode == 78 and b"cannot read configuration" in r.stderr
+
+
+def test_mailtools_home_config_comes_before_the_system_one(tmp_path, monkeypatch):
+    # `serve --root DIR` reads DIR/mailtools.toml; `MAILTOOLS_HOME=DIR mailtools user add` must
+    # mean the same system even when /etc/mailtools/mailtools.toml exists.
+    system = tmp_path / "etc.toml"
+    system.write_text('hostname = "system.example.test"\n')
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "mailtools.toml").write_text('hostname = "root.example.test"\n')
+    monkeypatch.delenv("MAILTOOLS_CONFIG", raising=False)
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", str(system))
+    config.set_path(None)
+    monkeypatch.setenv("MAILTOOLS_HOME", str(root))
+    assert config.load(reload=True).hostname == "root.example.test"
+    monkeypatch.setenv("MAILTOOLS_HOME", str(tmp_path / "elsewhere"))  # no file there
+    assert config.load(reload=True).hostname == "system.example.test"
+    monkeypatch.setenv("MAILTOOLS_CONFIG", str(root / "mailtools.toml"))  # still first
+    assert config.load(reload=True).hostname == "root.example.test"
+
+
+def test_bad_log_target_is_exit_78(tmp_path, run):
+    p = tmp_path / "m.toml"
+    p.write_text('log = "loud"\n')
+    r = run("--config", p, "mx-lookup", "example.test")
+    assert r.returncode == CONFIG
+    assert b"log" in r.stderr and b"syslog" in r.stderr
+
+
+def test_log_lines_go_to_the_configured_file_not_stderr(home, run, tmp_path):
+    # What cron needs: `relay --once` prints nothing when the config sends the log elsewhere.
+    from mailtools.core.auth import Users
+
+    cfgfile = tmp_path / "mailtools.toml"
+    logfile = tmp_path / "mail.log"
+    cfgfile.write_text(cfgfile.read_text() + f'log = "{logfile}"\n')
+    Users(home / "users").add("alice@example.test", "pw")
+    r = run("submit", "-i", "alice@example.test", input=b"Subject: s\n\nhi\n")
+    assert r.returncode == 0, r.stderr
+    r = run("relay", "--once")
+    assert r.returncode == 0, r.stderr
+    assert b"status=sent" not in r.stderr and r.stderr == b"", r.stderr
+    log = logfile.read_text()
+    assert "to=<alice@example.test>" in log and "status=sent" in log, log
+    assert log.split(" ", 1)[1].startswith("relay["), log  # time stamp, then program[pid]
+    r = run("relay", "--once")  # appended to, never truncated
+    assert logfile.read_text().startswith(log)

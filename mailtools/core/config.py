@@ -1,8 +1,8 @@
 """Configuration: one TOML file, checked against one schema, with built-in defaults.
 
 Lookup order (DESIGN.md): `--config FILE`, then `$MAILTOOLS_CONFIG`, then
-`/etc/mailtools/mailtools.toml`, then `mailtools.toml` in the default data root (written there by
-`mailtools serve`); with none, the defaults below apply and the data root is `$MAILTOOLS_HOME`
+`$MAILTOOLS_HOME/mailtools.toml` when that variable is set, then `/etc/mailtools/mailtools.toml`,
+then `mailtools.toml` in the default data root (written there by `mailtools serve`); with none, the defaults below apply and the data root is `$MAILTOOLS_HOME`
 or `~/.local/share/mailtools`.
 
 A key that is unknown or of the wrong type stops the program (exit 78) with a message naming
@@ -25,6 +25,7 @@ SCHEMA: dict = {
     "hostname": ("str", None),  # None: /etc/mailname, else the host name (no DNS query)
     "root": ("str", None),  # None: $MAILTOOLS_HOME or ~/.local/share/mailtools
     "local_domains": ("list[str]", None),  # None: ["localhost", hostname]
+    "log": ("str", "stderr"),  # "stderr" | "syslog" | "off" | an absolute file path
     "dns": {
         "nameservers": ("list[str]", []),
         "timeout": ("number", 5),
@@ -286,6 +287,11 @@ def from_dict(data: dict, source: str = "<config>", base: os.PathLike | None = N
             value = getattr(cfg.tls, attr)
             if value and not os.path.isabs(os.path.expanduser(value)):
                 setattr(cfg.tls, attr, str(_path(base, value)))
+    from mailtools.core import log
+
+    if not log.valid(cfg.log):
+        raise ConfigError(f"{source}: log: expected \"stderr\", \"syslog\", \"off\" or an absolute file path, "
+                          f"got {cfg.log!r}")
     if cfg.local_domains is None:
         cfg.local_domains = sorted({"localhost", cfg.hostname})
     cfg.local_domains = [d.lower().rstrip(".") for d in cfg.local_domains]
@@ -309,6 +315,11 @@ def find_path() -> str | None:
     env = os.environ.get("MAILTOOLS_CONFIG")
     if env:
         return env
+    home = os.environ.get("MAILTOOLS_HOME")
+    if home:  # an explicit data root: its own file (the one `serve --root` reads) comes first
+        local = os.path.join(os.path.expanduser(home), "mailtools.toml")
+        if os.path.exists(local):
+            return local
     if os.path.exists(SYSTEM_CONFIG):
         return SYSTEM_CONFIG
     # The data root's own file, as `mailtools serve` writes it on a fresh root: so
@@ -379,5 +390,9 @@ def load(path: str | None = None, *, reload: bool = False) -> Config:
             raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
         data = _parse_toml(path, raw)
         cfg = from_dict(data, path, os.path.dirname(os.path.realpath(path)))  # as Path.resolve()
+    if cfg.log != "stderr":
+        from mailtools.core import log
+
+        log.use(cfg.log)
     _cached = cfg
     return cfg
