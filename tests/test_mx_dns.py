@@ -131,6 +131,42 @@ def test_tempfail_exit_code_map():
     assert set(mxdns.EXIT_FOR_STATUS) == set(mxdns.STATUSES)
 
 
+def test_start_lookup_gives_what_lookup_gives(server):
+    """The callback form used by bulk mx-lookup and the coroutine relay uses agree."""
+    names = ["shuffle.test", "mixed.test", "alias.test", "nope.test", "real.test", "Someone@Shuffle.Test."]
+
+    async def both():
+        r1, r2 = mxdns.make_resolver([server.nameserver], 2), mxdns.make_resolver([server.nameserver], 2)
+        by_coroutine = [await mxdns.lookup(n, r1) for n in names]
+        done = asyncio.get_running_loop().create_future()
+        by_callback: dict[int, object] = {}
+
+        def got(i, result):
+            by_callback[i] = result
+            if len(by_callback) == len(names):
+                done.set_result(None)
+
+        for i, n in enumerate(names):
+            mxdns.start_lookup(n, r2, lambda res, i=i: got(i, res))
+        await done
+        with pytest.raises(ValueError):
+            mxdns.start_lookup("no such", r2, got)
+        return by_coroutine, [by_callback[i] for i in range(len(names))], r1.queries_sent, r2.queries_sent
+
+    by_coroutine, by_callback, sent1, sent2 = run(both())
+    assert [r.to_json() for r in by_callback] == [r.to_json() for r in by_coroutine]
+    assert [r.status for r in by_callback] == ["ok", "ok", "implicit", "nxdomain", "implicit", "ok"]
+    assert sent2 <= sent1  # at once, the repeated name shares its questions
+
+
+def test_silent_server_times_out_and_the_next_one_answers(server):
+    """A try that gets no answer is retransmitted to the next server after its timer."""
+    with support_dns.start_fake_dns("silent") as silent:
+        r = mxdns.make_resolver([silent.nameserver, server.nameserver], 3)
+        answer = run(r.query("real.test", "A"))
+    assert answer.records == ["192.0.2.50"] and r.queries_sent == 2
+
+
 def test_mismatched_answer_is_ignored():
     """An answer whose question differs from ours (RFC 5452 9.1) must not be accepted."""
     async def go():

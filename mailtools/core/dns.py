@@ -454,8 +454,8 @@ class Resolver:
     def _try(self, q: _Question) -> None:
         """Send the next UDP try of q; finish q when its time or its tries are used up.
         Retransmission timers start at 4x the server's smoothed round-trip time (at least
-        MIN_RTO) and double per round (RFC 1536 1, RFC 6298 style)."""
-        loop = self._loop
+        MIN_RTO, at most a third of the timeout) and double per round (RFC 1536 1, RFC 6298
+        style). Called once per query in bulk mode: kept flat."""
         servers = self.nameservers
         n = len(servers)
         while True:
@@ -463,16 +463,21 @@ class Resolver:
             remaining = q.deadline - now
             if remaining <= 0.001:
                 return self._finish(q, self._tempfail(q))
-            server = servers[q.attempt % n]
-            rounds = q.attempt // n
-            q.attempt += 1
+            attempt = q.attempt
+            server = servers[attempt % n]
+            q.attempt = attempt = attempt + 1
             srtt = self._srtt.get(server)
-            rto = min(self.timeout / 3, max(self.MIN_RTO, 4 * srtt)) if srtt is not None else self.timeout / 3
-            rto = min(remaining, rto * (2 ** rounds))
+            rto = self.timeout / 3
+            if srtt is not None and 4 * srtt < rto:
+                rto = 4 * srtt if 4 * srtt > self.MIN_RTO else min(self.MIN_RTO, rto)
+            if attempt > n:
+                rto *= 2 ** ((attempt - 1) // n)
+            if rto > remaining:
+                rto = remaining
             try:
                 client = self._clients.get(server)
                 if client is None or client.closed:
-                    client = self._clients[server] = _UDPClient(loop, server, self)
+                    client = self._clients[server] = _UDPClient(self._loop, server, self)
                 pending = client.pending
                 qid = _query_ids.next()
                 while qid in pending:
@@ -480,22 +485,19 @@ class Resolver:
                 client.post(qid, wire.build_query(qid, q.name, q.rtype), q)
             except (OSError, wire.WireError) as exc:
                 q.last = f"{_where(server)}: {exc or type(exc).__name__}"
-                if q.attempt >= 3 * n:
+                if attempt >= 3 * n:
                     return self._finish(q, self._tempfail(q))
                 continue
-            q.server, q.client, q.qid, q.sent, q.srtt = server, client, qid, now, srtt
-            q.waiting = q.attempt
-            self._arm(now + rto, q)
+            q.server, q.client, q.qid, q.sent, q.srtt, q.waiting = server, client, qid, now, srtt, attempt
+            when = now + rto
+            self._seq = seq = self._seq + 1
+            heapq.heappush(self._timers, (when, seq, q, attempt))
+            if when + self.TIMER_SLACK < self._timer_at:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer_at = when + self.TIMER_SLACK
+                self._timer = self._loop.call_at(self._timer_at, self._expire)
             return
-
-    def _arm(self, when: float, q: _Question) -> None:
-        self._seq += 1
-        heapq.heappush(self._timers, (when, self._seq, q, q.attempt))
-        if when + self.TIMER_SLACK < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = when + self.TIMER_SLACK
-            self._timer = self._loop.call_at(self._timer_at, self._expire)
 
     def _expire(self) -> None:
         """The timer: every try whose time is up and that is still unanswered has timed out."""
