@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailtools.core import config as cfgmod
-from mailtools.core.exitcodes import Unavailable
+from mailtools.core.exitcodes import ConfigError, Unavailable, UsageError
+from mailtools.core.listen import parse_listen
 
 # The embedded default: unprivileged ports on loopback (DESIGN.md, `serve`).
 DEFAULT_LISTENERS = {
@@ -257,5 +258,16 @@ def run(root: str | None = None, overrides: dict[str, str] | None = None, hostna
             "submissions": ("submit", "tls_listen"), "imap": ("imap", "listen"),
             "imaps": ("imap", "tls_listen"), "pop3": ("pop3", "listen"), "pop3s": ("pop3", "tls_listen"),
         }[name]
+        if addr != "off":
+            try:
+                parse_listen(addr)
+            except ValueError as exc:
+                raise UsageError(f"--{name}: {exc}") from None
         setattr(getattr(cfg, table), key, [] if addr == "off" else [addr])
+    for comp in components(cfg):  # the rest came from the configuration file
+        for addr in (*comp.listen, *comp.tls_listen):
+            try:
+                parse_listen(addr)
+            except ValueError as exc:
+                raise ConfigError(f"{cfg.source}: {comp.label}: {exc}") from None
     return asyncio.run(_main(cfg))

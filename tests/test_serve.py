@@ -242,3 +242,14 @@ def test_remote_domain_goes_out_through_mx_lookup_to_the_sink(serve, tmp_path):
         assert b"Subject: going out" in m.data
         assert m.data.count(b"Received:") >= 2  # submission hop and the relay's own hop
         assert "status=sent" in s.output()
+
+
+def test_bad_listen_address_is_a_usage_or_config_error(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("MAILTOOLS_CONFIG", "MAILTOOLS_HOME")}
+    r = subprocess.run([*mailtools_cmd(), "serve", "--root", str(tmp_path / "r"), "--smtp", "nonsense"],
+                       capture_output=True, env=env, timeout=60)
+    assert r.returncode == 64 and b"--smtp" in r.stderr and b"nonsense" in r.stderr, r.stderr
+    cfg = tmp_path / "m.toml"
+    cfg.write_text(f'root = "{tmp_path / "r2"}"\n[imap]\nlisten = ["x:y"]\n')
+    r = subprocess.run([*mailtools_cmd(), "--config", str(cfg), "serve"], capture_output=True, env=env, timeout=60)
+    assert r.returncode == 78 and str(cfg).encode() in r.stderr and b"x:y" in r.stderr, r.stderr
