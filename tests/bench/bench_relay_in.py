@@ -111,11 +111,13 @@ def main() -> int:
     ap.add_argument("--no-postfix", action="store_true", help="measure mailtools only")
     a = ap.parse_args()
     mt = bench_mailtools(a.count, a.size)
-    print(f"relay_in mailtools: {a.count} msgs in {mt:.2f}s = {a.count / mt:.0f} msg/s", flush=True)
+    print(f"relay_in mailtools: {a.count} msgs in {mt:.2f}s = {a.count / mt:.0f} msg/s"
+          f" (load average {os.getloadavg()[0]:.1f})", flush=True)
     if a.no_postfix:
         return 0
     pf = bench_postfix(a.count, a.size)
-    print(f"relay_in postfix:   {a.count} msgs in {pf:.2f}s = {a.count / pf:.0f} msg/s", flush=True)
+    print(f"relay_in postfix:   {a.count} msgs in {pf:.2f}s = {a.count / pf:.0f} msg/s"
+          f" (load average {os.getloadavg()[0]:.1f})", flush=True)
     print(f"relay_in ratio mailtools/postfix: {pf / mt:.2f}")
     return 0
 
