@@ -91,9 +91,10 @@ class Checker:
         done = await asyncio.gather(*(one(*spec) for spec in POLICY_RECORDS))
         records = {key: found for key, found, _ in done}
         faults = [err for _, _, err in done if err]
+        failed = {key for key, _, err in done if err}
         if len(records["spf"]) > 1:
             faults.append(f"{len(records['spf'])} SPF records: receivers treat this as an error (RFC 7208 3.2)")
-        if not records["spf"]:
+        if not records["spf"] and "spf" not in failed:  # a failed lookup says nothing about the record
             faults.append("no SPF record")
         if len(records["dmarc"]) > 1:
             faults.append(f"{len(records['dmarc'])} DMARC records: receivers ignore them all (RFC 7489 6.6.3)")

@@ -227,3 +227,28 @@ def test_helo_only_server(check):
     assert [s["step"] for s in srv["steps"]] == ["connect", "banner", "ehlo", "helo", "quit"]
     assert srv["steps"][2]["detail"].startswith("502")
     assert any("STARTTLS missing" in f for f in doc["checks"]["faults"])
+
+
+def test_a_failed_spf_lookup_is_not_also_a_missing_record():
+    import asyncio
+    from types import SimpleNamespace
+
+    from mailtools.core import dns as mxdns
+    from mailtools.mxcheck import Checker
+
+    class Refusing:  # REFUSED for the domain's own TXT; the other policy names have none
+        async def query(self, name, rtype):
+            if name == "example.test":
+                raise mxdns.DNSTempFail("REFUSED")
+            return SimpleNamespace(records=[])
+
+    records, faults = asyncio.run(Checker(Refusing()).records("example.test"))
+    assert any(f.startswith("SPF lookup failed") for f in faults), faults
+    assert "no SPF record" not in faults, faults
+
+    class Empty:
+        async def query(self, name, rtype):
+            return SimpleNamespace(records=[])
+
+    records, faults = asyncio.run(Checker(Empty()).records("example.test"))
+    assert "no SPF record" in faults
