@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import shlex
 import signal
 import sys
 from dataclasses import dataclass
@@ -192,10 +193,14 @@ class Server:
         route = f"smarthost {cfg.relay.smarthost}" if cfg.relay.smarthost else "MX lookup"
         lines.append(f"  {'relay':<12} {'queue ' + str(cfg.queue_dir):<22} outbound via {route}")
         if not _users_exist(cfg):
-            lines += [
-                "No users yet. Create one (it asks for a password) with:",
-                f"  MAILTOOLS_HOME={cfg.root} mailtools user add me@localhost",
-            ]
+            domain = "localhost" if "localhost" in cfg.local_domains else (cfg.local_domains or [cfg.hostname])[0]
+            how = ("MAILTOOLS_HOME=" + shlex.quote(str(cfg.root)) if cfg.source.endswith(os.sep + "mailtools.toml")
+                   and os.path.dirname(cfg.source) == str(cfg.root) else "--config " + shlex.quote(cfg.source))
+            if how.startswith("MAILTOOLS_HOME="):
+                command = f"{how} mailtools user add me@{domain}"
+            else:
+                command = f"mailtools {how} user add me@{domain}"
+            lines += ["No users yet. Create one (it asks for a password) with:", f"  {command}"]
         lines.append("Ready. Stop with Ctrl-C (SIGTERM); reload config and users with SIGHUP.")
         _say("\n".join(lines))
 

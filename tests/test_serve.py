@@ -253,3 +253,45 @@ def test_bad_listen_address_is_a_usage_or_config_error(tmp_path):
     cfg.write_text(f'root = "{tmp_path / "r2"}"\n[imap]\nlisten = ["x:y"]\n')
     r = subprocess.run([*mailtools_cmd(), "--config", str(cfg), "serve"], capture_output=True, env=env, timeout=60)
     assert r.returncode == 78 and str(cfg).encode() in r.stderr and b"x:y" in r.stderr, r.stderr
+
+
+def _banner_command(out: str) -> list[str]:
+    import shlex
+
+    lines = out.splitlines()
+    i = next(n for n, line in enumerate(lines) if line.startswith("No users yet"))
+    return shlex.split(lines[i + 1])
+
+
+def test_the_banner_command_for_the_first_user_works(serve, tmp_path):
+    s = serve()
+    cmd = _banner_command(s.output())
+    assert cmd[0].startswith("MAILTOOLS_HOME=") and cmd[1:] == ["mailtools", "user", "add", "me@localhost"]
+    env = dict(s.env, MAILTOOLS_HOME=cmd[0].split("=", 1)[1])
+    r = subprocess.run([*mailtools_cmd(), *cmd[2:], "--password-stdin"], input=b"pw\n", capture_output=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "me@localhost:" in (s.root / "users").read_text()
+    # and with --config naming a file elsewhere whose only domain is example.test
+    root = tmp_path / "r2"
+    cfg = tmp_path / "conf" / "m.toml"
+    cfg.parent.mkdir()
+    ports = [free_port() for _ in range(7)]
+    cfg.write_text(f'root = "{root}"\nlocal_domains = ["example.test"]\n'
+                   f'[relay]\nlisten = ["127.0.0.1:{ports[0]}"]\n[submit]\nlisten = ["127.0.0.1:{ports[1]}"]\n'
+                   f'[imap]\nlisten = ["127.0.0.1:{ports[2]}"]\n[pop3]\nlisten = ["127.0.0.1:{ports[3]}"]\n')
+    log = tmp_path / "serve2.log"
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen([*mailtools_cmd(), "--config", str(cfg), "serve"], stdout=logf, stderr=subprocess.STDOUT, env=s.env)
+        try:
+            deadline = time.monotonic() + 20
+            while b"Ready." not in log.read_bytes():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+        finally:
+            proc.terminate()
+            proc.wait(20)
+    cmd = _banner_command(log.read_text())
+    assert cmd == ["mailtools", "--config", str(cfg), "user", "add", "me@example.test"], cmd
+    r = subprocess.run([*mailtools_cmd(), *cmd[1:], "--password-stdin"], input=b"pw\n", capture_output=True, env=s.env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "me@example.test:" in (root / "users").read_text()
