@@ -344,7 +344,7 @@ class SMTPConnection:
         sni = server_hostname or host
         t = self.cfg.timeouts
         ctx = None
-        if self.cfg.implicit_tls or self.cfg.tls != "none":
+        if self.cfg.implicit_tls:  # else built when STARTTLS is offered (the CAs cost ~0.1 s)
             ctx = _make_context(self.cfg.verify, self.cfg.ca_file)
         try:
             self.reader, self.writer = await asyncio.wait_for(
@@ -380,7 +380,8 @@ class SMTPConnection:
                 else:
                     try:
                         await asyncio.wait_for(
-                            self.writer.start_tls(ctx, server_hostname=sni), t.command
+                            self.writer.start_tls(_make_context(self.cfg.verify, self.cfg.ca_file),
+                                                  server_hostname=sni), t.command
                         )
                     except (ssl.SSLError, ssl.CertificateError, OSError, asyncio.TimeoutError) as exc:
                         msg = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
