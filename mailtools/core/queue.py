@@ -161,6 +161,46 @@ def _spread_subdirs(path: str) -> None:
         os.close(fd)
 
 
+class _GroupSync:
+    """fsync of one directory for the threads that need it at about the same time (group
+    commit). A caller takes a ticket after its change (the rename into new/); an fsync that
+    starts after ticket N was taken makes changes 1..N durable, so a caller whose ticket is
+    covered by an fsync that started later returns without one of its own. Under concurrent
+    submissions most enqueues then share new/'s fsync (and its disk cache flush)."""
+
+    def __init__(self, fd: int):
+        import threading
+
+        self.fd = fd
+        self._cond = threading.Condition(threading.Lock())
+        self._tickets = 0  # changes made
+        self._durable = 0  # changes 1.._durable are on disk
+        self._running = False
+
+    def sync(self) -> None:
+        cond = self._cond
+        with cond:
+            self._tickets += 1
+            mine = self._tickets
+            while self._durable < mine:
+                if self._running:
+                    cond.wait()
+                    continue
+                self._running = True
+                covers = self._tickets  # every change counted here happened before the fsync
+                cond.release()
+                ok = False
+                try:
+                    os.fsync(self.fd)
+                    ok = True
+                finally:
+                    cond.acquire()
+                    self._running = False
+                    if ok and covers > self._durable:
+                        self._durable = covers
+                    cond.notify_all()
+
+
 def _remove_tree(path: str) -> None:
     """Remove an entry directory (flat: files only); tolerant of a concurrent remover."""
     try:
@@ -308,7 +348,7 @@ class Queue:
             # disk full, I/O error: leave nothing behind (nothing was accepted)
             _remove_tree(os.path.join(self._dir("tmp"), qid))
             raise
-        os.fsync(new_fd)  # the name new/QID
+        self._new_sync.sync()  # the name new/QID (one fsync for the concurrent enqueues)
         return qid
 
     def _dir_fds(self) -> tuple[int, int]:
@@ -326,6 +366,9 @@ class Queue:
             except BaseException:
                 os.close(tmp_fd)
                 raise
+            # (Two threads racing here both open; either's new/ descriptor fsyncs the same
+            # directory, so whichever _GroupSync a caller sees is right.)
+            self._new_sync = _GroupSync(new_fd)
             fds = self._fds = (tmp_fd, new_fd)
         return fds
 

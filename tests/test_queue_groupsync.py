@@ -1,0 +1,86 @@
+"""Group commit of new/'s fsync (core/queue._GroupSync): a caller returns only once an fsync
+that started after its change has finished, and concurrent callers share fsyncs."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import mailtools.core.queue as qmod
+
+
+def test_every_change_is_covered_by_an_fsync_that_started_after_it(monkeypatch):
+    lock = threading.Lock()
+    made = 0  # changes made so far (a caller's change happens before it calls sync())
+    durable = 0  # changes covered by a finished fsync
+    calls = 0
+
+    def fake_fsync(fd):
+        nonlocal durable, calls
+        with lock:
+            covers = made
+            calls += 1
+        time.sleep(0.002)  # the disk
+        with lock:
+            durable = max(durable, covers)
+
+    monkeypatch.setattr(qmod.os, "fsync", fake_fsync)
+    gs = qmod._GroupSync(-1)
+    failures = []
+
+    def worker():
+        nonlocal made
+        for _ in range(40):
+            with lock:
+                made += 1
+                mine = made
+            gs.sync()
+            with lock:
+                if durable < mine:
+                    failures.append(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert calls < 12 * 40  # shared: fewer fsyncs than changes
+
+
+def test_a_failed_fsync_fails_its_caller_and_the_next_one_retries(monkeypatch):
+    outcomes = iter([OSError(5, "Input/output error"), None])
+
+    def flaky(fd):
+        exc = next(outcomes)
+        if exc:
+            raise exc
+
+    monkeypatch.setattr(qmod.os, "fsync", flaky)
+    gs = qmod._GroupSync(-1)
+    with pytest.raises(OSError):
+        gs.sync()
+    gs.sync()  # a real fsync this time, not "covered" by the failed one
+
+
+def test_concurrent_enqueues_all_land_whole(tmp_path):
+    q = qmod.Queue(tmp_path / "queue")
+    ids, errors = [], []
+
+    def worker(n):
+        try:
+            for i in range(25):
+                ids.append(q.enqueue("a@example.test", [f"r{n}.{i}@example.net"], b"Subject: x\n\nbody\n"))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(ids) == q.ids("new") and len(ids) == 200
+    assert all(q.read_message(e) == b"Subject: x\n\nbody\n" for e in q.entries())
