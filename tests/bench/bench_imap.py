@@ -4,7 +4,9 @@
 Same corpus for both (reference-bench gen_maildir.py, seed 42: 2-20 KB, varied headers), two
 copies so each server has its own index files; same client (reference-bench imapbench.py,
 Python imaplib); same password hash (BLF-CRYPT) in both users files. Prints both medians and
-the ratio mailtools/Dovecot per step. Loopback only.
+the ratio mailtools/Dovecot per step. Loopback only. The trials alternate between the two
+servers (Dovecot run 1, mailtools run 1, Dovecot run 2, ...) so that load from other users of
+the machine weighs on both sides alike; the load average is printed before and after.
 
 usage: python3 tests/bench/bench_imap.py [--count 10000] [--runs 3] [--big]
        (--big adds LOGIN+SELECT on a 100,000-message Maildir: ~1.1 GB, several minutes)
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import shutil
 import signal
 import socket
@@ -140,6 +143,27 @@ def imapbench(port: int, user: str, runs: int, resets: list, label: str, select_
     raise SystemExit(out)
 
 
+def alternate(runs: int, dv_args: tuple, mt_args: tuple) -> tuple[dict, dict]:
+    """`runs` one-trial imapbench calls per server, taking turns; the servers keep their memory
+    between calls, so this is --runs N with the two sides interleaved. Returns (mt, dv) in
+    imapbench's JSON shape (medians over the trials)."""
+    res: dict = {"dv": [], "mt": []}
+    for _ in range(runs):
+        res["dv"] += imapbench(*dv_args)["runs"]
+        res["mt"] += imapbench(*mt_args)["runs"]
+
+    def summary(trials: list, label: str) -> dict:
+        keys = [k for k, v in trials[0].items() if isinstance(v, float)]
+        return {"label": label, "runs": trials,
+                "median_s": {k: statistics.median(t[k] for t in trials) for k in keys}}
+
+    return summary(res["mt"], mt_args[4]), summary(res["dv"], dv_args[4])
+
+
+def load() -> str:
+    return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def _resets(d: Path) -> list:
     """mailtools' index: the uidlist (as for Dovecot) and its SQLite cache."""
     return [str(d / "dovecot-uidlist"), str(d / "mailtools-imap.cache*")]
@@ -184,13 +208,15 @@ def main() -> None:
     dv_port, conf = start_dovecot(dv_md, hashed)
     mt_port, proc = start_mailtools(mt_root, hashed)
     try:
-        dv = imapbench(dv_port, "user", a.runs, [str(dv_md / "user" / "dovecot*")], "imap10k")
-        mt = imapbench(mt_port, "user@example.test", a.runs, _resets(mt_md / "user"), "imap10k")
+        print(f"before: {load()}", flush=True)
+        mt, dv = alternate(a.runs, (dv_port, "user", 1, [str(dv_md / "user" / "dovecot*")], "imap10k"),
+                           (mt_port, "user@example.test", 1, _resets(mt_md / "user"), "imap10k"))
         report(mt, dv)
         if a.big:
-            dv = imapbench(dv_port, "big", a.runs, [str(dv_md / "big" / "dovecot*")], "imap100k", True)
-            mt = imapbench(mt_port, "big@example.test", a.runs, _resets(mt_md / "big"), "imap100k", True)
+            mt, dv = alternate(a.runs, (dv_port, "big", 1, [str(dv_md / "big" / "dovecot*")], "imap100k", True),
+                               (mt_port, "big@example.test", 1, _resets(mt_md / "big"), "imap100k", True))
             report(mt, dv)
+        print(f"after: {load()}")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
