@@ -104,7 +104,7 @@ def test_launcher_path_loads_no_site_no_pathlib_no_re(home, installed, tmp_path)
     modules = set(p.stderr.decode().split("MODULES ", 1)[1].split())
     assert "mailtools.submit.front" in modules and "mailtools.core.queue" in modules
     heavy = {"site", "pathlib", "re", "typer", "click", "rich", "email", "asyncio", "argparse",
-             "tomllib", "importlib.util", "dns", "ssl", "threading"} & modules
+             "tomllib", "importlib.util", "dns", "ssl"} & modules
     assert not heavy
     assert len(entries(home)) == 2
 
@@ -184,11 +184,9 @@ def test_render_refuses_an_interpreter_path_a_shebang_cannot_hold():
 def test_launcher_from_a_plain_pip_install(home, tmp_path):
     """`pip install .` (not editable) into a fresh venv: the launcher it writes points at that
     venv's site-packages and queues a message."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, src / name)
-    shutil.copytree(REPO / "mailtools", src / "mailtools", ignore=shutil.ignore_patterns("__pycache__"))
+    src = tmp_path / "src"  # the checkout as a release has it (pip builds in its source tree)
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", "tests", "__pycache__", "*.egg-info", "build", "dist", ".hypothesis", ".pytest_cache"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
@@ -263,3 +261,24 @@ def test_closed_standard_descriptors(home, installed):
     p = subprocess.run(["sh", "-c", f"exec {q} -i r@example.test <&-"], capture_output=True, timeout=60)
     assert (p.returncode, p.stderr) == (65, b"sendmail: empty message: nothing queued\n")
     assert len(entries(home)) == 1
+
+
+def test_quick_exit_waits_for_a_live_thread(tmp_path):
+    """The os._exit shortcut is skipped while another thread is alive: its work completes."""
+    mark = tmp_path / "mark"
+    code = ("import sys, threading, time\n"
+            f"sys.path.insert(0, {str(REPO)!r})\n"
+            "from mailtools.submit import front\n"
+            "def work():\n"
+            "    time.sleep(0.3)\n"
+            f"    open({str(mark)!r}, 'w').write('done')\n"
+            "threading.Thread(target=work).start()\n"
+            "front._quick_exit(3)\n"
+            "sys.exit(4)\n")
+    p = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, timeout=60)
+    assert p.returncode == 4, p.stderr.decode()  # returned: the normal exit, which waits
+    assert mark.read_text() == "done"
+    # and with no other thread it does end the process at once, with its code
+    code = f"import sys\nsys.path.insert(0, {str(REPO)!r})\nfrom mailtools.submit import front\nfront._quick_exit(3)\nsys.exit(4)\n"
+    p = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, timeout=60)
+    assert p.returncode == 3, p.stderr.decode()

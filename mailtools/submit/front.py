@@ -182,9 +182,9 @@ def process_main(argv: list[str], prog: str = "sendmail") -> int:
     fsynced, so it runs without the cyclic garbage collector and ends with os._exit() right
     after flushing stdout and stderr: the interpreter's teardown (freeing every module, a last
     collection) cost a sixth of the launcher's instructions and a seventh of the link's. Only
-    when no thread was started (threading never imported) and no exit handler is registered (a
-    sitecustomize or coverage's .pth may add one); every file of ours is closed by then. Other
-    modes (-q, -bs, -bp, the servers) end normally."""
+    when no other thread is alive and no exit handler is registered (a sitecustomize or
+    coverage's .pth may add one); every file of ours is closed by then. Other modes (-q, -bs,
+    -bp, the servers) end normally."""
     _standard_fds()
     try:
         o = parse(argv) if prog == "sendmail" else None
@@ -218,7 +218,12 @@ def _standard_fds() -> None:
 def _quick_exit(rc: int) -> None:
     import atexit
 
-    if "threading" in sys.modules or getattr(atexit, "_ncallbacks", lambda: 1)():
+    if getattr(atexit, "_ncallbacks", lambda: 1)():  # exit handlers: let them run
+        return
+    threading = sys.modules.get("threading")
+    # Another live thread, or threading's own exit hooks (concurrent.futures): a normal exit.
+    if threading is not None and (threading.active_count() > 1
+                                  or getattr(threading, "_threading_atexits", [None])):
         return
     try:
         sys.stdout.flush()
