@@ -1,8 +1,10 @@
-"""Group commit of new/'s fsync (core/queue._GroupSync): a caller returns only once an fsync
-that started after its change has finished, and concurrent callers share fsyncs."""
+"""The submission side of the queue. Group commit of new/'s fsync (core/queue._GroupSync): a
+caller returns only once an fsync that started after its change has finished, and concurrent
+callers share fsyncs. Nudger: the relay daemon's FIFO kept open, one byte while unread."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -84,3 +86,24 @@ def test_concurrent_enqueues_all_land_whole(tmp_path):
     assert errors == []
     assert sorted(ids) == q.ids("new") and len(ids) == 200
     assert all(q.read_message(e) == b"Subject: x\n\nbody\n" for e in q.entries())
+
+
+def test_nudger_wakes_a_daemon_once_per_drain_and_survives_its_restart(tmp_path):
+    n = qmod.Nudger(tmp_path)
+    assert n() is False  # no daemon: nothing to wake, nothing raised
+    listener = qmod.NudgeListener(tmp_path)
+    try:
+        assert n() and n() and n()
+        assert os.read(listener.fd, 100) == b"!"  # one byte while unread: one wake-up
+        assert n()
+        assert listener.wait(1.0) is True
+        assert listener.wait(0.05) is False
+    finally:
+        listener.close()
+    assert n() is False  # the daemon went away (EPIPE): closed, no exception
+    listener = qmod.NudgeListener(tmp_path)
+    try:
+        assert n() and listener.wait(1.0) is True  # a new daemon is found again
+    finally:
+        listener.close()
+        n.close()

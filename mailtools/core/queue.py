@@ -719,6 +719,62 @@ def nudge(queue_dir) -> bool:
         os.close(fd)
 
 
+class Nudger:
+    """nudge() for a server that queues many messages: the FIFO stays open between calls, and
+    no byte is written while one is still unread (the daemon drains them all at once and
+    then lists new/, so the pending byte already covers this entry). Same best effort as
+    nudge(): with no daemon (ENOENT, ENXIO) or a daemon gone (EPIPE) nothing happens, and
+    the next call opens the FIFO again. Safe to call from several threads."""
+
+    def __init__(self, queue_dir):
+        import threading
+
+        self.path = os.path.join(os.fspath(queue_dir), NUDGE)
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> bool:
+        import fcntl
+        import stat
+        import struct
+        import termios
+
+        with self._lock:
+            fd = self._fd
+            if fd is None:
+                try:
+                    fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW
+                                 | getattr(os, "O_CLOEXEC", 0))
+                except OSError:
+                    return False
+                if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                    os.close(fd)
+                    return False
+                self._fd = fd
+            try:
+                unread = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+                if unread == 0:
+                    os.write(fd, b"!")
+                return True
+            except BlockingIOError:
+                return True  # a full pipe: the daemon is awake already
+            except OSError:
+                self._close()
+                return False
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+
 class NudgeListener:
     """The daemon side of nudge(): owns the FIFO, wakes waiters when a byte arrives.
 

@@ -68,9 +68,10 @@ class SubmitHandler(Handler):
     """One connection's policy. `local=True` is `sendmail -bs`: the local user is trusted as
     the local sendmail command line is, so no AUTH is needed or offered."""
 
-    def __init__(self, cfg, queue, *, local: bool = False, logger=log):
+    def __init__(self, cfg, queue, *, local: bool = False, logger=log, nudger=None):
         self.cfg = cfg
         self.queue = queue
+        self.nudger = nudger  # a core.queue.Nudger shared by the connections, or None
         self.local = local
         self.log = logger
         self.auth_mechanisms = () if local else ("PLAIN", "LOGIN")
@@ -173,9 +174,12 @@ class SubmitHandler(Handler):
             return R.QUEUE_FAILED  # 451: the client keeps the message and retries
         except ValueError as exc:
             return R.MESSAGE_REFUSED.with_text(f"Message refused: {exc}")
-        from mailtools.core.queue import nudge
+        if self.nudger is not None:
+            self.nudger()
+        else:
+            from mailtools.core.queue import nudge
 
-        nudge(cfg.queue_dir)
+            nudge(cfg.queue_dir)
         who = f", sasl_username={info.auth_user}" if info.auth_user else ""
         self.log(f"{qid}: client={_client(info)}{who}, from=<{sender}>, size={len(data)}, "
                  f"nrcpt={len(tx.recipients)} (queue active)")
@@ -192,7 +196,7 @@ async def start(cfg, listen=None, tls_listen=None):
     """Start the submission listeners in the running loop; returns the asyncio servers."""
     from mailtools.core import tls as tlsmod
     from mailtools.core.exitcodes import ConfigError
-    from mailtools.core.queue import Queue
+    from mailtools.core.queue import Nudger, Queue
     from mailtools.smtpd.server import start_server
 
     listen = list(cfg.submit.listen if listen is None else listen)
@@ -204,9 +208,10 @@ async def start(cfg, listen=None, tls_listen=None):
         log("warning: no [tls] cert: STARTTLS is not offered, so AUTH (and submission) works "
             "only on loopback listeners")
     queue = Queue(cfg.queue_dir)
+    nudger = Nudger(cfg.queue_dir)
     try:
         return await start_server(
-            lambda: SubmitHandler(cfg, queue), listen, tls_listen, ctx,
+            lambda: SubmitHandler(cfg, queue, nudger=nudger), listen, tls_listen, ctx,
             hostname=cfg.hostname, limits=limits_from(cfg),
             max_connections=cfg.submit.max_connections)
     except ValueError as exc:
