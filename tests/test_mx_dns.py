@@ -275,4 +275,7 @@ def test_parser_agrees_with_dnspython(qname, records):
             expected.append((rrset.name.to_text(omit_final_dot=True).lower(), dnswire.TYPES[rtype], rrset.ttl, data))
     parsed = dnswire.parse_response(response.to_wire())
     assert parsed.qname == qname.lower() and parsed.qtype == dnswire.MX
+    # the resolver's shortcut (the name it asked need not be decoded again) reads the same
+    assert dnswire.parse_response(response.to_wire(), qname.lower()) == parsed
+    assert dnswire.parse_response(response.to_wire(), "other." + qname.lower()) == parsed
     assert [(r.name, r.rtype, r.ttl, r.data) for r in parsed.answer] == expected

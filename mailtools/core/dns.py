@@ -271,7 +271,7 @@ class _UDPClient:
         if q is None:
             return
         try:
-            resp = wire.parse_response(data)
+            resp = wire.parse_response(data, q.name)
         except wire.WireError as exc:
             del self.pending[qid]
             self.resolver._udp_failed(q, exc)
@@ -357,7 +357,8 @@ class Resolver:
         self._active = 0  # questions holding a slot
         self._queued: deque = deque()  # questions waiting for a slot
         self._pumping = False
-        self._timers: list = []  # heap of (expiry, seq, question, try)
+        self._fifo: deque = deque()  # (expiry, question, try) in expiry order
+        self._timers: list = []  # heap of (expiry, seq, question, try): the others
         self._timer = None
         self._timer_at = float("inf")  # when the timer fires (inf: not armed)
         self._seq = 0
@@ -433,6 +434,7 @@ class Resolver:
             self._active = 0
             self._queued = deque()
             self._pumping = False
+            self._fifo = deque()
             self._timers = []
             self._timer = None
             self._timer_at = float("inf")
@@ -490,8 +492,12 @@ class Resolver:
                 continue
             q.server, q.client, q.qid, q.sent, q.srtt, q.waiting = server, client, qid, now, srtt, attempt
             when = now + rto
-            self._seq = seq = self._seq + 1
-            heapq.heappush(self._timers, (when, seq, q, attempt))
+            fifo = self._fifo
+            if not fifo or when >= fifo[-1][0]:  # the usual case: same RTO as the try before
+                fifo.append((when, q, attempt))
+            else:
+                self._seq = seq = self._seq + 1
+                heapq.heappush(self._timers, (when, seq, q, attempt))
             if when + self.TIMER_SLACK < self._timer_at:
                 if self._timer is not None:
                     self._timer.cancel()
@@ -503,18 +509,24 @@ class Resolver:
         """The timer: every try whose time is up and that is still unanswered has timed out."""
         self._timer = None
         self._timer_at = float("-inf")  # the retries below do not arm it: done once at the end
-        timers = self._timers
+        fifo, timers = self._fifo, self._timers
         now = _now()
-        while timers and timers[0][0] <= now:
-            _, _, q, attempt = heapq.heappop(timers)
+        while True:
+            if fifo and fifo[0][0] <= now:
+                _, q, attempt = fifo.popleft()
+            elif timers and timers[0][0] <= now:
+                _, _, q, attempt = heapq.heappop(timers)
+            else:
+                break
             if q.waiting == attempt and not q.done:
                 q.waiting = 0
                 q.client.pending.pop(q.qid, None)
                 q.last = f"no answer from {_where(q.server)} (timed out)"
                 self._try(q)
         self._timer_at = float("inf")
-        if timers:
-            self._timer_at = max(timers[0][0], now) + self.TIMER_SLACK
+        if fifo or timers:
+            first = min(fifo[0][0] if fifo else float("inf"), timers[0][0] if timers else float("inf"))
+            self._timer_at = max(first, now) + self.TIMER_SLACK
             self._timer = self._loop.call_at(self._timer_at, self._expire)
 
     def _udp_answered(self, q: _Question, resp: wire.Response) -> None:

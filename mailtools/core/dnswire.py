@@ -169,8 +169,9 @@ def _rdata(data: bytes, rtype: int, pos: int, rdlen: int, seen: dict | None = No
     return data[pos:end]
 
 
-def parse_response(data: bytes) -> Response:
-    """Parse a response; raises WireError for anything malformed."""
+def parse_response(data: bytes, expect: str | None = None) -> Response:
+    """Parse a response; raises WireError for anything malformed. `expect` is the name asked
+    (lower case): when the question section holds it (in any case), it is not decoded again."""
     if len(data) < 12:
         raise WireError("short message")
     qid, flags, qd, an, ns, _ar = _HEADER.unpack_from(data, 0)
@@ -183,6 +184,15 @@ def parse_response(data: bytes) -> Response:
     seen: dict[int, bytes] = {}
     n = len(data)
     try:
+        if expect is not None and qd == 1:
+            wire = encode_name(expect)
+            end = 12 + len(wire)
+            if data[12:end].lower() == wire:
+                seen[12] = expect.encode("ascii")
+                qname, pos = expect, end
+                qtype, _c = _QUESTION.unpack_from(data, pos)
+                pos += 4
+                qd = 0  # read
         for i in range(qd):
             name, pos = _read_name(data, pos, seen)
             t, _c = _QUESTION.unpack_from(data, pos)
@@ -193,7 +203,7 @@ def parse_response(data: bytes) -> Response:
         for idx, count in ((0, an), (1, ns)):
             out = sections[idx]
             for _ in range(count):
-                if data[pos] == 0xC0 and data[pos + 1] == 12 and qd:  # the question's name
+                if data[pos] == 0xC0 and data[pos + 1] == 12 and 12 in seen:  # the question's name
                     name = qname
                     pos += 2
                 else:
