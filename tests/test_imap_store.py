@@ -47,3 +47,21 @@ def test_file_read_after_outside_rename(tmp_path):
     # no refresh in between: the read finds the file by its base name
     assert f.read(m) == b"Subject: 0\r\n\r\nbody\r\n"
     assert f.info_for(m).size == len(b"Subject: 0\r\n\r\nbody\r\n")
+
+
+def test_cache_background_flush_keeps_order(tmp_path):
+    from mailtools.imap import cache as cachemod
+
+    c = cachemod.Cache(tmp_path)
+    for i in range(50):
+        c.put(f"m{i}", cachemod.Info(i, 1000 + i, b"H: %d\r\n\r\n" % i, None))
+    c.flush(background=True)
+    inf = cachemod.Info(7, 1007, b"H: 7\r\n\r\n", b"(NIL)")  # a later change of the same row
+    c.put("m7", inf)
+    c.drop(["m3"])
+    c.flush(background=True)
+    inf.envelope = b"changed after the flush"  # the queued row was taken at flush time
+    cachemod._background().submit(lambda: None).result(10)  # the writer is one thread, in order
+    got = cachemod.Cache(tmp_path).load()
+    assert len(got) == 49 and "m3" not in got
+    assert got["m7"].envelope == b"(NIL)" and got["m8"].header == b"H: 8\r\n\r\n"

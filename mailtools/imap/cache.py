@@ -7,12 +7,18 @@ Holds what would otherwise need the whole file read per command: the CRLF size, 
 the header block, the rendered ENVELOPE and BODYSTRUCTURE.
 
 Room for CONDSTORE/QRESYNC later: a per-message modseq column and a mailbox HIGHESTMODSEQ row.
+
+The server writes in the background (flush(background=True)): one thread takes every
+cache's writes in order, so committing 10,000 new rows after a first FETCH neither delays
+that answer nor stalls the other connections. A lock per cache keeps reads and writes apart.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 CACHE_NAME = "mailtools-imap.cache"
@@ -29,12 +35,23 @@ class Info:
         self.bs, self.body = bs, body
 
 
+_writer: ThreadPoolExecutor | None = None
+
+
+def _background() -> ThreadPoolExecutor:
+    global _writer
+    if _writer is None:
+        _writer = ThreadPoolExecutor(1, thread_name_prefix="imap-cache")
+    return _writer
+
+
 class Cache:
     def __init__(self, folder: Path):
         self.path = Path(folder) / CACHE_NAME
         self.db: sqlite3.Connection | None = None
         self.pending: dict[str, Info] = {}
         self.gone: set[str] = set()
+        self.lock = threading.Lock()
 
     def _open(self) -> sqlite3.Connection | None:
         if self.db is not None:
@@ -66,14 +83,15 @@ class Cache:
                 pass
 
     def load(self) -> dict[str, Info]:
-        db = self._open()
-        if db is None:
-            return {}
-        try:
-            rows = db.execute("SELECT base, size, idate, header, envelope, bs, body FROM msg").fetchall()
-        except sqlite3.Error:
-            self._reset_file()
-            return {}
+        with self.lock:
+            db = self._open()
+            if db is None:
+                return {}
+            try:
+                rows = db.execute("SELECT base, size, idate, header, envelope, bs, body FROM msg").fetchall()
+            except sqlite3.Error:
+                self._reset_file()
+                return {}
         return {r[0]: Info(r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows}
 
     def put(self, base: str, info: Info) -> None:
@@ -82,26 +100,34 @@ class Cache:
     def drop(self, bases) -> None:
         self.gone.update(bases)
 
-    def flush(self) -> None:
+    def flush(self, background: bool = False) -> None:
+        """Write what changed: now, or queued to the writer thread (the rows are taken now:
+        Info objects change later)."""
         if not self.pending and not self.gone:
             return
-        db = self._open()
         pending, gone = self.pending, self.gone
         self.pending, self.gone = {}, set()
-        if db is None:
-            return
-        try:
-            db.execute("BEGIN")
-            db.executemany(
-                "INSERT OR REPLACE INTO msg VALUES (?,?,?,?,?,?,?)",
-                [(b, i.size, i.idate, i.header, i.envelope, i.bs, i.body) for b, i in pending.items()],
-            )
-            db.executemany("DELETE FROM msg WHERE base=?", [(b,) for b in gone])
-            db.execute("COMMIT")
-        except sqlite3.Error:
-            self._reset_file()
+        rows = [(b, i.size, i.idate, i.header, i.envelope, i.bs, i.body) for b, i in pending.items()]
+        if background:
+            _background().submit(self._write, rows, gone)
+        else:
+            self._write(rows, gone)
+
+    def _write(self, rows: list, gone: set) -> None:
+        with self.lock:
+            db = self._open()
+            if db is None:
+                return
+            try:
+                db.execute("BEGIN")
+                db.executemany("INSERT OR REPLACE INTO msg VALUES (?,?,?,?,?,?,?)", rows)
+                db.executemany("DELETE FROM msg WHERE base=?", [(b,) for b in gone])
+                db.execute("COMMIT")
+            except sqlite3.Error:
+                self._reset_file()
 
     def close(self) -> None:
-        if self.db is not None:
-            self.db.close()
-            self.db = None
+        with self.lock:
+            if self.db is not None:
+                self.db.close()
+                self.db = None

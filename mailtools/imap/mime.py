@@ -187,9 +187,23 @@ def _fast_addresses(text: str):
 _group_re = re.compile(r'\s*("(?:[^"\\]|\\.)*"|[^:;"<>@,()]+?)\s*:([^;]*);\s*,?')
 
 
+_addr_memo: dict[bytes, bytes] = {}
+
+
 def _addresses(value: bytes | None) -> bytes:
+    """An ENVELOPE address list; remembered per header value, since the same From and To
+    values come back across a mailbox (a cold 10k ENVELOPE fetch renders 60k of them)."""
     if value is None:
         return b"NIL"
+    got = _addr_memo.get(value)
+    if got is None:
+        if len(_addr_memo) >= 8192:
+            _addr_memo.clear()
+        got = _addr_memo[value] = _render_addresses(value)
+    return got
+
+
+def _render_addresses(value: bytes) -> bytes:
     text = value.decode("utf-8", "surrogateescape")
     if ":" in text and ";" in text:
         # RFC 3501 7.4.2: a group is (NIL NIL "name" NIL) members... (NIL NIL NIL NIL)
@@ -229,21 +243,24 @@ def _address_items(text: str) -> bytes:
 
 
 def envelope(header: bytes) -> bytes:
-    h = headers(header)
-    frm = get(h, "from")
-    sender = get(h, "sender") or frm
-    reply_to = get(h, "reply-to") or frm
+    h: dict[str, bytes] = {}
+    for n, v in headers(header):
+        h.setdefault(n, v)  # the first of each, as get() finds it
+    get = h.get
+    frm = get("from")
+    sender = get("sender") or frm
+    reply_to = get("reply-to") or frm
     parts = [
-        quote(get(h, "date")),
-        quote(get(h, "subject")),
+        quote(get("date")),
+        quote(get("subject")),
         _addresses(frm),
         _addresses(sender),
         _addresses(reply_to),
-        _addresses(get(h, "to")),
-        _addresses(get(h, "cc")),
-        _addresses(get(h, "bcc")),
-        quote(get(h, "in-reply-to")),
-        quote(get(h, "message-id")),
+        _addresses(get("to")),
+        _addresses(get("cc")),
+        _addresses(get("bcc")),
+        quote(get("in-reply-to")),
+        quote(get("message-id")),
     ]
     return b"(" + b" ".join(parts) + b")"
 

@@ -112,7 +112,7 @@ class _Connection(asyncio.Protocol):
         self.shared.active -= 1
         if sess.folder is not None:
             try:
-                sess.folder.flush()
+                sess.folder.flush(background=True)
             except Exception:
                 pass
 

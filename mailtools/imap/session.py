@@ -200,7 +200,7 @@ class Session(MailboxCommands):
 
     def _flush_folder(self):
         if self.folder is not None and self.work is None:  # a paused command flushes at its end
-            self.folder.flush()
+            self.folder.flush(background=self.cooperative)
 
     def poll(self) -> list:
         """While idling: report changes to the selected mailbox (called by the transport)."""
@@ -495,7 +495,7 @@ class Session(MailboxCommands):
 
     def _unselect(self):
         if self.folder is not None:
-            self.folder.flush()
+            self.folder.flush(background=self.cooperative)
         self.folder = None
         self.view, self.vflags, self.recent = [], {}, set()
         self.seen_generation = -1
@@ -735,7 +735,7 @@ class Session(MailboxCommands):
             items.append((data, letters, info.idate if info else None))
             copied.append(m.uid)
         pairs = list(zip(copied, dst.append_many(items))) if items else []
-        dst.flush()
+        dst.flush(background=self.cooperative)
         code = ""
         if pairs:
             code = f"[COPYUID {dst.uidvalidity} {','.join(str(a) for a, _ in pairs)} {','.join(str(b) for _, b in pairs)}] "

@@ -381,8 +381,8 @@ class Folder:
         self.cache.put(m.base, inf)
         return inf.bs if extended else inf.body
 
-    def flush(self) -> None:
-        self.cache.flush()
+    def flush(self, background: bool = False) -> None:
+        self.cache.flush(background)
 
 
 class Store:
@@ -408,7 +408,7 @@ class Store:
         if f is None:
             f = Store._folders[p] = Folder(Path(p))
             while len(Store._folders) > Store.MAX_FOLDERS:
-                Store._folders.popitem(last=False)[1].flush()
+                Store._folders.popitem(last=False)[1].flush(background=True)
         else:
             Store._folders.move_to_end(p)
         return f
