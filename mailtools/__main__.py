@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     whole_process = argv is None  # argv from sys.argv: the program itself, not a caller's test
     argv = list(sys.argv if argv is None else argv)
     prog = os.path.basename(argv[0]) if argv else "mailtools"
+    if whole_process and (sys.stdin is None or sys.stdout is None or sys.stderr is None):
+        exitcodes.standard_fds()
     if prog in ("sendmail", "mailq"):
         entry = "process_main" if whole_process else "sendmail_main"  # process_main may os._exit
         return exitcodes.run(prog, lambda: _load(f"mailtools.submit.front:{entry}")(argv[1:], prog))

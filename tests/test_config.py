@@ -116,3 +116,19 @@ def test_log_lines_go_to_the_configured_file_not_stderr(home, run, tmp_path):
     assert log.split(" ", 1)[1].startswith("relay["), log  # time stamp, then program[pid]
     r = run("relay", "--once")  # appended to, never truncated
     assert logfile.read_text().startswith(log)
+
+
+def test_a_command_started_with_stdout_closed_still_exits_by_its_outcome(tmp_path, home):
+    # cron and daemons sometimes start a job with fd 1 closed: Python then has sys.stdout None
+    # and the exit code must still be the command's own (here deliver's 0), not 70.
+    import os
+    import subprocess
+
+    from conftest import mailtools_cmd
+    from mailtools.core.auth import Users
+
+    Users(home / "users").add("alice@example.test", "pw")
+    r = subprocess.run([*mailtools_cmd(), "deliver", "alice@example.test"], input=b"Subject: s\n\nhi\n",
+                       stdout=None, stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert list((home / "mail" / "example.test" / "alice" / "new").iterdir())

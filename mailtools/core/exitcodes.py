@@ -111,12 +111,27 @@ def error(name: str, message: str) -> None:
         pass
 
 
+def standard_fds() -> None:
+    """Standard input, output and error open, on /dev/null where the caller closed them (as
+    Postfix's sendmail does): else the first file we open (a queue entry, a Maildir file) would
+    be fd 1 or 2, and Python leaves sys.stdout None (it does so exactly when the descriptor was
+    not open), which the first print or flush would trip over. Cron and daemons start jobs so."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        if getattr(sys, name) is None:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            setattr(sys, name, open(fd, mode, closefd=False))
+
+
 def run(name: str, fn, *args, **kwargs) -> int:
     """Call fn and turn its outcome into an exit code; never lets a traceback reach the user."""
     try:
         rc = fn(*args, **kwargs)
         try:
-            sys.stdout.flush()
+            if sys.stdout is not None:  # None when the caller started us with stdout closed
+                sys.stdout.flush()
         except BrokenPipeError:
             _quiet_stdout()
         if rc is NotImplemented:  # a fast front handing over to typer

@@ -185,7 +185,7 @@ def process_main(argv: list[str], prog: str = "sendmail") -> int:
     when no other thread is alive and no exit handler is registered (a sitecustomize or
     coverage's .pth may add one); every file of ours is closed by then. Other modes (-q, -bs,
     -bp, the servers) end normally."""
-    _standard_fds()
+    exitcodes.standard_fds()
     try:
         o = parse(argv) if prog == "sendmail" else None
     except UsageError:
@@ -200,19 +200,6 @@ def process_main(argv: list[str], prog: str = "sendmail") -> int:
     if quick:
         _quick_exit(rc)
     return rc
-
-
-def _standard_fds() -> None:
-    """Standard input, output and error open, on /dev/null where the caller closed them (as
-    Postfix's sendmail does): else the first file we open (the queue's) would be fd 1 or 2, and
-    Python leaves sys.stdout None (it does so exactly when the descriptor was not open)."""
-    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
-        if getattr(sys, name) is None:
-            null = os.open(os.devnull, os.O_RDWR)
-            if null != fd:
-                os.dup2(null, fd)
-                os.close(null)
-            setattr(sys, name, open(fd, mode, closefd=False))
 
 
 def _quick_exit(rc: int) -> None:
