@@ -627,9 +627,13 @@ class Resolver:
 def _make_answer(name: str, rtype: int, resp: wire.Response) -> Answer:
     """The Answer to name/rtype in a NOERROR or NXDOMAIN response: the CNAME chain followed
     (RFC 1034 3.6.2), the records of the type at its end, and how long it may be cached."""
+    answer = resp.answer
+    if len(answer) == 1:
+        only = answer[0]
+        if only.rtype == rtype and only.name == name:  # the usual answer: one record, no alias
+            return Answer(name, rtype, resp.rcode, [], name, [only.data], only.ttl)
     current, cnames = name, []
     owners: dict[str, str] = {}
-    answer = resp.answer
     for rec in answer:
         if rec.rtype == wire.CNAME:
             owners[rec.name] = rec.data
