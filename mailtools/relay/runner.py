@@ -4,7 +4,10 @@ One pass (`run_pass`) lists the entries that are due, claims them one by one (an
 mailtools.core.queue, so another runner, on this host or another sharing the spool, never gets the
 same entry), splits each entry's pending recipients by domain and hands them to a per-destination
 pool of connection workers. A worker keeps its SMTP connection open and sends message after
-message to the same next hop; at most `relay.concurrency` connections are open at once. Local
+message to the same next hop, taking the next job before the current message's content goes out
+so that its envelope rides in the same write (client.send(then=...)); at most
+`relay.concurrency` connections are open at once. Claims and the removal of finished entries
+run on the event loop (no fsync in either); only fsyncing work goes to threads. Local
 domains are delivered straight into the Maildirs. When every job of an entry has an outcome the
 entry's envelope is written back (or the entry removed, when every recipient is final), bounces are
 queued, and the claim is released.
