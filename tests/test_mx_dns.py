@@ -167,6 +167,21 @@ def test_silent_server_times_out_and_the_next_one_answers(server):
     assert answer.records == ["192.0.2.50"] and r.queries_sent == 2
 
 
+def test_resolver_outlives_a_loop_that_ended_with_queries_in_flight(server):
+    """relay runs one event loop per queue run: a loop that ends while a query waits (here on
+    a server that never answers) leaves the resolver usable by the next loop."""
+    with support_dns.start_fake_dns("silent") as silent:
+        r = mxdns.make_resolver([silent.nameserver], 3)
+
+        async def abandon():
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(r.query("real.test", "A"), 0.2)
+
+        run(abandon())
+        r.nameservers = [("127.0.0.1", server.port)]
+        assert run(r.query("real.test", "A")).records == ["192.0.2.50"]
+
+
 def test_mismatched_answer_is_ignored():
     """An answer whose question differs from ours (RFC 5452 9.1) must not be accepted."""
     async def go():

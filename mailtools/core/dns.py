@@ -285,6 +285,8 @@ class _UDPClient:
         from here: a retry may reopen this very server's socket)."""
         waiting = list(self.pending.values())
         self.pending.clear()
+        if self.loop.is_closed():  # a loop that ended with queries in flight: nobody waits
+            return
         for q in waiting:
             q.waiting = 0
             self.loop.call_soon(self.resolver._udp_failed, q, exc)
