@@ -521,3 +521,28 @@ def test_long_queue_split_over_processes_delivers_each_once_and_bounces(env, dns
         if (os.cpu_count() or 1) > 1:
             assert len(pids) >= 2, "one process did all the work"
         assert env.entries() == []
+
+
+def test_split_run_first_recovers_the_claims_of_a_dead_runner(env, dns):
+    """Entries a dead runner left claimed are put back before the queue is dealt to the
+    processes, so they go out in this run (not the next)."""
+    from mailtools.core import queue as qmod
+    from mailtools.relay.runner import PER_PROCESS
+
+    n = 2 * PER_PROCESS + 5
+    with support_sink.start_sink() as sink:
+        env.write(dns, sink.port)
+        for i in range(n):
+            env.enqueue("alice@example.test", [f"u{i}@remote.test"], msg(f"rec{i}"))
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        qdir = env.root / "queue"
+        for qid in env.queue.ids("new")[1:6]:
+            os.rename(qdir / "new" / qid, qdir / "active" / f"{qid}.{dead.pid}.{qmod._HOST}.1")
+        r = env.run("--once", timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert sink.wait_count(n) == n
+        time.sleep(0.3)
+        assert sorted(rc for m in sink.messages() for rc in m.recipients) == sorted(
+            f"u{i}@remote.test" for i in range(n))
+        assert env.entries() == []

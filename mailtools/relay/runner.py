@@ -831,7 +831,9 @@ def _run_split(cfg, *, flush: bool, smarthost: Optional[str]) -> dict:
 
     from mailtools.core.queue import Queue
 
-    ids = Queue(cfg.queue_dir).ids("new")
+    queue = Queue(cfg.queue_dir)
+    queue.recover(float(cfg.relay.claim_timeout))  # before listing: recovered entries go out now
+    ids = queue.ids("new")
     n = _processes(cfg, len(ids))
     if n == 1:
         return asyncio.run(run_queue(cfg, flush=flush, smarthost=smarthost))
