@@ -859,6 +859,7 @@ def _run_split(cfg, *, flush: bool, smarthost: Optional[str]) -> dict:
                 log(f"warning: queue process failed: {type(exc).__name__}: {exc}")
             finally:
                 try:
+                    _join_threads()
                     sys.stderr.flush()
                 finally:
                     os._exit(code)
@@ -877,6 +878,18 @@ def _run_split(cfg, *, flush: bool, smarthost: Optional[str]) -> dict:
         for key, value in more.items():
             stats[key] = value if key == "bounces" else stats.get(key, 0) + value
     return stats
+
+
+def _join_threads() -> None:
+    """What interpreter exit would do before os._exit ends a child: let the spool pools and
+    the queue's remover (it empties trash/ after the runner) finish their work."""
+    import threading
+
+    for pool in _POOLS.values():
+        pool.shutdown(wait=True)
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and not t.daemon:
+            t.join(60)
 
 
 def _collect(pid: int, fd: int) -> dict:
