@@ -107,3 +107,16 @@ def test_nudger_wakes_a_daemon_once_per_drain_and_survives_its_restart(tmp_path)
     finally:
         listener.close()
         n.close()
+
+
+def test_a_process_without_threads_fsyncs_without_importing_threading(tmp_path):
+    # sendmail's one-message process: enqueue must not pull in threading for the group commit
+    import subprocess
+    import sys
+
+    code = ("import sys; from mailtools.core.queue import Queue; "
+            f"q = Queue({str(tmp_path / 'q')!r}); q.enqueue('a@example.test', ['b@example.test'], b'x\\r\\n'); "
+            "print('threading' in sys.modules, len(q.ids('new')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "1"], r.stdout
