@@ -395,12 +395,14 @@ class Runner:
     # -- remote destinations ----------------------------------------------------------------------
 
     def _received(self, entry, rcpt: Optional[str], data: bytes = b"") -> bytes:
-        """Our Received header (RFC 5321 4.4): whom the message came from and how (taken from
-        the trace header the accepting side wrote), our queue id, and the recipient."""
-        frm, proto = _origin(data)
+        """Our Received header (RFC 5321 4.4): whom the message came from (taken from the trace
+        header the accepting side wrote), our queue id, and the recipient. No `with`: this hop
+        is the queue, not a protocol; repeating the accepting side's "with ESMTPSA" made
+        trace-headers show the submission hop twice, the second time as if over TLS again."""
+        frm = _origin(data)
         forpart = f"\r\n\tfor <{rcpt}>" if rcpt else ""
         return (
-            f"Received: {frm}by {self.cfg.hostname} (mailtools relay){proto}\r\n"
+            f"Received: {frm}by {self.cfg.hostname} (mailtools relay)\r\n"
             f"\tid {entry.id}{forpart}; {_date()}\r\n"
         ).encode("utf-8")
 
@@ -680,13 +682,9 @@ def _pool(name: str):
 
 
 _FROM = re.compile(rb"^Received:[ \t]*from[ \t]+([^\s;()]+)(?:[ \t]+(\([^()]*\)))?", re.I)
-_WITH = re.compile(rb"\bwith[ \t]+([A-Za-z0-9-]+)", re.I)
-_COMMENT = re.compile(rb"\([^()]*\)")
-
-
-def _origin(data: bytes) -> tuple[str, str]:
-    """('from HOST (IP...)\r\n\t', ' with PROTO') from the message's newest Received header,
-    or ('', '') when it has none with a from-clause (local submission)."""
+def _origin(data: bytes) -> str:
+    """'from HOST (IP...)\r\n\t' from the message's newest Received header, or '' when it has
+    none with a from-clause (local submission)."""
     end = data.find(b"\n\n")
     crlf = data.find(b"\r\n\r\n")
     if crlf >= 0 and (end < 0 or crlf < end):
@@ -694,30 +692,19 @@ def _origin(data: bytes) -> tuple[str, str]:
     head = data[: end if end >= 0 else 8192][:65536]
     i = head.find(b"Received:") if head.startswith(b"Received:") else head.find(b"\nReceived:") + 1
     if i <= 0 and not head.startswith(b"Received:"):
-        return "", ""
-    # the whole (folded) header
-    j = i
+        return ""
+    j = i  # the whole (folded) header
     while True:
         j = head.find(b"\n", j + 1)
         if j < 0 or head[j + 1 : j + 2] not in (b" ", b"\t"):
             break
-    value = b" ".join(head[i : j if j >= 0 else len(head)].split())
-    # `with` is looked for outside comments: "(using TLSv1.3 with cipher ...)" is not a protocol.
-    bare = value
-    while True:
-        stripped = _COMMENT.sub(b" ", bare)
-        if stripped == bare:
-            break
-        bare = stripped
-    m, w = _FROM.match(value), _WITH.search(bare)
-    frm = ""
-    if m:
-        frm = "from " + m.group(1).decode("utf-8", "replace")
-        if m.group(2):
-            frm += " " + m.group(2).decode("utf-8", "replace")
-        frm += "\r\n\t"
-    proto = f" with {w.group(1).decode()}" if w and m else ""
-    return frm, proto
+    m = _FROM.match(b" ".join(head[i : j if j >= 0 else len(head)].split()))
+    if not m:
+        return ""
+    frm = "from " + m.group(1).decode("utf-8", "replace")
+    if m.group(2):
+        frm += " " + m.group(2).decode("utf-8", "replace")
+    return frm + "\r\n\t"
 
 
 _DATE = [0, ""]
