@@ -359,3 +359,34 @@ def test_bs_accepts_bare_lf_from_a_local_script(home, links):
     assert b"250 2.0.0 Ok: queued as " in p.stdout and b"221 2.0.0" in p.stdout
     data = message_of(home, entries(home)[0])
     assert b"\r\nSubject: lf\r\n" in data and data.endswith(b"\r\n\r\nhi\r\n")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to drop to nobody")
+def test_mailq_for_a_user_who_cannot_read_the_queue_says_so(run):
+    # Postfix's mailq shows everyone the whole queue; ours reads the spool itself, so a user
+    # without access gets what is readable, a clear line, and exit 77, not a bare EACCES.
+    import tempfile
+
+    from conftest import mailtools_cmd
+
+    base = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        root = base / "root"
+        root.mkdir(mode=0o755)
+        cfg = base / "mailtools.toml"
+        cfg.write_text(f'hostname = "mx.example.test"\nroot = "{root}"\nlocal_domains = ["example.test"]\n')
+        cfg.chmod(0o644)
+        env = {"MAILTOOLS_CONFIG": str(cfg), "PYTHONDONTWRITEBYTECODE": "1"}
+        assert run("submit", "-f", "s@example.test", "r@example.test", input=MSG, env=env).returncode == 0
+        (root / "queue").chmod(0o755)
+        (root / "queue" / "new").chmod(0o755)  # listable, but the entry itself is root's, 0700
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *mailtools_cmd(), "submit", "-bp"],
+                           capture_output=True, timeout=60, env={**os.environ, **env, "HOME": "/nonexistent"})
+        assert r.returncode == 77, (r.returncode, r.stderr)
+        assert b"not readable by this user" in r.stderr and b"Traceback" not in r.stderr, r.stderr
+        assert r.stdout == b"No readable queue entries\n"
+        root_view = run("submit", "-bp", env=env)
+        assert root_view.returncode == 0 and b"1 Request." in root_view.stdout
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -400,18 +400,25 @@ class Queue:
     def entries(self, include: tuple[str, ...] = ("new", "active", "hold")) -> list[Entry]:
         """Every entry (queued, claimed and held), oldest first. An entry that moves while
         listing is read where it went, or missed; one whose envelope cannot be parsed is left
-        out and described in self.problems ("path: why") for the caller to log."""
+        out and described in self.problems ("path: why") for the caller to log. What this user
+        may not read (a state directory, another user's entry) is counted in self.unreadable."""
         out = []
         self.problems = []
+        self.unreadable = 0
         for state_dir in include:
             d = self._dir(state_dir)
             try:
                 names = os.listdir(d)
             except FileNotFoundError:
                 continue
+            except PermissionError:
+                self.unreadable += 1
+                continue
             for name in names:
                 try:
                     out.append(self._load(os.path.join(d, name), state_dir, name))
+                except PermissionError:
+                    self.unreadable += 1
                 except OSError:
                     continue
                 except ValueError as exc:

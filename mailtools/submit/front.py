@@ -435,18 +435,23 @@ def list_queue(cfg, as_json: bool) -> int:
     """`-bp` / `mailq`: Postfix's plain layout, or one JSON object per entry (DESIGN.md)."""
     from mailtools.core.queue import Queue
 
-    entries = sorted(Queue(cfg.queue_dir).entries(), key=lambda e: e.queued_at) \
-        if os.path.isdir(cfg.queue_dir) else []
+    queue = Queue(cfg.queue_dir)
+    entries = sorted(queue.entries(), key=lambda e: e.queued_at) if os.path.isdir(cfg.queue_dir) else []
+    rc = exitcodes.OK
+    if getattr(queue, "unreadable", 0):  # Postfix's mailq shows everyone everything; we cannot
+        exitcodes.error("mailq", f"{queue.unreadable} queue entr{'y' if queue.unreadable == 1 else 'ies or directories'} "
+                        f"in {cfg.queue_dir} not readable by this user: the list is incomplete (run it as root)")
+        rc = exitcodes.NOPERM
     out = sys.stdout
     if as_json:
         import json
 
         for e in entries:
             out.write(json.dumps(e.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n")
-        return exitcodes.OK
+        return rc
     if not entries:
-        out.write("Mail queue is empty\n")
-        return exitcodes.OK
+        out.write("Mail queue is empty\n" if rc == exitcodes.OK else "No readable queue entries\n")
+        return rc
     import time
 
     width = max(10, max(len(e.id) for e in entries) + 1)
@@ -467,4 +472,4 @@ def list_queue(cfg, as_json: bool) -> int:
         total += e.size
     n = len(entries)
     out.write(f"-- {(total + 1023) // 1024} Kbytes in {n} Request{'s' if n != 1 else ''}.\n")
-    return exitcodes.OK
+    return rc
