@@ -120,3 +120,17 @@ def test_a_process_without_threads_fsyncs_without_importing_threading(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["False", "1"], r.stdout
+
+
+def test_a_failed_fsync_of_new_takes_the_entry_back(tmp_path, monkeypatch):
+    # "not queued" (the caller retries) must mean not queued: no entry left visible in new/
+    q = qmod.Queue(str(tmp_path / "q"))
+    q.enqueue("a@example.test", ["b@example.test"], b"first\r\n")
+
+    def failing_sync(self):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(qmod._GroupSync, "sync", failing_sync)
+    with pytest.raises(OSError):
+        q.enqueue("a@example.test", ["b@example.test"], b"second\r\n")
+    assert len(q.ids("new")) == 1 and os.listdir(tmp_path / "q" / "tmp") == []

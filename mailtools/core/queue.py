@@ -354,7 +354,18 @@ class Queue:
             # disk full, I/O error: leave nothing behind (nothing was accepted)
             _remove_tree(os.path.join(self._dir("tmp"), qid))
             raise
-        self._new_sync.sync()  # the name new/QID (one fsync for the concurrent enqueues)
+        try:
+            self._new_sync.sync()  # the name new/QID (one fsync for the concurrent enqueues)
+        except OSError:
+            # Not durable, so not accepted: take the entry back before saying so, or the
+            # caller's retry would queue it twice. A runner that claimed it meanwhile has made
+            # it its own (claims fsync active/): then it is accepted after all.
+            try:
+                os.rename(qid, qid, src_dir_fd=new_fd, dst_dir_fd=tmp_fd)
+            except OSError:
+                return qid
+            _remove_tree(os.path.join(self._dir("tmp"), qid))
+            raise
         return qid
 
     def _dir_fds(self) -> tuple[int, int]:
