@@ -156,7 +156,7 @@ def test_hold_release_delete(q):
     q.delete(b)
     with pytest.raises(QueueError):
         q.get(b)
-    with pytest.raises(QueueError):
+    with pytest.raises(QueueError, match=r"not a queue id: '\.\./\.\./etc'"):  # as typed
         q.delete("../../etc")
 
 

@@ -86,6 +86,15 @@ _HOST = os.uname().nodename.replace("/", "_").replace(".", "_") or "localhost"
 _claims = 0
 
 
+def _as_typed(qid: str) -> str:
+    """A queue id as an operator may type it (spaces, lower case) -> the id; QueueError naming
+    what was typed (not its upper-cased form) when it cannot be one."""
+    norm = qid.strip().upper()
+    if not valid_id(norm):
+        raise QueueError(f"not a queue id: {qid!r}")
+    return norm
+
+
 class QueueError(Exception):
     """A queue operation that cannot be done (unknown id, entry busy)."""
 
@@ -462,7 +471,7 @@ class Queue:
 
     def get(self, qid: str) -> Entry:
         """The entry with this id wherever it is; raises QueueError when there is none."""
-        qid = qid.strip().upper()  # as an operator may type it
+        qid = _as_typed(qid)
         if valid_id(qid):  # the common case first: one open() in new/, no stat, no listing
             try:
                 return self._load(os.path.join(self._dir("new"), qid), "new", qid)
@@ -652,7 +661,7 @@ class Queue:
         """Move a waiting entry to hold/. An entry being delivered gets a `hold` mark instead:
         its runner's release() (or recover()) then puts it in hold/ rather than back in new/.
         Raises QueueError for an unknown id."""
-        qid = qid.strip().upper()  # as an operator may type it
+        qid = _as_typed(qid)
         self._ensure()
         p, state_dir, _ = self._find(qid)
         if state_dir == "hold":
@@ -672,7 +681,7 @@ class Queue:
 
     def release_hold(self, qid: str) -> None:
         """Move a held entry back to new/ (raises QueueError if it is not held)."""
-        qid = qid.strip().upper()  # as an operator may type it
+        qid = _as_typed(qid)
         self._ensure()
         p, state_dir, _ = self._find(qid)
         if state_dir == "active" and os.path.exists(os.path.join(p, HOLD_MARK)):
@@ -692,7 +701,7 @@ class Queue:
 
     def delete(self, qid: str) -> None:
         """Remove a waiting or held entry for good (raises QueueError if claimed or unknown)."""
-        qid = qid.strip().upper()  # as an operator may type it
+        qid = _as_typed(qid)
         self._ensure()
         p, state_dir, _ = self._find(qid)
         if state_dir == "active":
