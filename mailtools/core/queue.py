@@ -316,6 +316,7 @@ class Queue:
             except FileExistsError:
                 pass
         if created:
+            _spread_subdirs(self._dir("tmp"))  # an attribute of tmp/: set once, when it is made
             _fsync_dir(self.path)
             parent = os.path.dirname(os.path.abspath(self.path))
             if parent:
@@ -385,7 +386,6 @@ class Queue:
         fds = self._fds
         if fds is None:
             self._ensure()
-            _spread_subdirs(self._dir("tmp"))
             tmp_fd = os.open(self._dir("tmp"), _DIR_FLAGS)
             try:
                 new_fd = os.open(self._dir("new"), _DIR_FLAGS)
