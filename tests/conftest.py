@@ -98,3 +98,37 @@ def tls_ca(tmp_path_factory):
     t = TLS()
     t.ca, t.cert_file, t.key_file, t.ca_file = ca, str(cert_file), str(key_file), str(ca_file)
     return t
+
+
+def tls_first_command_with_finished(s, ctx, first: bytes, server_hostname="localhost") -> bytes:
+    """On a connected socket whose server just agreed to STARTTLS/STLS: the TLS handshake, then
+    the client's Finished and FIRST in one TCP segment, as GnuTLS clients (msmtp, mutt) send
+    them. Returns the server's answer to FIRST up to its first CRLF (b"" if none came)."""
+    import ssl
+
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if outgoing.pending:
+                s.sendall(outgoing.read())
+            incoming.write(s.recv(65536))
+    tls.write(first)
+    s.sendall(outgoing.read())  # Finished + command together
+    got = b""
+    try:
+        while b"\r\n" not in got:
+            data = s.recv(65536)
+            if not data:
+                break
+            incoming.write(data)
+            try:
+                got += tls.read(65536)
+            except ssl.SSLWantReadError:
+                pass
+    except OSError:  # socket.timeout: nothing came
+        pass
+    return got

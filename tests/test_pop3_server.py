@@ -10,6 +10,7 @@ import time
 import pytest
 
 from mailtools.core import maildir
+from conftest import tls_first_command_with_finished
 from pop3_support import PASSWORD, Server, add_user, write_config
 
 USER = "alice@example.test"
@@ -230,31 +231,7 @@ def _stls_then_first_command_in_one_segment(srv, pipelined: bytes, first: bytes)
     f.readline()
     s.sendall(b"STLS\r\n" + pipelined)
     assert f.readline().startswith(b"+OK")
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ssl.create_default_context(cafile=srv.ca.ca_file).wrap_bio(incoming, outgoing, server_hostname="localhost")
-    while True:
-        try:
-            tls.do_handshake()
-            break
-        except ssl.SSLWantReadError:
-            if outgoing.pending:
-                s.sendall(outgoing.read())
-            incoming.write(s.recv(65536))
-    tls.write(first)
-    s.sendall(outgoing.read())  # Finished + command together
-    got = b""
-    try:
-        while b"\r\n" not in got:
-            data = s.recv(65536)
-            if not data:
-                break
-            incoming.write(data)
-            try:
-                got += tls.read(65536)
-            except ssl.SSLWantReadError:
-                pass
-    except socket.timeout:
-        pass
+    got = tls_first_command_with_finished(s, ssl.create_default_context(cafile=srv.ca.ca_file), first)
     s.close()
     return got
 

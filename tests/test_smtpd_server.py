@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, tls_first_command_with_finished
 from mailtools.smtpd import replies as R
 from mailtools.core.tls import server_context as server_ssl_context
 from mailtools.core.listen import bound_addresses, parse_listen
@@ -222,31 +222,7 @@ def _starttls_then_first_command_in_one_segment(port, tls_ca, pipelined: bytes, 
         pass
     s.sendall(b"STARTTLS\r\n" + pipelined)
     assert f.readline().startswith(b"220 ")
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = client_ctx(tls_ca).wrap_bio(incoming, outgoing, server_hostname="localhost")
-    while True:
-        try:
-            tls.do_handshake()
-            break
-        except ssl.SSLWantReadError:
-            if outgoing.pending:
-                s.sendall(outgoing.read())
-            incoming.write(s.recv(65536))
-    tls.write(first)
-    s.sendall(outgoing.read())  # Finished + command together
-    got = b""
-    try:
-        while not got.endswith(b"\r\n"):
-            data = s.recv(65536)
-            if not data:
-                break
-            incoming.write(data)
-            try:
-                got += tls.read(65536)
-            except ssl.SSLWantReadError:
-                pass
-    except socket.timeout:
-        pass
+    got = tls_first_command_with_finished(s, client_ctx(tls_ca), first)
     s.close()
     return got
 
