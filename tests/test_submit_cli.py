@@ -369,6 +369,11 @@ def test_mailq_for_a_user_who_cannot_read_the_queue_says_so(run):
 
     from conftest import mailtools_cmd
 
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    probe = subprocess.run([*as_nobody, *mailtools_cmd(), "--version"], capture_output=True, timeout=60,
+                           env={**os.environ, "HOME": "/nonexistent"})
+    if probe.returncode != 0:  # a checkout under a 0700 home: nobody cannot even start mailtools
+        pytest.skip(f"nobody cannot run mailtools from here: {probe.stderr[-200:]!r}")
     base = Path(tempfile.mkdtemp(dir="/tmp"))
     try:
         base.chmod(0o755)
@@ -381,7 +386,7 @@ def test_mailq_for_a_user_who_cannot_read_the_queue_says_so(run):
         assert run("submit", "-f", "s@example.test", "r@example.test", input=MSG, env=env).returncode == 0
         (root / "queue").chmod(0o755)
         (root / "queue" / "new").chmod(0o755)  # listable, but the entry itself is root's, 0700
-        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *mailtools_cmd(), "submit", "-bp"],
+        r = subprocess.run([*as_nobody, *mailtools_cmd(), "submit", "-bp"],
                            capture_output=True, timeout=60, env={**os.environ, **env, "HOME": "/nonexistent"})
         assert r.returncode == 77, (r.returncode, r.stderr)
         assert b"not readable by this user" in r.stderr and b"Traceback" not in r.stderr, r.stderr
