@@ -409,20 +409,27 @@ def submit(cfg, o: Options) -> int:
         raise DataError(str(exc)) from None
     nudge(queue_dir)
     log(f"{qid}: uid={os.getuid()} from=<{sender}>, size={len(message)}, nrcpt={len(rcpts)} (queued)",
-        o.verbose)
+        o.verbose, cfg.log)
     return exitcodes.OK
 
 
-def log(line: str, verbose: bool = False) -> None:
+def log(line: str, verbose: bool = False, target: str = "stderr") -> None:
     """`submit[PID]: QUEUEID: from=<...>, size=..., nrcpt=...` to syslog (mail facility), and
-    to stderr with -v. Never fails the command."""
-    try:
-        import syslog
+    to stderr with -v. Never fails the command. The config's `log` decides only when it names
+    a file or "off": a sendmail caller's stderr is the caller's, so "stderr" means syslog here,
+    as for Postfix's postdrop."""
+    if target not in ("stderr", "syslog"):
+        from mailtools.core.log import say
 
-        syslog.openlog("submit", syslog.LOG_PID, syslog.LOG_MAIL)
-        syslog.syslog(syslog.LOG_INFO, line)
-    except Exception:  # noqa: BLE001 - logging is best effort
-        pass
+        say("submit", line)  # load() pointed it at the file, or "off"
+    else:
+        try:
+            import syslog
+
+            syslog.openlog("submit", syslog.LOG_PID, syslog.LOG_MAIL)
+            syslog.syslog(syslog.LOG_INFO, line)
+        except Exception:  # noqa: BLE001 - logging is best effort
+            pass
     if verbose:
         try:
             sys.stderr.write(f"submit[{os.getpid()}]: {line}\n")
