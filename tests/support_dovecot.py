@@ -11,6 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from support_net import stop_pid
+
 DOVECOT_LDA = "/usr/lib/dovecot/dovecot-lda"
 NOBODY = 65534
 
@@ -97,13 +99,6 @@ protocol lda {{
         shutil.rmtree(self.maildir, ignore_errors=True)
 
     def stop(self) -> None:
-        if self.pid is not None:
-            try:
-                os.kill(self.pid, 15)
-                for _ in range(200):
-                    os.kill(self.pid, 0)
-                    time.sleep(0.05)
-            except ProcessLookupError:
-                pass
-            self.pid = None
+        stop_pid(self.pid)
+        self.pid = None
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -26,27 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from support_net import free_port, stop_pid, wait_port
+
 REPO = Path(__file__).resolve().parent.parent
 USER = "alice@example.test"
 PASSWORD = "secret pass"
 HOSTNAME = "mx.example.test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
 
 
 def _nobody() -> pwd.struct_passwd:
@@ -98,6 +83,20 @@ def chown_tree(path: Path) -> None:
             os.chown(os.path.join(dirpath, name), nb.pw_uid, nb.pw_gid)
 
 
+def postfix_instance_dirs(base: Path, etc: Path) -> None:
+    """A private Postfix instance's files under BASE: the installed master.cf, main.cf and
+    dynamic map list copied into ETC (then changed with postconf -c), data/ owned by postfix,
+    an empty spool/."""
+    for name in ("master.cf", "main.cf", "dynamicmaps.cf"):
+        if os.path.exists(f"/etc/postfix/{name}"):
+            shutil.copy(f"/etc/postfix/{name}", etc / name)
+    if os.path.isdir("/etc/postfix/dynamicmaps.cf.d"):
+        shutil.copytree("/etc/postfix/dynamicmaps.cf.d", etc / "dynamicmaps.cf.d")
+    (base / "data").mkdir()
+    (base / "spool").mkdir()
+    shutil.chown(base / "data", "postfix")
+
+
 class Postfix:
     """A private Postfix instance: `Postfix().start()`, `.port`, `.maildir(local)`, `.stop()`."""
 
@@ -119,14 +118,7 @@ class Postfix:
         return self.mail / "example.test" / local
 
     def start(self) -> "Postfix":
-        for name in ("master.cf", "main.cf", "dynamicmaps.cf"):
-            if os.path.exists(f"/etc/postfix/{name}"):
-                shutil.copy(f"/etc/postfix/{name}", self.etc / name)
-        if os.path.isdir("/etc/postfix/dynamicmaps.cf.d"):
-            shutil.copytree("/etc/postfix/dynamicmaps.cf.d", self.etc / "dynamicmaps.cf.d")
-        (self.dir / "data").mkdir()
-        (self.dir / "spool").mkdir()
-        shutil.chown(self.dir / "data", "postfix")
+        postfix_instance_dirs(self.dir, self.etc)
         for local in ("alice", "postmaster"):
             for sub in ("cur", "new", "tmp"):
                 (self.maildir(local) / sub).mkdir(parents=True)
@@ -172,9 +164,9 @@ class Postfix:
         if _quiet(["postfix", "-c", str(self.etc), "start"], self.log) != 0:
             raise RuntimeError(f"private Postfix would not start: {self.log.read_text()[-800:]}")
         self.running = True
-        wait_port(self.port)
+        wait_port(self.port, timeout=20)
         if self.submission_port:
-            wait_port(self.submission_port)
+            wait_port(self.submission_port, timeout=20)
         return self
 
     def stop(self) -> None:
@@ -283,20 +275,13 @@ service pop3-login {{
                 time.sleep(0.05)
         else:
             raise RuntimeError(f"private Dovecot wrote no PID: {self.log.read_text()[-800:]}")
-        wait_port(self.imap_port)
-        wait_port(self.pop3_port)
+        wait_port(self.imap_port, timeout=20)
+        wait_port(self.pop3_port, timeout=20)
         return self
 
     def stop(self) -> None:
-        if self.pid is not None:
-            try:
-                os.kill(self.pid, signal.SIGTERM)
-                for _ in range(200):
-                    os.kill(self.pid, 0)
-                    time.sleep(0.05)
-            except ProcessLookupError:
-                pass
-            self.pid = None
+        stop_pid(self.pid)
+        self.pid = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -329,7 +314,7 @@ class Mailtools:
                                       f"127.0.0.1:{self.port}"], env=env, cwd=str(REPO),
                                      stdout=self.log, stderr=subprocess.STDOUT)
         try:
-            wait_port(self.port)
+            wait_port(self.port, timeout=20)
         except TimeoutError:
             self.stop()
             raise

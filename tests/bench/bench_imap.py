@@ -20,33 +20,17 @@ import os
 import statistics
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: shared loopback helpers
+from support_net import free_port, wait_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 REF = Path(os.environ.get("REFERENCE_BENCH", Path(__file__).resolve().parent / "workload"))
 WORK = Path(os.environ.get("BENCH_IMAP_DIR", "/tmp/mailtools-bench-imap"))
 PASSWORD = "pass"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listening on {port}")
 
 
 def corpus(count: int, seed: int) -> Path:
@@ -112,7 +96,7 @@ service imap-login {{
 }}
 """)
     subprocess.run(["dovecot", "-c", str(conf)], check=True, stdout=subprocess.DEVNULL)
-    wait_port(port)
+    wait_port(port, timeout=20)
     return port, conf
 
 
@@ -125,7 +109,7 @@ def start_mailtools(root: Path, hashed: str):
     log = open(WORK / "imap-serve.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "mailtools", "imap-serve", "--listen", f"127.0.0.1:{port}"],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
-    wait_port(port)
+    wait_port(port, timeout=20)
     return port, proc
 
 

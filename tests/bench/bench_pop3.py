@@ -20,34 +20,19 @@ import os
 import poplib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: shared loopback helpers
+from support_net import free_port, wait_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 REF = Path(os.environ.get("REFERENCE_BENCH", Path(__file__).resolve().parent / "workload"))
 WORK = Path(os.environ.get("BENCH_POP3_DIR", "/tmp/mailtools-bench-pop3"))
 NOBODY = 65534
 PASSWORD = "pass"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listening on {port}")
 
 
 def sha512_crypt(password: str) -> str:
@@ -109,7 +94,7 @@ service pop3-login {{
 """)
     subprocess.run(["dovecot", "-c", str(conf)], check=True, stdin=subprocess.DEVNULL,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
+    wait_port(port, timeout=20)
     pidfile = d / "run" / "master.pid"
     for _ in range(200):
         if pidfile.exists() and pidfile.read_text().strip():
@@ -129,7 +114,7 @@ def start_mailtools(hashed: str, maildir: Path):
     env = dict(os.environ, MAILTOOLS_CONFIG=str(cfg), PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "mailtools", "pop3-serve", "--listen", f"127.0.0.1:{port}"],
                             env=env, stdout=subprocess.DEVNULL)
-    wait_port(port)
+    wait_port(port, timeout=20)
     return port, proc
 
 

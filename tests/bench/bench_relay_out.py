@@ -36,7 +36,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
-from conftest import free_port, wait_port  # noqa: E402  (tests/conftest.py: loopback helpers)
+from support_net import free_port, wait_port  # noqa: E402  (tests/: loopback helpers)
+from support_reference import postfix_instance_dirs  # noqa: E402
 
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
@@ -94,14 +95,7 @@ class PrivatePostfix:
         os.chmod(self.dir, 0o755)  # the postfix user must reach data/ and spool/
         self.etc = self.dir / "etc"
         self.etc.mkdir()
-        for name in ("master.cf", "main.cf", "dynamicmaps.cf"):
-            if os.path.exists(f"/etc/postfix/{name}"):
-                shutil.copy(f"/etc/postfix/{name}", self.etc / name)
-        if os.path.isdir("/etc/postfix/dynamicmaps.cf.d"):
-            shutil.copytree("/etc/postfix/dynamicmaps.cf.d", self.etc / "dynamicmaps.cf.d")
-        (self.dir / "data").mkdir()
-        (self.dir / "spool").mkdir()
-        shutil.chown(self.dir / "data", "postfix")
+        postfix_instance_dirs(self.dir, self.etc)
         self.port = free_port()
         self.postconf(
             f"queue_directory = {self.dir / 'spool'}", f"data_directory = {self.dir / 'data'}",

@@ -24,7 +24,6 @@ import base64
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,22 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"nothing listening on 127.0.0.1:{port}")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: shared loopback helpers
+from support_net import free_port, wait_port  # noqa: E402
 
 
 # --- the client -------------------------------------------------------------------------------
@@ -160,7 +145,7 @@ def run_mailtools(a, work: Path) -> float:
     proc = subprocess.Popen([sys.executable, "-m", "mailtools", "submit", "--listen", f"127.0.0.1:{port}"],
                             env=env, stderr=subprocess.DEVNULL)
     try:
-        wait_port(port)
+        wait_port(port, timeout=20)
         rate = measure("mailtools submit --listen (AUTH, no TLS)", port, "bench@example.test", "benchpw", a)
         n = len(os.listdir(root / "queue" / "new"))
         assert n == a.count * a.runs, f"queue holds {n}, expected {a.count * a.runs}"
@@ -254,7 +239,7 @@ service anvil {{
             print(f"postfix submission: private instance would not start: {errlog.read()[-500:]}; skipped")
             return None
         try:
-            wait_port(port)
+            wait_port(port, timeout=20)
             return measure("postfix submission (AUTH via dovecot, no TLS)", port, "bench@example.test", "benchpw", a)
         finally:
             subprocess.run(["postfix", "-c", str(conf), "stop"], stdin=subprocess.DEVNULL, stdout=errlog,

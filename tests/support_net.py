@@ -1,0 +1,44 @@
+"""Loopback helpers shared by the tests, the reference servers (support_*.py) and the
+benchmarks in tests/bench/ (which put tests/ on sys.path): a free port, waiting for a listener,
+stopping a daemon by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0, proc=None) -> None:
+    """Wait until something accepts connections on host:port (or the process died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def stop_pid(pid: int | None, timeout: float = 10.0) -> None:
+    """SIGTERM a daemon (not our child: Postfix's master, Dovecot) and wait until it is gone."""
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)
+            time.sleep(0.05)
+    except ProcessLookupError:
+        pass
