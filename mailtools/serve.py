@@ -194,12 +194,10 @@ class Server:
         lines.append(f"  {'relay':<12} {'queue ' + str(cfg.queue_dir):<22} outbound via {route}")
         if not _users_exist(cfg):
             domain = "localhost" if "localhost" in cfg.local_domains else (cfg.local_domains or [cfg.hostname])[0]
-            how = ("MAILTOOLS_HOME=" + shlex.quote(str(cfg.root)) if cfg.source.endswith(os.sep + "mailtools.toml")
-                   and os.path.dirname(cfg.source) == str(cfg.root) else "--config " + shlex.quote(cfg.source))
-            if how.startswith("MAILTOOLS_HOME="):
-                command = f"{how} mailtools user add me@{domain}"
+            if cfg.source == os.path.join(str(cfg.root), "mailtools.toml"):  # the root's own file
+                command = f"MAILTOOLS_HOME={shlex.quote(str(cfg.root))} mailtools user add me@{domain}"
             else:
-                command = f"mailtools {how} user add me@{domain}"
+                command = f"mailtools --config {shlex.quote(cfg.source)} user add me@{domain}"
             lines += ["No users yet. Create one (it asks for a password) with:", f"  {command}"]
         lines.append("Ready. Stop with Ctrl-C (SIGTERM); reload config and users with SIGHUP.")
         _say("\n".join(lines))

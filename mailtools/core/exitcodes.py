@@ -130,8 +130,7 @@ def run(name: str, fn, *args, **kwargs) -> int:
     try:
         rc = fn(*args, **kwargs)
         try:
-            if sys.stdout is not None:  # None when the caller started us with stdout closed
-                sys.stdout.flush()
+            sys.stdout.flush()
         except BrokenPipeError:
             _quiet_stdout()
         if rc is NotImplemented:  # a fast front handing over to typer

@@ -472,11 +472,10 @@ class Queue:
     def get(self, qid: str) -> Entry:
         """The entry with this id wherever it is; raises QueueError when there is none."""
         qid = _as_typed(qid)
-        if valid_id(qid):  # the common case first: one open() in new/, no stat, no listing
-            try:
-                return self._load(os.path.join(self._dir("new"), qid), "new", qid)
-            except (FileNotFoundError, NotADirectoryError):
-                pass
+        try:  # the common case first: one open() in new/, no stat, no listing
+            return self._load(os.path.join(self._dir("new"), qid), "new", qid)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
         for _ in range(3):  # it may move between finding and reading
             p, state_dir, name = self._find(qid)
             try:
