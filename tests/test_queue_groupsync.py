@@ -114,10 +114,13 @@ def test_a_process_without_threads_fsyncs_without_importing_threading(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from mailtools.core.queue import Queue; "
+    # -I -S as the installed sendmail launcher runs: a site .pth (certifi, say) may load threading
+    # on its own, and that is not ours to answer for
+    root = os.path.dirname(os.path.dirname(os.path.dirname(qmod.__file__)))
+    code = (f"import sys; sys.path.insert(0, {root!r}); from mailtools.core.queue import Queue; "
             f"q = Queue({str(tmp_path / 'q')!r}); q.enqueue('a@example.test', ['b@example.test'], b'x\\r\\n'); "
             "print('threading' in sys.modules, len(q.ids('new')))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["False", "1"], r.stdout
 
