@@ -29,7 +29,7 @@ _mailtools() {
                 case "$w" in --root|--hostname|--smtp|--submission|--submissions|--imap|--imaps|--pop3|--pop3s) skip=1; continue;; esac
                 ;;
             "submit")
-                case "$w" in -f|-r|-F|-N|-R|-V|-B|-b|-o|--listen|--tls-listen|--install-sendmail) skip=1; continue;; esac
+                case "$w" in -f|-r|-F|-N|-R|-V|-B|-b|-o|--listen|--tls-listen|--workers|--install-sendmail) skip=1; continue;; esac
                 ;;
             "trace-headers")
                 ;;
@@ -71,8 +71,8 @@ _mailtools() {
             opts="--root --hostname --smtp --submission --submissions --imap --imaps --pop3 --pop3s --help"; words=""
             valopts="--root --hostname --smtp --submission --submissions --imap --imaps --pop3 --pop3s"; fileopts="--root"; files=0;;
         "submit")
-            opts="-t -i -f -r -F -N -R -V -B -b -o -q -v --listen --tls-listen --json --install-sendmail --help"; words=""
-            valopts="-f -r -F -N -R -V -B -b -o --listen --tls-listen --install-sendmail"; fileopts="--install-sendmail"; files=0;;
+            opts="-t -i -f -r -F -N -R -V -B -b -o -q -v --listen --tls-listen --workers --json --install-sendmail --help"; words=""
+            valopts="-f -r -F -N -R -V -B -b -o --listen --tls-listen --workers --install-sendmail"; fileopts="--install-sendmail"; files=0;;
         "trace-headers")
             opts="--json --all --help"; words=""
             valopts=""; fileopts=""; files=1;;

@@ -63,6 +63,7 @@ complete -c mailtools -n '__fish_seen_subcommand_from submit' -s q -d 'Run the q
 complete -c mailtools -n '__fish_seen_subcommand_from submit' -s v -d 'Print the queue log line on stderr.'
 complete -c mailtools -n '__fish_seen_subcommand_from submit' -l listen -r -x -d 'Run the SMTP submission server here (STARTTLS, AUTH); repeatable; replaces [submit] listen.'
 complete -c mailtools -n '__fish_seen_subcommand_from submit' -l tls-listen -r -x -d 'Submission over implicit TLS (port 465 style); repeatable; replaces [submit] tls_listen.'
+complete -c mailtools -n '__fish_seen_subcommand_from submit' -l workers -r -x -d 'Server processes sharing the listeners (default [submit] workers: one per CPU); 1: a single process.'
 complete -c mailtools -n '__fish_seen_subcommand_from submit' -l json -d 'With -bp: one JSON object per queue entry.'
 complete -c mailtools -n '__fish_seen_subcommand_from submit' -l install-sendmail -r -F -d 'Write a fast sendmail launcher (python -I -S) at PATH, e.g. /usr/sbin/sendmail, and exit.'
 complete -c mailtools -n '__fish_seen_subcommand_from submit' -l help -d 'Show help and exit.'

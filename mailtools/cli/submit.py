@@ -47,6 +47,7 @@ def register(app: typer.Typer) -> None:
         verbose: bool = typer.Option(False, "-v", help="Print the queue log line on stderr."),
         listen: Optional[List[str]] = typer.Option(None, "--listen", metavar="HOST:PORT", help="Run the SMTP submission server here (STARTTLS, AUTH); repeatable; replaces [submit] listen."),
         tls_listen: Optional[List[str]] = typer.Option(None, "--tls-listen", metavar="HOST:PORT", help="Submission over implicit TLS (port 465 style); repeatable; replaces [submit] tls_listen."),
+        workers: Optional[int] = typer.Option(None, "--workers", metavar="N", help="Server processes sharing the listeners (default [submit] workers: one per CPU); 1: a single process."),
         json_out: bool = typer.Option(False, "--json", help="With -bp: one JSON object per queue entry."),
         install: Optional[str] = typer.Option(None, "--install-sendmail", metavar="PATH", help="Write a fast sendmail launcher (python -I -S) at PATH, e.g. /usr/sbin/sendmail, and exit."),
     ) -> int:
@@ -69,5 +70,6 @@ def register(app: typer.Typer) -> None:
             argv += ["--listen", value]
         for value in tls_listen or []:
             argv += ["--tls-listen", value]
+        argv += ["--workers", str(workers)] if workers is not None else []
         argv += ["--", *(recipients or [])]
         return front.run_parsed(argv)

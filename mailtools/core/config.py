@@ -63,6 +63,7 @@ SCHEMA: dict = {
         "max_connections": ("int", 100),
         "allow_plaintext_auth": ("bool", False),  # AUTH without TLS off loopback
         "restrict_senders": ("bool", True),  # users may only send as themselves
+        "workers": ("int", 0),  # submit --listen worker processes; 0: one per CPU
     },
     "imap": {
         "listen": ("list[str]", ["127.0.0.1:143"]),

@@ -62,6 +62,7 @@ class _Listener:
         self.max_connections = max_connections
         self.handshake_timeout = handshake_timeout
         self.active: set["SMTPProtocol"] = set()
+        self.on_close: Callable[[], None] | None = None  # adopt(): tell the parent (prefork)
 
 
 class SMTPProtocol(asyncio.Protocol):
@@ -128,6 +129,8 @@ class SMTPProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self.listener.active.discard(self)
+        if self.listener.on_close is not None:
+            self.listener.on_close()
         if self.session is not None:
             try:
                 self.session.handler.disconnect(self.session.info)
@@ -273,6 +276,39 @@ async def start_server(
             server._mailtools_listener = listener  # for shutdown()
             servers.append(server)
     return servers
+
+
+def make_listener(handler_factory: Callable[[], Handler], ssl_context: ssl.SSLContext | None, *,
+                  hostname: str = "localhost", limits: Limits | None = None,
+                  max_connections: int = 100, handshake_timeout: float = 30.0,
+                  on_close: Callable[[], None] | None = None) -> _Listener:
+    """What adopt() needs: the connections' shared settings (start_server's, without sockets).
+    on_close() is called once for every adopted connection when it ends."""
+    listener = _Listener(handler_factory, hostname, limits or Limits(), ssl_context,
+                         max_connections, handshake_timeout)
+    listener.on_close = on_close
+    return listener
+
+
+async def adopt(listener: _Listener, sock, implicit_tls: bool) -> None:
+    """Serve a connection accepted by another process (mailtools.core.prefork hands it over);
+    with implicit_tls the TLS handshake comes first, as on a tls_listen socket."""
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.connect_accepted_socket(
+            lambda: SMTPProtocol(listener, implicit_tls), sock,
+            ssl=listener.ssl_context if implicit_tls else None,
+            ssl_handshake_timeout=listener.handshake_timeout if implicit_tls else None)
+    except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError):
+        sock.close()  # a failed TLS handshake: the protocol never saw the connection
+        if listener.on_close is not None:
+            listener.on_close()
+
+
+def finish_hooks() -> None:
+    """Wait for the blocking hooks still running (a worker process about to os._exit)."""
+    if _executor is not None:
+        _executor.shutdown(wait=True)
 
 
 def shutdown(servers) -> None:

@@ -21,13 +21,13 @@ _VALUE = frozenset("BbCFfhLNORrVXo")
 _FLAG = frozenset("itvnUmq")
 # Long options of the fast front; the typer definition (mailtools/cli/submit.py) must have the
 # same ones (tests/test_submit_cli.py checks), so --help, the man page and completions agree.
-LONG_OPTIONS = ("--listen", "--tls-listen", "--json", "--install-sendmail")
+LONG_OPTIONS = ("--listen", "--tls-listen", "--workers", "--json", "--install-sendmail")
 _DSN_NOTIFY = {"NEVER", "SUCCESS", "FAILURE", "DELAY"}
 
 USAGE = """\
 Usage: sendmail [-t] [-i|-oi] [-f SENDER] [-F NAME] [-N DSN] [-R RET] [-V ENVID] [-B TYPE]
                 [-bm|-bp|-bs] [-q] [-v] [--] [RECIPIENT...]
-       mailtools submit --listen HOST:PORT [--tls-listen HOST:PORT]
+       mailtools submit --listen HOST:PORT [--tls-listen HOST:PORT] [--workers N]
        mailq [--json]
        mailtools submit --install-sendmail PATH
 Reads a message on standard input and queues it for delivery; see mailtools-submit(1).
@@ -37,7 +37,7 @@ Reads a message on standard input and queues it for delivery; see mailtools-subm
 class Options:
     __slots__ = ("mode", "extract", "ignore_dots", "sender", "full_name", "notify", "ret",
                  "envid", "body", "verbose", "queue_run", "listen", "tls_listen", "json",
-                 "recipients", "help", "install")
+                 "recipients", "help", "install", "workers")
 
     def __init__(self) -> None:
         self.mode = "m"  # -bm deliver (default), -bp list the queue, -bs SMTP on stdin/stdout
@@ -57,6 +57,7 @@ class Options:
         self.recipients: list[str] = []
         self.help = False
         self.install: str | None = None  # --install-sendmail PATH
+        self.workers: int | None = None  # --workers N: server processes
 
 
 def parse(argv: list[str]) -> Options:
@@ -71,14 +72,18 @@ def parse(argv: list[str]) -> Options:
             break
         if arg.startswith("--"):
             name, eq, value = arg.partition("=")
-            if name in ("--listen", "--tls-listen", "--install-sendmail"):
+            if name in ("--listen", "--tls-listen", "--install-sendmail", "--workers"):
                 if not eq:
                     if i >= len(argv):
-                        what = "PATH" if name == "--install-sendmail" else "HOST:PORT"
+                        what = {"--install-sendmail": "PATH", "--workers": "N"}.get(name, "HOST:PORT")
                         raise UsageError(f"option {name} needs {what}")
                     value, i = argv[i], i + 1
                 if name == "--install-sendmail":
                     o.install = value
+                elif name == "--workers":
+                    if not value.isdigit() or not 0 < int(value) <= 256:
+                        raise UsageError(f"--workers takes a number of processes (1-256), not {value!r}")
+                    o.workers = int(value)
                 else:
                     (o.listen if name == "--listen" else o.tls_listen).append(value)
             elif name == "--json" and not eq:
@@ -192,10 +197,12 @@ def process_main(argv: list[str], prog: str = "sendmail") -> int:
         o = None  # sendmail_main reports it
     quick = (o is not None and o.mode == "m" and not (o.queue_run or o.listen or o.tls_listen)
              and o.install is None and not o.help)
-    if quick:
-        import gc
+    import gc
 
+    if quick:
         gc.disable()
+    else:
+        gc.enable()  # the launcher starts with it off
     rc = sendmail_main(argv, prog)
     if quick:
         _quick_exit(rc)
@@ -250,7 +257,9 @@ def _main(argv: list[str], prog: str) -> int:
     if o.listen or o.tls_listen or o.mode == "d":
         from mailtools.submit import msa
 
-        return msa.serve(cfg, o.listen, o.tls_listen)
+        return msa.serve(cfg, o.listen, o.tls_listen, o.workers)
+    if o.workers is not None:
+        raise UsageError("--workers goes with --listen, --tls-listen or -bd")
     if o.mode == "p":
         return list_queue(cfg, o.json)
     if o.mode == "i":

@@ -218,10 +218,27 @@ async def start(cfg, listen=None, tls_listen=None):
         raise ConfigError(str(exc)) from None
 
 
-def serve(cfg, listen: list[str], tls_listen: list[str]) -> int:
+def worker_count(cfg, workers: int | None) -> int:
+    """--workers N, else [submit] workers, where 0 (the default) means one per CPU."""
+    from mailtools.core.exitcodes import ConfigError
+
+    n = int(cfg.submit.workers) if workers is None else workers
+    if n < 0:
+        raise ConfigError(f"[submit] workers must be 0 (one per CPU) or more, not {n}")
+    return n or os.cpu_count() or 1
+
+
+def serve(cfg, listen: list[str], tls_listen: list[str], workers: int | None = None) -> int:
     """`submit --listen/--tls-listen` (or `-bd`, with the config's listeners): run the
-    submission server alone until SIGTERM/SIGINT. Command-line listener lists replace the
-    config's (DESIGN.md)."""
+    submission server alone until SIGTERM/SIGINT; SIGHUP reloads the configuration and the
+    users file. Command-line listener lists replace the config's (DESIGN.md). With more than
+    one worker (the default: one per CPU) the listeners are shared by worker processes
+    (mailtools.core.prefork); with one, this process serves them itself."""
+    if not (listen or tls_listen):
+        listen, tls_listen = list(cfg.submit.listen), list(cfg.submit.tls_listen)
+    n = worker_count(cfg, workers)
+    if n > 1:
+        return _serve_workers(cfg, listen, tls_listen, n)
     import asyncio
     import signal
 
@@ -231,24 +248,160 @@ def serve(cfg, listen: list[str], tls_listen: list[str]) -> int:
 
     async def main() -> None:
         try:
-            servers = await start(cfg, listen if (listen or tls_listen) else None,
-                                  tls_listen if (listen or tls_listen) else None)
+            servers = await start(cfg, listen, tls_listen)
         except OSError as exc:
             raise TempFail(f"cannot listen: {exc.strerror or exc}") from None
         for addr in bound_addresses(servers):
             log(f"listening on {addr}")
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        listeners = [s._mailtools_listener for s in servers[:1]]  # one per start_server call
+        _signals(asyncio.get_running_loop(), stop, lambda: reload(cfg, listeners, 1))
         await stop.wait()
         shutdown(servers)
-        for s in servers:
-            await s.wait_closed() if sys.version_info < (3, 12) else None
+        await drain(listeners)
         log("stopped")
 
     asyncio.run(main())
     return 0
+
+
+def _serve_workers(cfg, listen: list[str], tls_listen: list[str], n: int) -> int:
+    """The parent: bind, then hand connections to N worker processes (core/prefork)."""
+    from mailtools.core import prefork
+    from mailtools.core import tls as tlsmod
+    from mailtools.core.exitcodes import ConfigError, TempFail
+
+    ctx = tlsmod.context_from_config(cfg)
+    if tls_listen and ctx is None:
+        raise ConfigError("--tls-listen needs a certificate: set [tls] cert and key")
+    if ctx is None and listen and not cfg.submit.allow_plaintext_auth:
+        log("warning: no [tls] cert: STARTTLS is not offered, so AUTH (and submission) works "
+            "only on loopback listeners")
+    socks: list = []
+    try:
+        for specs, implicit in ((listen, 0), (tls_listen, 1)):
+            for spec in specs:
+                socks += [(sock, implicit) for sock in prefork.bind(spec)]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        for sock, _ in socks:
+            sock.close()
+        raise TempFail(f"cannot listen: {exc.strerror or exc}") from None
+    from types import SimpleNamespace
+
+    from mailtools.core.listen import bound_addresses
+
+    for addr in bound_addresses([SimpleNamespace(sockets=[sock for sock, _ in socks])]):
+        log(f"listening on {addr}")
+
+    def worker_main(channel) -> int:
+        import asyncio
+
+        try:
+            return asyncio.run(_worker(cfg, ctx, channel, n))
+        finally:
+            import threading
+
+            from mailtools.smtpd.server import finish_hooks
+
+            finish_hooks()
+            for t in threading.enumerate():  # the queue's remover, if it ran
+                if t is not threading.current_thread() and not t.daemon:
+                    t.join(60)
+
+    sup = prefork.Supervisor("submit", socks, n, worker_main, log=log,
+                             on_hup=lambda: reload(cfg, (), n))
+    log(f"{n} worker processes")
+    return sup.run()
+
+
+async def _worker(cfg, ctx, channel, n: int) -> int:
+    """One worker process: serve the connections the parent hands over until told to stop."""
+    import asyncio
+
+    from mailtools.core.queue import Nudger, Queue
+    from mailtools.smtpd.server import adopt, make_listener
+
+    loop = asyncio.get_running_loop()
+    queue = Queue(cfg.queue_dir)
+    nudger = Nudger(cfg.queue_dir)
+    listener = make_listener(lambda: SubmitHandler(cfg, queue, nudger=nudger), ctx,
+                             hostname=cfg.hostname, limits=limits_from(cfg),
+                             max_connections=_share(cfg, n), on_close=channel.closed)
+    pending: set = set()  # implicit TLS handshakes still running
+
+    def on_connection(sock, index: int) -> None:
+        task = loop.create_task(adopt(listener, sock, index == 1))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    stop = asyncio.Event()
+    _signals(loop, stop, lambda: reload(cfg, [listener], n))
+    channel.attach(loop, on_connection, stop.set)  # the parent gone: drain and exit too
+    await stop.wait()
+    channel.detach()
+    for task in list(pending):
+        task.cancel()
+    await drain([listener])
+    nudger.close()
+    return 0
+
+
+def _share(cfg, n: int) -> int:
+    """Each of n workers takes its share of [submit] max_connections (the parent gives every
+    new connection to the least busy one, so the total is the configured limit)."""
+    return max(1, -(-int(cfg.submit.max_connections) // n))
+
+
+def _signals(loop, stop, on_hup) -> None:
+    """SIGTERM/SIGINT: stop (a second one: exit at once; accepted mail is fsynced already);
+    SIGHUP: on_hup()."""
+    import signal
+
+    def on_stop() -> None:
+        if stop.is_set():
+            os._exit(0)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+
+def reload(cfg, listeners, n: int) -> None:
+    """SIGHUP: read the configuration again (values read per connection, message or login take
+    effect at once; listener addresses and the number of workers need a restart) and the
+    users file (even one whose size and time stamp did not change)."""
+    from mailtools.core import auth
+    from mailtools.core import config as cfgmod
+
+    try:
+        new = cfgmod.load(cfg.source if cfg.source and os.path.isfile(cfg.source) else None,
+                          reload=True)
+    except Exception as exc:  # noqa: BLE001 - keep serving with the old configuration
+        log(f"warning: reload failed, keeping the old configuration: {exc}")
+        return
+    cfg.__dict__.update({k: v for k, v in new.__dict__.items() if k != "root"})
+    auth._cache.clear()  # load_users() re-reads at the next login
+    for listener in listeners:
+        listener.limits = limits_from(cfg)
+        listener.max_connections = _share(cfg, n)
+    log("reloaded the configuration and the users file")
+
+
+async def drain(listeners, timeout: float = 30.0) -> None:
+    """Stop gently: a session that is idle (or becomes idle: a hook such as the queue's fsync
+    finishes and its 250 goes out first) gets 421 4.3.2 and is closed (RFC 5321 3.8)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while any(lst.active for lst in listeners) and loop.time() < deadline:
+        for lst in listeners:
+            for proto in list(lst.active):
+                proto.shutdown()
+        await asyncio.sleep(0.05)
 
 
 def stdio(cfg, verbose: bool = False) -> int:

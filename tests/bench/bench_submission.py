@@ -142,11 +142,13 @@ def run_mailtools(a, work: Path) -> float:
     subprocess.run([sys.executable, "-m", "mailtools", "user", "add", "--password-stdin", "bench@example.test"],
                    input=b"benchpw\n", env=env, check=True, capture_output=True)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mailtools", "submit", "--listen", f"127.0.0.1:{port}"],
+    workers = ["--workers", str(a.workers)] if a.workers else []
+    proc = subprocess.Popen([sys.executable, "-m", "mailtools", "submit", "--listen", f"127.0.0.1:{port}", *workers],
                             env=env, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, timeout=20)
-        rate = measure("mailtools submit --listen (AUTH, no TLS)", port, "bench@example.test", "benchpw", a)
+        label = f"mailtools submit --listen ({a.workers or os.cpu_count()} worker(s))"
+        rate = measure(f"{label:<36} (AUTH, no TLS)", port, "bench@example.test", "benchpw", a)
         n = len(os.listdir(root / "queue" / "new"))
         assert n == a.count * a.runs, f"queue holds {n}, expected {a.count * a.runs}"
         return rate
@@ -266,6 +268,7 @@ def main() -> None:
     ap.add_argument("--user", default="bench@example.test")
     ap.add_argument("--password", default="benchpw")
     ap.add_argument("--only", choices=("mailtools", "postfix"))
+    ap.add_argument("--workers", type=int, help="submit --workers N (default: the server's, one per CPU)")
     a = ap.parse_args()
     if a.target:
         host, _, port = a.target.rpartition(":")

@@ -1,0 +1,402 @@
+"""Several worker processes behind one set of listening sockets, for a server that wants more
+than one core's worth of Python (one process is one GIL). Used by `submit --listen`; `relay
+--listen` can take it as it is. `serve` stays one process and does not use it.
+
+The parent binds every listener, forks N workers and then only accepts: each new connection
+is handed to the worker with the fewest open connections, as a file descriptor over a
+socketpair (SCM_RIGHTS, one SOCK_SEQPACKET message per connection: one byte naming the
+listener, plus the descriptor). A worker says "one of mine closed" with a one-byte message back.
+
+Why the parent accepts, rather than every worker accepting on the shared socket or binding its
+own with SO_REUSEPORT (see also Node's cluster module, which defaults to the same for the same
+reason):
+- balance: an asyncio worker woken on a shared socket accepts every connection waiting, so a
+  burst of ten lands on one worker; SO_REUSEPORT spreads by a hash of the client's address,
+  so ten connections split 7/3 or 8/2 about a third of the time. Long SMTP sessions make
+  either imbalance last. Fewest-connections-first keeps the workers even.
+- a worker killed with connections still in its own accept queue (SO_REUSEPORT) loses them;
+  here they wait in the parent's one backlog while the worker is restarted.
+- nothing to re-bind on restart, port 0 means one port, and no other process of the same user
+  can join the port with SO_REUSEPORT and take a share of the connections.
+The cost is one accept and one sendmsg per connection in the parent, not per message.
+
+Signals to the parent: SIGTERM/SIGINT close the listeners and are forwarded, the workers drain
+(finish the command in hand, 421 to idle sessions) and the parent exits 0 once every worker has
+exited (a second signal is forwarded too: the workers then exit at once). SIGHUP runs the
+parent's `on_hup` (reload what a restarted worker would start with) and is forwarded. A worker
+that dies is restarted at once, or after a growing pause (1 s, doubling to 30 s) when it keeps
+dying within a second of its start; the others keep serving meanwhile.
+
+    def worker_main(channel: Channel) -> int: ...       # runs in the child, returns its exit code
+    sup = Supervisor("submit", [(sock, 0), (tls_sock, 1)], 4, worker_main, log=say)
+    sys.exit(sup.run())
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from typing import Callable
+
+from mailtools.core.listen import parse_listen
+
+BACKLOG = 256
+_CLOSED = b"c"  # worker -> parent: one connection ended
+_RESTART_PAUSE_MAX = 30.0
+_QUICK_DEATH = 1.0  # a worker that dies sooner than this after its start is restarted after a pause
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def bind(spec: str) -> list[socket.socket]:
+    """Listening sockets for one HOST:PORT (every address of a host name; both families for an
+    empty host, as asyncio's create_server does). OSError when one cannot be bound."""
+    host, port = parse_listen(spec)
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    out: list[socket.socket] = []
+    seen = set()
+    try:
+        for family, kind, proto, _, addr in infos:
+            if (family, addr[:2]) in seen:
+                continue
+            seen.add((family, addr[:2]))
+            sock = socket.socket(family, kind, proto)
+            out.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(out) > 1:  # one ephemeral port for every address
+                addr = (addr[0], out[0].getsockname()[1], *addr[2:])
+            sock.bind(addr)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in out:
+            sock.close()
+        raise
+    return out
+
+
+class Channel:
+    """A worker's end of its socketpair: connections arrive here, closes go back."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        sock.setblocking(False)
+        self._loop = None
+
+    def attach(self, loop, on_connection: Callable[[socket.socket, int], None],
+               on_parent_gone: Callable[[], None]) -> None:
+        """Call on_connection(sock, listener_index) for every connection the parent hands over,
+        on_parent_gone() when the parent is gone (the channel reached its end). Call it once
+        the loop has its signal handlers: it unblocks SIGTERM, SIGINT and SIGHUP, which the
+        worker was started with blocked (one sent meanwhile is delivered now, not lost)."""
+        self._loop = loop
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+
+        def readable() -> None:
+            while True:
+                try:
+                    data, fds, _flags, _addr = socket.recv_fds(self.sock, 16, 4)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    data, fds = b"", []
+                if not data and not fds:
+                    self.detach()
+                    on_parent_gone()
+                    return
+                for k, fd in enumerate(fds):
+                    conn = socket.socket(fileno=fd)
+                    if k or not data:  # never more than one per message; refuse extras
+                        conn.close()
+                        self.closed()
+                        continue
+                    conn.setblocking(False)
+                    on_connection(conn, data[0])
+
+        loop.add_reader(self.sock.fileno(), readable)
+
+    def detach(self) -> None:
+        """Stop taking connections (the parent gives new ones to the other workers)."""
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+            self._loop = None
+
+    def closed(self) -> None:
+        """One connection this worker was given has ended."""
+        try:
+            self.sock.send(_CLOSED)
+        except OSError:
+            pass  # the parent is gone or busy: its count is only for balancing
+
+
+class _Worker:
+    __slots__ = ("pid", "chan", "started", "conns")
+
+    def __init__(self, pid: int, chan: socket.socket):
+        self.pid = pid
+        self.chan = chan
+        self.started = time.monotonic()
+        self.conns = 0
+
+
+class Supervisor:
+    """The parent: `listeners` is a list of (listening socket, index given to the worker)."""
+
+    def __init__(self, name: str, listeners: list[tuple[socket.socket, int]], workers: int,
+                 worker_main: Callable[[Channel], int], *, log: Callable[[str], None],
+                 on_hup: Callable[[], None] | None = None):
+        if workers < 1:
+            raise ValueError("at least one worker")
+        self.name = name
+        self.listeners = listeners
+        self.count = workers
+        self.worker_main = worker_main
+        self.log = log
+        self.on_hup = on_hup
+        self.workers: dict[int, _Worker] = {}
+        self.stopping = 0  # stop signals received
+        self._sel: selectors.BaseSelector | None = None
+        self._wake_r = self._wake_w = -1
+        self._signals: list[int] = []
+        self._accepting = False
+        self._rr = 0
+        self._pause = 0.0  # the current restart pause after quick deaths
+        self._restart_at: list[float] = []  # when the missing workers are due
+
+    # --- the parent's loop -------------------------------------------------------------------
+    def run(self) -> int:
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        old_wakeup = signal.set_wakeup_fd(self._wake_w)
+        old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (*_FORWARDED, signal.SIGCHLD)}
+        try:
+            for _ in range(self.count):
+                self._spawn()
+            self._set_accepting()
+            while self.workers or not self.stopping:
+                self._step()
+            self.log("stopped")
+            return 0
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+            for w in self.workers.values():  # only when the loop itself failed
+                _kill(w.pid, signal.SIGTERM)
+            self._close_listeners()
+            self._sel.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _step(self) -> None:
+        timeout = None
+        if self._restart_at and not self.stopping:
+            timeout = max(0.0, min(self._restart_at) - time.monotonic())
+        for key, _ in self._sel.select(timeout):
+            if key.data == "wake":
+                try:
+                    while os.read(self._wake_r, 512):
+                        pass
+                except (BlockingIOError, InterruptedError):
+                    pass
+            elif isinstance(key.data, _Worker):
+                self._from_worker(key.data)
+            else:
+                self._accept(key.fileobj, key.data)
+        signals, self._signals = self._signals, []
+        for sig in signals:
+            self._handle_signal(sig)
+        self._reap()
+        now = time.monotonic()
+        while self._restart_at and not self.stopping and min(self._restart_at) <= now:
+            self._restart_at.remove(min(self._restart_at))
+            self._spawn()
+        self._set_accepting()
+
+    def _on_signal(self, sig, frame) -> None:
+        self._signals.append(sig)  # handled by the loop (the wakeup fd ends its select)
+
+    def _handle_signal(self, sig: int) -> None:
+        if sig == signal.SIGCHLD:
+            return  # _reap() runs after every step
+        if sig == signal.SIGHUP:
+            if self.stopping:
+                return
+            if self.on_hup is not None:
+                try:
+                    self.on_hup()
+                except Exception as exc:  # noqa: BLE001 - keep running with what we had
+                    self.log(f"warning: reload failed: {exc}")
+        else:
+            self.stopping += 1
+            if self.stopping == 1:
+                self.log(f"{signal.Signals(sig).name}: draining {len(self.workers)} worker(s)")
+                self._restart_at.clear()
+                self._close_listeners()
+        for w in self.workers.values():
+            _kill(w.pid, sig)
+
+    # --- connections -----------------------------------------------------------------------
+    def _set_accepting(self) -> None:
+        """Watch the listeners only while some worker can take a connection: otherwise new
+        connections wait in the kernel's backlog."""
+        want = bool(self.workers) and not self.stopping
+        if want == self._accepting:
+            return
+        for sock, index in self.listeners:
+            if want:
+                self._sel.register(sock, selectors.EVENT_READ, index)
+            else:
+                self._sel.unregister(sock)
+        self._accepting = want
+
+    def _accept(self, sock: socket.socket, index: int) -> None:
+        for _ in range(64):
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.log(f"warning: accept: {exc.strerror}")
+                    return
+                continue  # ECONNABORTED and the like: that client is gone
+            try:
+                self._dispatch(conn, index)
+            finally:
+                conn.close()  # the worker has its own descriptor now
+
+    def _dispatch(self, conn: socket.socket, index: int) -> None:
+        order = sorted(self.workers.values(), key=lambda w: w.conns)
+        if len(order) > 1 and order[0].conns == order[1].conns:  # ties: take turns
+            least = [w for w in order if w.conns == order[0].conns]
+            self._rr += 1
+            k = self._rr % len(least)
+            order = least[k:] + least[:k] + order[len(least):]
+        for w in order:
+            try:
+                socket.send_fds(w.chan, [bytes((index,))], [conn.fileno()])
+            except OSError:
+                continue  # dead or stuck: the next one
+            w.conns += 1
+            return
+        # nobody could take it: the client sees the connection close and tries again
+
+    def _from_worker(self, w: _Worker) -> None:
+        while True:
+            try:
+                data = w.chan.recv(16)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:  # the worker is gone; _reap() restarts it
+                self._sel.unregister(w.chan)
+                return
+            if data == _CLOSED and w.conns > 0:
+                w.conns -= 1
+
+    # --- workers ---------------------------------------------------------------------------
+    def _spawn(self) -> None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Signals wait until the child has its own handlers (a SIGTERM forwarded to a child
+        # still running the parent's handler would be lost, and the parent would wait forever).
+        signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._child(theirs, mine)  # never returns
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+        theirs.close()
+        mine.setblocking(False)
+        w = _Worker(pid, mine)
+        self.workers[pid] = w
+        self._sel.register(mine, selectors.EVENT_READ, w)
+        self.log(f"worker {pid} started")
+
+    def _child(self, chan: socket.socket, parent_end: socket.socket) -> None:
+        code = 70  # EX_SOFTWARE, unless worker_main says otherwise
+        try:
+            signal.set_wakeup_fd(-1)
+            for sig in (*_FORWARDED, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            # Nothing of the parent's: the listeners (the parent accepts), the other workers'
+            # channels, the selector and its wakeup pipe.
+            # The selector's epoll instance is shared with the parent: close it first, and
+            # never unregister from it here (that would unregister in the parent too).
+            self._sel.close()
+            parent_end.close()
+            for w in self.workers.values():
+                w.chan.close()
+            for sock, _ in self.listeners:
+                sock.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            # SIGTERM/SIGINT/SIGHUP stay blocked until worker_main has its handlers and calls
+            # Channel.attach()
+            code = self.worker_main(Channel(chan))
+        except BaseException as exc:  # noqa: BLE001 - whatever happens, the child exits here
+            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                self.log(f"warning: worker failed: {type(exc).__name__}: {exc}")
+                traceback.print_exc()
+            elif isinstance(exc, SystemExit) and isinstance(exc.code, int):
+                code = exc.code
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+
+    def _reap(self) -> None:
+        while self.workers:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            w = self.workers.pop(pid, None)
+            if w is None:
+                continue
+            try:
+                self._sel.unregister(w.chan)
+            except (KeyError, ValueError):
+                pass
+            w.chan.close()
+            how = (f"killed by {signal.Signals(-os.waitstatus_to_exitcode(status)).name}"
+                   if os.WIFSIGNALED(status) else f"exit {os.waitstatus_to_exitcode(status)}")
+            if self.stopping:
+                self.log(f"worker {pid} done ({how})")
+                continue
+            lived = time.monotonic() - w.started
+            self._pause = 0.0 if lived >= _QUICK_DEATH else min(max(self._pause * 2, 1.0), _RESTART_PAUSE_MAX)
+            self.log(f"warning: worker {pid} {how}; restarting it"
+                     + (f" in {self._pause:.0f} s" if self._pause else ""))
+            self._restart_at.append(time.monotonic() + self._pause)
+
+    def _close_listeners(self) -> None:
+        if self._accepting and self._sel is not None:
+            for sock, _ in self.listeners:
+                self._sel.unregister(sock)
+            self._accepting = False
+        for sock, _ in self.listeners:
+            sock.close()
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
