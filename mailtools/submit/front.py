@@ -431,8 +431,8 @@ def log(line: str, verbose: bool = False, target: str = "stderr") -> None:
         from mailtools.core.log import say
 
         say("submit", line)  # load() pointed it at the file, or "off"
-    else:
-        try:
+    elif os.path.exists("/dev/log"):  # no syslog daemon: the C library would drop the line
+        try:  # (the check spares loading the syslog extension module for nothing)
             import syslog
 
             syslog.openlog("submit", syslog.LOG_PID, syslog.LOG_MAIL)

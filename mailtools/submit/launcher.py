@@ -6,13 +6,16 @@ installation (an editable install's import finder, setuptools' distutils hook) b
 gets control; `python3 -I -S` skips all of that. The launcher is
 
     #!<this interpreter> -IS
+    import gc; gc.disable()
     import sys
     sys.path.append("<the directory that holds the mailtools package>")
     from mailtools.submit.front import launcher_main  # (exit 75 if it is gone)
     sys.exit(launcher_main(sys.argv))
 
 -I (isolated: no PYTHON* variables, no user site, no script directory on sys.path) and -S (no
-site). The package directory goes after the standard library, so nothing beside mailtools in it
+site). The cyclic garbage collector is off from the first line: the imports alone allocate enough
+to trigger a few collections (2% of the launcher's instructions) that find nothing;
+front.process_main turns it on again for the modes that keep running (-q, -bs, the servers). The package directory goes after the standard library, so nothing beside mailtools in it
 can shadow a standard module. The sendmail path needs nothing but the standard library; the
 modes that use third-party packages (-q, -bs, -bd, --listen) load `site` first (front.py).
 It works the same for `pip install .` (the directory is site-packages) and an editable install
@@ -35,6 +38,7 @@ TEMPLATE = """\
 #!{python} -IS
 {marker}, written by `mailtools submit --install-sendmail` (mailtools {version}).
 # -I -S: no site start-up hooks, no PYTHON* variables; see mailtools-submit(1).
+import gc; gc.disable()  # queuing a message makes no garbage cycles; other modes enable it again
 import sys
 PACKAGE = {package_dir!r}
 sys.path.append(PACKAGE)
