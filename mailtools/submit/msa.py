@@ -295,16 +295,20 @@ def _serve_workers(cfg, listen: list[str], tls_listen: list[str], n: int) -> int
     for addr in bound_addresses([SimpleNamespace(sockets=[sock for sock, _ in socks])]):
         log(f"listening on {addr}")
 
-    def worker_main(channel) -> int:
-        import asyncio
+    # What the workers run is imported here, before the first fork: a worker started later
+    # (a restart) runs the same code as the others even if the files changed on disk since,
+    # and starts without import time.
+    import asyncio
+    import threading
 
+    import mailtools.core.auth  # noqa: F401
+    import mailtools.core.queue  # noqa: F401
+    from mailtools.smtpd.server import finish_hooks
+
+    def worker_main(channel) -> int:
         try:
             return asyncio.run(_worker(cfg, ctx, channel, n))
         finally:
-            import threading
-
-            from mailtools.smtpd.server import finish_hooks
-
             finish_hooks()
             for t in threading.enumerate():  # the queue's remover, if it ran
                 if t is not threading.current_thread() and not t.daemon:
