@@ -85,7 +85,18 @@ def init_root(root: Path, hostname: str | None = None) -> Path:
     """
     root.mkdir(parents=True, exist_ok=True)
     for sub in ("queue", "mail", "tls"):
-        (root / sub).mkdir(exist_ok=True)
+        try:
+            (root / sub).mkdir()
+        except FileExistsError:
+            continue
+        if sub == "mail":
+            # chattr +T, as on the queue's tmp/: each domain's Maildirs go to a block group of
+            # the kernel's choosing instead of the data root's, whose recently deleted inodes
+            # (on ext4 without a journal) make every file creation there scan (a root in a
+            # busy /tmp: ~0.3 ms of CPU per delivered message, 0.04 ms elsewhere)
+            from mailtools.core.queue import _spread_subdirs
+
+            _spread_subdirs(str(root / sub))
     hostname = hostname or cfgmod.default_hostname()
     conf = root / "mailtools.toml"
     if not conf.exists():

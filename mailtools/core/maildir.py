@@ -12,7 +12,8 @@ Durability of :func:`deliver` (the only writer of new messages), state by state:
    caller has not been told "delivered", so the sender keeps its copy and retries.
 2. tmp/NAME linked to new/NAME (or cur/NAME:2,FLAGS). The link is one directory-entry
    operation: a reader sees the whole, already fsynced file under its final name, or nothing.
-3. new/ (or cur/) fsynced: the name survives a power loss; only now does deliver() return.
+3. new/ (or cur/) fsynced: the name survives a power loss; only now does deliver() return
+   (or, for a batch of deliveries in a DirSyncBatch, the block end: one fsync for them all).
 4. tmp/NAME unlinked: a crash before it leaves a harmless hard link in tmp/.
 At no point is a partial message visible in new/ or cur/, and at no point does the message
 exist nowhere while someone believes it was delivered.
@@ -76,6 +77,42 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class DirSyncBatch:
+    """Deliveries made by this thread inside ``with DirSyncBatch():`` leave the fsync of new/
+    (or cur/) to the end of the block: one fsync per directory for all of them instead of one
+    per message (what group commit does across writers, here within one writer). Durability is
+    the same at the block's end, which raises OSError when a directory's fsync fails: until
+    then the caller must not report any of these messages delivered (step 3 above simply
+    happens later for all of them together). Blocks do not nest; other threads, and this
+    thread outside a block, fsync at once as before."""
+
+    _local = None  # threading.local(), made by the first block (never in one-thread callers)
+
+    def __enter__(self) -> "DirSyncBatch":
+        cls = type(self)
+        if cls._local is None:
+            import threading
+
+            cls._local = threading.local()
+        cls._local.dirs = self.dirs = {}  # dict: insertion order, each directory once
+        return self
+
+    def __exit__(self, *exc) -> None:
+        type(self)._local.dirs = None
+        for d in self.dirs:
+            _fsync_dir(d)
+
+
+def _fsync_new_dir(d: str) -> None:
+    """Step 3 of deliver(): now, or at the end of this thread's DirSyncBatch block."""
+    local = DirSyncBatch._local
+    pending = getattr(local, "dirs", None) if local is not None else None
+    if pending is None:
+        _fsync_dir(d)
+    else:
+        pending[d] = True
 
 
 def make_dirs(path: str, folder_marker: bool = False) -> None:
@@ -146,7 +183,7 @@ def deliver_path(path, data: bytes, *, flags: str = "", folder_marker: bool = Fa
             os.rename(tmp, final)
         else:
             _unlink_quietly(tmp)
-        _fsync_dir(os.path.join(path, subdir))
+        _fsync_new_dir(os.path.join(path, subdir))
         return final
     raise FileExistsError(errno.EEXIST, "could not find a unique file name", os.path.join(path, "tmp"))
 

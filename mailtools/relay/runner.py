@@ -51,6 +51,8 @@ PENDING = ("queued", "deferred")
 REUSE_LIMIT = 1000  # messages per connection before a fresh one (Postfix: time-limited reuse)
 REUSE_IDLE = 1.0  # seconds a worker waits for more work for its open connection
 CLAIM_SLICE = 8  # claims done on the loop before it moves bytes again
+LOCAL_THREADS = 8  # local delivery threads: each fsync waits on the disk, several wait together
+LOCAL_BATCH = 32  # at most this many local jobs per thread hop
 
 
 @dataclass
@@ -131,6 +133,9 @@ class Runner:
         self._inflight = 0
         self._pool = _pool("spool")
         self.worked = 0
+        self._local_jobs: list = []  # local jobs waiting for a delivery thread
+        self._local_busy = 0  # delivery threads working on a batch
+        self._local_drain_due = False
 
     # -- the pass ---------------------------------------------------------------------------------
 
@@ -234,7 +239,7 @@ class Runner:
         self._idle.clear()
         for job in jobs:
             if self.cfg.is_local_domain(job.domain):
-                asyncio.ensure_future(self._local(job))
+                self._local(job)
             else:
                 self._submit(job)
 
@@ -373,13 +378,58 @@ class Runner:
 
     # -- local domains --------------------------------------------------------------------------
 
-    async def _local(self, job: Job) -> None:
+    def _local(self, job: Job) -> None:
+        """Queue a local job for the delivery threads; they take the waiting jobs in batches."""
+        self._local_jobs.append(job)
+        if not self._local_drain_due:
+            self._local_drain_due = True
+            asyncio.get_running_loop().call_soon(self._drain_local)  # after this claim slice
+
+    def _drain_local(self) -> None:
+        """Deal the waiting local jobs over the free delivery threads, one batch each: a thread
+        hop per batch rather than per message, and one fsync of each Maildir's new/ per batch
+        (maildir.DirSyncBatch). A light load makes batches of one, a burst bigger ones."""
+        self._local_drain_due = False
+        waiting = self._local_jobs
+        free = LOCAL_THREADS - self._local_busy
+        if not waiting or free <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        size = min(LOCAL_BATCH, -(-len(waiting) // free))
+        while waiting and self._local_busy < LOCAL_THREADS:
+            batch, waiting[:] = waiting[:size], waiting[size:]
+            self._local_busy += 1
+            fut = _pool("local").submit(self._deliver_batch, batch)
+            fut.add_done_callback(lambda f, b=batch: loop.call_soon_threadsafe(self._local_done, b, f))
+
+    def _local_done(self, batch: list, fut) -> None:
+        self._local_busy -= 1
         try:
-            outcomes = await asyncio.to_thread(self._deliver_local, job)
+            results = fut.result()
         except Exception as exc:  # noqa: BLE001 - an outcome for every job, always
-            outcomes = {r.address: Outcome(DEFERRED, f"local delivery failed: {exc}", "4.3.0", "local")
-                        for r in job.rcpts}
-        self._finish_job(job, outcomes)
+            results = [_local_failure(job, exc) for job in batch]
+        for job, outcomes in zip(batch, results):
+            self._finish_job(job, outcomes)
+        self._drain_local()
+
+    def _deliver_batch(self, batch: list) -> list:
+        """In a delivery thread: every job of the batch, then one fsync per Maildir new/ (a
+        failed one defers the batch's deliveries: not durable, so not delivered; the retry
+        may duplicate, never lose)."""
+        from mailtools.core.maildir import DirSyncBatch
+
+        results = []
+        try:
+            with DirSyncBatch():
+                for job in batch:
+                    try:
+                        results.append(self._deliver_local(job))
+                    except Exception as exc:  # noqa: BLE001
+                        results.append(_local_failure(job, exc))
+        except OSError as exc:
+            failed = Outcome(DEFERRED, f"local delivery failed: {exc}", "4.3.0", "local")
+            return [{a: failed if o.state == SENT else o for a, o in out.items()} for out in results]
+        return results
 
     def _deliver_local(self, job: Job) -> dict:
         from mailtools.core.local import deliver_local
@@ -671,13 +721,14 @@ _POOLS: dict = {}
 
 
 def _pool(name: str):
-    """Small thread pools for the spool's file-system work that can wait on the disk ("claim"
-    for the recovery sweep and listing before a pass, "spool" for fsynced envelope updates and
-    DSNs after delivery)."""
+    """Small thread pools for the file-system work that can wait on the disk ("claim" for the
+    recovery sweep and listing before a pass, "spool" for fsynced envelope updates and DSNs
+    after delivery, "local" for deliveries into Maildirs)."""
     if name not in _POOLS:
         from concurrent.futures import ThreadPoolExecutor
 
-        _POOLS[name] = ThreadPoolExecutor(max_workers=8 if name == "spool" else 2, thread_name_prefix=f"relay-{name}")
+        workers = {"spool": 8, "local": LOCAL_THREADS}.get(name, 2)
+        _POOLS[name] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"relay-{name}")
     return _POOLS[name]
 
 
@@ -727,6 +778,11 @@ def _log_tls(conn) -> None:
     why = f" ({t.verify_error[:120]})" if t.verify_error and not t.verified else ""
     log(f"{trust} TLS connection established to {conn.host}[{conn.ip}]:{conn.port}: {t.summary()}"
         f"; subject={t.peer_subject or '-'}; issuer={t.peer_issuer or '-'}{why}")
+
+
+def _local_failure(job: Job, exc: BaseException) -> dict:
+    return {r.address: Outcome(DEFERRED, f"local delivery failed: {exc}", "4.3.0", "local")
+            for r in job.rcpts}
 
 
 def _status_of(reply: str) -> str:
