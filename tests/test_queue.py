@@ -27,8 +27,10 @@ def q(tmp_path):
 def test_enqueue_writes_whole_entry_readable_with_cat(q, tmp_path):
     qid = q.enqueue("a@example.test", ["b@example.net", "c@example.net"], MSG)
     entry_dir = tmp_path / "queue" / "new" / qid
-    assert (entry_dir / "message").read_bytes() == MSG
-    env = (entry_dir / "envelope").read_text()
+    assert os.listdir(entry_dir) == ["entry"]  # one file: the envelope, an empty line, the message
+    env, sep, message = (entry_dir / "entry").read_bytes().partition(b"\n\n")
+    assert sep and message == MSG
+    env = env.decode() + "\n"
     assert env.startswith("mailtools-envelope 1\n")
     assert f"id: {qid}\n" in env
     assert "sender: a@example.test\n" in env
@@ -127,6 +129,63 @@ def test_release_of_a_finished_entry_does_no_fsync_and_reports_a_lost_claim(q, t
     assert q.ids("new") == [qid]
     with pytest.raises(ClaimLost):
         q.update(e)
+
+
+def _two_file_entry(q, qid: str, message: bytes) -> None:
+    """An entry as enqueue() wrote it before the one-file layout: message + envelope."""
+    entry = Entry(qid, "old@example.test", [Recipient("b@example.net"), Recipient("c@example.net")],
+                  time.time(), len(message))
+    d = os.path.join(q.path, "new", qid)
+    os.makedirs(d)
+    with open(os.path.join(d, "message"), "wb") as f:
+        f.write(message)
+    with open(os.path.join(d, "envelope"), "wb") as f:
+        f.write(entry.serialise())
+
+
+def test_entries_in_the_two_file_layout_are_still_read_delivered_and_removed(q, tmp_path):
+    q.enqueue("a@example.test", ["b@example.net"], MSG)  # makes the directories
+    old = new_id()
+    _two_file_entry(q, old, MSG)
+    assert q.get(old).sender == "old@example.test" and old in [e.id for e in q.entries()]
+    asked = []
+    e = q.claim(old, want=lambda e: asked.append(e.id) or True)
+    assert asked == [old] and e.state_dir == "active"
+    assert q.read_message(e) == MSG and open(q.message_path(e), "rb").read() == MSG
+    e.recipients[0].state = "sent"
+    q.update(e)
+    assert q.release(e) and sorted(os.listdir(os.path.join(q.path, "new", old))) == ["envelope", "message"]
+    e = q.claim(old)
+    assert [r.state for r in e.recipients] == ["sent", "queued"]
+    e.recipients[1].state = "bounced"
+    assert q.release(e)
+    deadline = time.monotonic() + 5  # trash/ is emptied by a background thread
+    while os.listdir(tmp_path / "queue" / "trash") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert os.listdir(tmp_path / "queue" / "trash") == [] and old not in q.ids("new")
+
+
+def test_one_file_entry_after_update_and_message_path(q, tmp_path):
+    qid = q.enqueue("a@example.test", ["b@example.net", "c@example.net"], MSG)
+    e = q.claim(qid)
+    e.recipients[0].state = "deferred"
+    q.update(e)  # the new state goes to a separate envelope, which wins over entry's head
+    assert q.release(e)
+    d = tmp_path / "queue" / "new" / qid
+    assert sorted(os.listdir(d)) == ["entry", "envelope"]
+    assert [r.state for r in q.get(qid).recipients] == ["deferred", "queued"]
+    e = q.get(qid)
+    assert q.read_message(e) == MSG
+    assert open(q.message_path(e), "rb").read() == MSG  # written out for callers wanting a path
+    assert q.read_message(e) == MSG and (d / "entry").exists()
+    assert q.claim(qid).recipients[0].state == "deferred"
+    # a one-file entry cut short (no empty line after the envelope): listed as a problem, parked
+    bad = q.enqueue("a@example.test", ["b@example.net"], MSG)
+    path = tmp_path / "queue" / "new" / bad / "entry"
+    path.write_bytes(path.read_bytes().partition(b"\n\n")[0])
+    assert bad not in [x.id for x in q.entries()] and "no empty line" in q.problems[0]
+    assert q.claim(bad, want=lambda e: True) is None
+    assert os.path.isdir(tmp_path / "queue" / "hold" / bad)
 
 
 def test_hold_release_delete(q):
