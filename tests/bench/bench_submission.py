@@ -6,13 +6,17 @@ SESSIONS connections, each logging in once (AUTH PLAIN) and then sending MAIL/RC
 apart) to the last 250 after DATA; each 250 means the message is fsynced in the queue (mailtools) / in Postfix's incoming
 queue (cleanup fsyncs before it answers).
 
-    python3 tests/bench/bench_submission.py [--count 5000] [--sessions 10] [--size 2048]
+    python3 tests/bench/bench_submission.py [--count 5000] [--sessions 10] [--size 2048] [--runs 3]
+                                            [--workers N] [--only mailtools|postfix]
     python3 tests/bench/bench_submission.py --target 127.0.0.1:PORT --user U --password P
 
 Without --target it runs both sides itself: `mailtools submit --listen` on a fresh data root,
 then (when Postfix and Dovecot are installed and you are root) a private Postfix instance
 (its own config_directory and queue under a temp dir, loopback only, SASL through a private
 Dovecot auth socket, accepted mail put on hold so nothing is delivered), and prints the ratio.
+Both stay up while the runs alternate between them, so a change in the machine's load (it is
+shared) meets both sides alike; the ratio is of the medians, the run-by-run ratios follow.
+mailtools runs with its default worker processes (one per CPU) unless --workers says otherwise.
 smtp-source cannot log in, hence this client.
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -117,22 +122,30 @@ async def drive(host, port, user, password, count, sessions, size, sender, rcpt)
     return stamps["go"] - t0, t1 - stamps["go"]
 
 
-def measure(label, port, user, password, a) -> float:
-    rates, logins = [], []
-    for _ in range(a.runs):
-        login_s, dt = asyncio.run(drive("127.0.0.1", port, user, password, a.count, a.sessions, a.size,
-                                        user, "someone@remote.test"))
-        rates.append(a.count / dt)
-        logins.append(login_s)
+def measure_once(port, user, password, a) -> tuple[float, float]:
+    """(messages per second, seconds the logins took) of one run."""
+    login_s, dt = asyncio.run(drive("127.0.0.1", port, user, password, a.count, a.sessions, a.size,
+                                    user, "someone@remote.test"))
+    return a.count / dt, login_s
+
+
+def report(label, rates, logins, a) -> float:
     med = statistics.median(rates)
-    print(f"{label:<44} {med:7.0f} msg/s  ({', '.join(f'{r:.0f}' for r in rates)}; "
+    print(f"{label:<52} {med:7.0f} msg/s  ({', '.join(f'{r:.0f}' for r in rates)}; "
           f"{a.count} x {a.size} B over {a.sessions} sessions; logging the {a.sessions} sessions in "
           f"took {statistics.median(logins):.2f} s, not counted)")
     return med
 
 
+def measure(label, port, user, password, a) -> float:
+    runs = [measure_once(port, user, password, a) for _ in range(a.runs)]
+    return report(label, [r for r, _ in runs], [t for _, t in runs], a)
+
+
 # --- mailtools --------------------------------------------------------------------------------
-def run_mailtools(a, work: Path) -> float:
+@contextlib.contextmanager
+def mailtools_server(a, work: Path):
+    """Yields (label, port, check) with the server running; check() after the runs."""
     root = work / "mt"
     root.mkdir()
     cfg = work / "mailtools.toml"
@@ -147,21 +160,26 @@ def run_mailtools(a, work: Path) -> float:
                             env=env, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, timeout=20)
-        label = f"mailtools submit --listen ({a.workers or os.cpu_count()} worker(s))"
-        rate = measure(f"{label:<36} (AUTH, no TLS)", port, "bench@example.test", "benchpw", a)
-        n = len(os.listdir(root / "queue" / "new"))
-        assert n == a.count * a.runs, f"queue holds {n}, expected {a.count * a.runs}"
-        return rate
+
+        def check(runs: int) -> None:
+            n = len(os.listdir(root / "queue" / "new"))
+            assert n == a.count * runs, f"queue holds {n}, expected {a.count * runs}"
+
+        yield (f"mailtools submit --listen, {a.workers or os.cpu_count()} worker(s) (AUTH, no TLS)",
+               port, check)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
 
 
 # --- Postfix (private instance) ------------------------------------------------------------------
-def run_postfix(a, work: Path) -> float | None:
+@contextlib.contextmanager
+def postfix_server(a, work: Path):
+    """Yields (label, port, check) with the private instance running, or None (skipped)."""
     if os.getuid() != 0 or not shutil.which("postconf") or not shutil.which("dovecot"):
         print("postfix submission: needs root, Postfix and Dovecot installed; skipped")
-        return None
+        yield None
+        return
     pf = work / "pf"
     conf, queue, data = pf / "etc", pf / "spool", pf / "lib"
     for d in (conf, queue, data):
@@ -230,7 +248,8 @@ service anvil {{
                            stdout=errlog, stderr=errlog, timeout=30)
     if dproc.returncode != 0:
         print(f"postfix submission: private dovecot would not start ({pf / 'start.log'}); skipped")
-        return None
+        yield None
+        return
     try:
         subprocess.run(["postfix", "-c", str(conf), "check"], stdin=subprocess.DEVNULL, stdout=errlog,
                        stderr=errlog, timeout=60)
@@ -239,10 +258,11 @@ service anvil {{
         if st.returncode != 0:
             errlog.seek(0)
             print(f"postfix submission: private instance would not start: {errlog.read()[-500:]}; skipped")
-            return None
+            yield None
+            return
         try:
             wait_port(port, timeout=20)
-            return measure("postfix submission (AUTH via dovecot, no TLS)", port, "bench@example.test", "benchpw", a)
+            yield "postfix submission (AUTH via dovecot, no TLS)", port, lambda runs: None
         finally:
             subprocess.run(["postfix", "-c", str(conf), "stop"], stdin=subprocess.DEVNULL, stdout=errlog,
                            stderr=errlog, timeout=60)
@@ -263,7 +283,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=5000)
     ap.add_argument("--sessions", type=int, default=10)
     ap.add_argument("--size", type=int, default=2048)
-    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--target", help="HOST:PORT of a server to measure instead of starting both")
     ap.add_argument("--user", default="bench@example.test")
     ap.add_argument("--password", default="benchpw")
@@ -279,10 +299,28 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.1f}")
     work = Path(tempfile.mkdtemp(prefix="bench-submission-"))
     try:
-        mt = run_mailtools(a, work) if a.only != "postfix" else None
-        pf = run_postfix(a, work) if a.only != "mailtools" else None
-        if mt and pf:
-            print(f"ratio mailtools / postfix: {mt / pf:.2f}x (goal: >= 1.0)")
+        with contextlib.ExitStack() as stack:
+            sides = []
+            if a.only != "postfix":
+                sides.append(stack.enter_context(mailtools_server(a, work)))
+            if a.only != "mailtools":
+                sides.append(stack.enter_context(postfix_server(a, work)))
+            sides = [side for side in sides if side is not None]
+            # Both servers stay up and the runs alternate (mailtools, postfix, mailtools, ...),
+            # so a change in the machine's load meets both sides alike.
+            results: dict[str, list] = {label: [] for label, _, _ in sides}
+            for _ in range(a.runs):
+                for label, port, _ in sides:
+                    results[label].append(measure_once(port, "bench@example.test", "benchpw", a))
+            medians = [report(label, [r for r, _ in runs], [t for _, t in runs], a)
+                       for label, runs in results.items()]
+            for _, _, check in sides:
+                check(a.runs)
+            print(f"load average after {os.getloadavg()[0]:.1f}")
+            if len(medians) == 2:
+                pairs = [m[0] / p[0] for m, p in zip(*results.values())]
+                print(f"ratio mailtools / postfix: {medians[0] / medians[1]:.2f}x (goal: >= 1.0; "
+                      f"run by run: {', '.join(f'{r:.2f}' for r in pairs)})")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
