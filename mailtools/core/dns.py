@@ -270,6 +270,12 @@ class _UDPClient:
         q = self.pending.get(qid)
         if q is None:
             return
+        question = q.question
+        usual = question and wire.read_answer(data, question, q.rtype, q.name)
+        if usual:  # the question echoed, records of its type at its name only
+            del self.pending[qid]
+            self.resolver._udp_read(q, usual)
+            return
         try:
             resp = wire.parse_response(data, q.name)
         except wire.WireError as exc:
@@ -295,7 +301,7 @@ class _UDPClient:
 class _Question:
     """One question on its way: who waits for it and where its retries stand."""
 
-    __slots__ = ("name", "rtype", "callbacks", "deadline", "attempt", "waiting", "last", "server", "client", "qid", "sent", "srtt", "done")
+    __slots__ = ("name", "rtype", "callbacks", "deadline", "attempt", "waiting", "last", "server", "client", "qid", "sent", "srtt", "done", "question", "query")
 
     def __init__(self, name: str, rtype: int, callback, deadline: float):
         self.name, self.rtype, self.callbacks, self.deadline = name, rtype, [callback], deadline
@@ -307,9 +313,11 @@ class _Question:
         self.sent = 0.0
         self.srtt = None
         self.done = False
+        self.question = self.query = None  # wire.query_template(), made by the first try
 
 
 _now = time.monotonic  # what asyncio's loop.time() returns, without the method call
+_NEVER = 1 << 62  # a timer slot never reached
 
 
 def _where(server: tuple[str, int]) -> str:
@@ -341,7 +349,7 @@ class Resolver:
 
     MAX_INFLIGHT = 100  # default cap on questions on the wire (a local server's socket buffer)
     MIN_RTO = 0.2  # first retransmission never sooner (a recursive server may be working on it)
-    TIMER_SLACK = 0.01  # timeouts are checked in batches at most this late
+    TIMER_SLOTS = 100  # timeouts are checked in batches, per 1/100 s: at most 10 ms late
 
     def __init__(self, nameservers: list[tuple[str, int]], timeout: float = 5.0, *, cache_size: int = 50_000):
         if not nameservers:
@@ -359,11 +367,10 @@ class Resolver:
         self._active = 0  # questions holding a slot
         self._queued: deque = deque()  # questions waiting for a slot
         self._pumping = False
-        self._fifo: deque = deque()  # (expiry, question, try) in expiry order
-        self._timers: list = []  # heap of (expiry, seq, question, try): the others
+        self._slots: dict[int, list] = {}  # timer slot -> [(question, try)] that time out in it
+        self._slot_heap: list[int] = []  # the slots of _slots, a heap
         self._timer = None
-        self._timer_at = float("inf")  # when the timer fires (inf: not armed)
-        self._seq = 0
+        self._timer_slot = _NEVER  # the slot the timer fires for (_NEVER: not armed)
 
     def __repr__(self) -> str:
         servers = ", ".join(f"{h}:{p}" for h, p in self.nameservers)
@@ -436,10 +443,10 @@ class Resolver:
             self._active = 0
             self._queued = deque()
             self._pumping = False
-            self._fifo = deque()
-            self._timers = []
+            self._slots = {}
+            self._slot_heap = []
             self._timer = None
-            self._timer_at = float("inf")
+            self._timer_slot = _NEVER
 
     def _pump(self) -> None:
         """Start waiting questions while slots are free. Iterative, never recursive: a question
@@ -482,54 +489,54 @@ class Resolver:
                 client = self._clients.get(server)
                 if client is None or client.closed:
                     client = self._clients[server] = _UDPClient(self._loop, server, self)
+                query = q.query
+                if query is None:
+                    q.question, q.query = wire.query_template(q.name, q.rtype)
+                    query = q.query
                 pending = client.pending
                 qid = _query_ids.next()
                 while qid in pending:
                     qid = _query_ids.next()
-                client.post(qid, wire.build_query(qid, q.name, q.rtype), q)
+                client.post(qid, qid.to_bytes(2, "big") + query, q)
             except (OSError, wire.WireError) as exc:
                 q.last = f"{_where(server)}: {exc or type(exc).__name__}"
                 if attempt >= 3 * n:
                     return self._finish(q, self._tempfail(q))
                 continue
             q.server, q.client, q.qid, q.sent, q.srtt, q.waiting = server, client, qid, now, srtt, attempt
-            when = now + rto
-            fifo = self._fifo
-            if not fifo or when >= fifo[-1][0]:  # the usual case: same RTO as the try before
-                fifo.append((when, q, attempt))
-            else:
-                self._seq = seq = self._seq + 1
-                heapq.heappush(self._timers, (when, seq, q, attempt))
-            if when + self.TIMER_SLACK < self._timer_at:
-                if self._timer is not None:
-                    self._timer.cancel()
-                self._timer_at = when + self.TIMER_SLACK
-                self._timer = self._loop.call_at(self._timer_at, self._expire)
+            # the slot after the one `now + rto` falls in: a try times out 0 to 10 ms late
+            slot = int((now + rto) * self.TIMER_SLOTS) + 1
+            bucket = self._slots.get(slot)
+            if bucket is None:
+                bucket = self._slots[slot] = []
+                heapq.heappush(self._slot_heap, slot)
+                if slot < self._timer_slot:
+                    self._arm(slot)
+            bucket.append((q, attempt))
             return
 
+    def _arm(self, slot: int) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_slot = slot
+        self._timer = self._loop.call_at(slot / self.TIMER_SLOTS, self._expire)
+
     def _expire(self) -> None:
-        """The timer: every try whose time is up and that is still unanswered has timed out."""
+        """The timer: every try whose slot has come and that is still unanswered timed out."""
         self._timer = None
-        self._timer_at = float("-inf")  # the retries below do not arm it: done once at the end
-        fifo, timers = self._fifo, self._timers
-        now = _now()
-        while True:
-            if fifo and fifo[0][0] <= now:
-                _, q, attempt = fifo.popleft()
-            elif timers and timers[0][0] <= now:
-                _, _, q, attempt = heapq.heappop(timers)
-            else:
-                break
-            if q.waiting == attempt and not q.done:
-                q.waiting = 0
-                q.client.pending.pop(q.qid, None)
-                q.last = f"no answer from {_where(q.server)} (timed out)"
-                self._try(q)
-        self._timer_at = float("inf")
-        if fifo or timers:
-            first = min(fifo[0][0] if fifo else float("inf"), timers[0][0] if timers else float("inf"))
-            self._timer_at = max(first, now) + self.TIMER_SLACK
-            self._timer = self._loop.call_at(self._timer_at, self._expire)
+        self._timer_slot = -1  # the retries below do not arm it: done once at the end
+        slots, heap = self._slots, self._slot_heap
+        now = int(_now() * self.TIMER_SLOTS)
+        while heap and heap[0] <= now:
+            for q, attempt in slots.pop(heapq.heappop(heap)):
+                if q.waiting == attempt and not q.done:
+                    q.waiting = 0
+                    q.client.pending.pop(q.qid, None)
+                    q.last = f"no answer from {_where(q.server)} (timed out)"
+                    self._try(q)
+        self._timer_slot = _NEVER
+        if heap:
+            self._arm(heap[0])
 
     def _udp_answered(self, q: _Question, resp: wire.Response) -> None:
         now = _now()
@@ -541,6 +548,15 @@ class Resolver:
             task.add_done_callback(functools.partial(self._tcp_done, q, server))
             return
         self._judge(q, server, resp)
+
+    def _udp_read(self, q: _Question, usual: tuple) -> None:
+        """The usual answer (wire.read_answer): no alias, nothing else to judge."""
+        now = _now()
+        q.waiting = 0
+        srtt = q.srtt
+        self._srtt[q.server] = (now - q.sent) if srtt is None else 0.875 * srtt + 0.125 * (now - q.sent)
+        rcode, records, ttl = usual
+        self._finish(q, Answer(q.name, q.rtype, rcode, [], q.name, records, ttl))
 
     def _udp_failed(self, q: _Question, exc: Exception) -> None:
         if q.done:

@@ -24,7 +24,8 @@ EDNS_PAYLOAD = 1232  # RFC 9715 / DNS flag day 2020: fits one unfragmented datag
 _HEADER = struct.Struct("!HHHHHH")
 _RR = struct.Struct("!HHIH")
 _QUESTION = struct.Struct("!HH")
-_ntop, _INET = socket.inet_ntop, socket.AF_INET
+_U32 = struct.Struct("!I")
+_ntop, _INET, _INET6 = socket.inet_ntop, socket.AF_INET, socket.AF_INET6
 # OPT pseudo-RR (RFC 6891 6.1.2): root owner, type 41, class = UDP payload size, no flags.
 _OPT = b"\x00" + struct.pack("!HHIH", OPT, EDNS_PAYLOAD, 0, 0)
 
@@ -55,6 +56,17 @@ def build_query(qid: int, name: str, qtype: int, *, edns: bool = True, rd: bool 
     flags = 0x0100 if rd else 0
     header = _HEADER.pack(qid, flags, 1, 0, 0, 1 if edns else 0)
     return header + encode_name(name) + _QUESTION.pack(qtype, 1) + (_OPT if edns else b"")
+
+
+_QUERY_FLAGS = _HEADER.pack(0, 0x0100, 1, 0, 0, 1)[2:]  # after the id: RD, one question, OPT
+
+
+def query_template(name: str, qtype: int) -> tuple[bytes, bytes]:
+    """(question section, query without its 2-byte id) for name/qtype: what build_query(qid,
+    name, qtype) makes is qid.to_bytes(2, "big") + the second. The question is what an answer
+    must echo (RFC 5452 9.1); read_answer compares it byte for byte. Raises WireError."""
+    question = encode_name(name) + _QUESTION.pack(qtype, 1)
+    return question, _QUERY_FLAGS + question + _OPT
 
 
 def _read_name(data: bytes, pos: int, seen: dict | None = None) -> tuple[str, int]:
@@ -227,3 +239,87 @@ def parse_response(data: bytes, expect: str | None = None) -> Response:
             return Response(qid, rcode, True, qname, qtype, [], [])
         raise
     return _new(Response, (qid, rcode, truncated, qname, qtype, sections[0], sections[1]))
+
+
+def read_answer(data: bytes, question: bytes, qtype: int, name: str):
+    """The usual answer, read without building records: `(rcode, data of each record, ttl)`
+    when `data` is a NOERROR or NXDOMAIN response, not truncated, whose question section is
+    `question` (of `name`) byte for byte and whose answer records are all of `qtype` at the question's name
+    (the data as Record.data, in order; ttl the lowest of theirs, or for no records the
+    negative-caching TTL of RFC 2308 5 from the SOA, 0 without one). None for anything else
+    (CNAMEs, other names, other rcodes, truncation, case changes, damage): parse_response and
+    the full CNAME walk decide those. Additional records are not read (neither are they there)."""
+    n = len(data)
+    qend = 12 + len(question)
+    if n < qend or data[12:qend] != question:
+        return None
+    flags = (data[2] << 8) | data[3]
+    if flags & 0x8200 != 0x8000 or data[4] != 0 or data[5] != 1:  # a response, not truncated
+        return None
+    rcode = flags & 0xF
+    if rcode != NOERROR and rcode != NXDOMAIN:
+        return None
+    an = (data[6] << 8) | data[7]
+    ns = (data[8] << 8) | data[9]
+    pos = qend
+    out = []
+    ttl = -1
+    try:
+        for _ in range(an):
+            if data[pos] != 0xC0 or data[pos + 1] != 12:  # owner: a pointer to the question
+                return None
+            rtype, rclass, rttl, rdlen = _RR.unpack_from(data, pos + 2)
+            pos += 12
+            end = pos + rdlen
+            if rtype != qtype or rclass != 1 or end > n:
+                return None
+            if rtype == A:
+                if rdlen != 4:
+                    return None
+                out.append(_ntop(_INET, data[pos:end]))
+            elif rtype == AAAA:
+                if rdlen != 16:
+                    return None
+                out.append(_ntop(_INET6, data[pos:end]))
+            else:
+                out.append(_rdata(data, rtype, pos, rdlen, {12: name.encode("ascii")}))
+            if ttl < 0 or rttl < ttl:
+                ttl = rttl
+            pos = end
+        negative = not out
+        for _ in range(ns):  # RFC 2308 5: no records: cached for the lowest SOA TTL/minimum
+            pos = _skip_name(data, pos)
+            if pos < 0:
+                return None
+            rtype, rclass, rttl, rdlen = _RR.unpack_from(data, pos)
+            pos += 10
+            end = pos + rdlen
+            if end > n:
+                return None
+            if rtype == SOA and rclass == 1:
+                p = _skip_name(data, pos)
+                if p < 0 or _skip_name(data, p) + 20 != end:
+                    return None
+                if negative:
+                    (minimum,) = _U32.unpack_from(data, end - 4)
+                    low = rttl if rttl < minimum else minimum
+                    if ttl < 0 or low < ttl:
+                        ttl = low
+            pos = end
+    except (IndexError, struct.error, WireError):
+        return None
+    return rcode, out, (ttl if ttl >= 0 else 0)
+
+
+def _skip_name(data: bytes, pos: int) -> int:
+    """The position after the (possibly compressed) name at pos; -1 for a bad label type.
+    Raises IndexError past the end."""
+    while True:
+        length = data[pos]
+        if length >= 0xC0:
+            return pos + 2 if pos + 1 < len(data) else -1
+        if length > 63:
+            return -1
+        pos += 1 + length
+        if length == 0:
+            return pos
