@@ -952,6 +952,19 @@ class NudgeListener:
         if self.drain() and self._event is not None:
             self._event.set()
 
+    def pending(self) -> bool:
+        """A nudge arrived that no wait has returned yet (the next wait returns at once)."""
+        if self._event is not None and self._event.is_set():
+            return True
+        import fcntl
+        import struct
+        import termios
+
+        try:
+            return struct.unpack("i", fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0"))[0] > 0
+        except OSError:
+            return False
+
     def close(self) -> None:
         if self._loop is not None:
             try:

@@ -51,6 +51,7 @@ PENDING = ("queued", "deferred")
 REUSE_LIMIT = 1000  # messages per connection before a fresh one (Postfix: time-limited reuse)
 REUSE_IDLE = 1.0  # seconds a worker waits for more work for its open connection
 CLAIM_SLICE = 8  # claims done on the loop before it moves bytes again
+RECOVER_EVERY = 10.0  # seconds between the daemon's recovery sweeps
 LOCAL_THREADS = 8  # local delivery threads: each fsync waits on the disk, several wait together
 LOCAL_BATCH = 32  # at most this many local jobs per thread hop
 
@@ -148,16 +149,18 @@ class Runner:
         return flush or any(r.next_attempt is None or r.next_attempt <= now for r in pend)
 
     async def run_pass(self, *, flush: bool = False, only: Optional[set] = None,
-                       order: Optional[list] = None) -> int:
+                       order: Optional[list] = None, recover: bool = True) -> int:
         """Deliver every due entry once; returns how many entries were worked on. `only`:
-        just these ids; `order`: these ids in this order instead of listing new/.
+        just these ids; `order`: these ids in this order instead of listing new/; `recover`:
+        sweep the claims of dead runners and the debris of tmp/ and trash/ first.
 
         Claiming (two small reads, a rename, one more read) runs on the event loop, a slice of
         CLAIM_SLICE entries at a time between rounds of SMTP: none of it waits on the disk
         (no fsync), and a hop to a thread per entry cost more CPU than the work itself (GIL
         hand-overs: 30 context switches per message, relay_out -25% CPU without them)."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(_pool("claim"), self.queue.recover, float(self.cfg.relay.claim_timeout))
+        if recover:
+            await loop.run_in_executor(_pool("claim"), self.queue.recover, float(self.cfg.relay.claim_timeout))
         if order is not None:
             ids = order
         else:
@@ -980,19 +983,30 @@ async def daemon(cfg, stop: Optional[asyncio.Event] = None, *, smarthost: Option
     stop = stop or asyncio.Event()
     listener = NudgeListener(cfg.queue_dir)
     log(f"daemon started, queue {cfg.queue_dir}")
+    swept = None  # monotonic time of the last recovery sweep
     try:
         while not stop.is_set():
             runner = Runner(cfg, smarthost=smarthost, stop=stop)
+            # The sweep lists and stats every claim in active/: once per RECOVER_EVERY, not
+            # at each of the many passes a stream of nudges brings (a dead runner's claims
+            # wait at most that long; claim_timeout is an hour by default)
+            now = time.monotonic()
+            sweep = swept is None or now - swept >= RECOVER_EVERY
+            if sweep:
+                swept = now
             try:
-                await runner.run_pass(flush=flush)
+                await runner.run_pass(flush=flush, recover=sweep)
                 while runner.bounces_queued:
                     runner.bounces_queued = 0
-                    await runner.run_pass()
+                    await runner.run_pass(recover=False)
             except Exception as exc:  # noqa: BLE001 - the daemon outlives one bad pass
                 log(f"warning: queue pass failed: {type(exc).__name__}: {exc}")
             flush = False
+            # nudged meanwhile: the wait returns at once, so no retry time is needed (working
+            # it out reads every waiting envelope)
+            timeout = 0.01 if listener.pending() else _next_due(runner)
             waits = [asyncio.ensure_future(stop.wait()),
-                     asyncio.ensure_future(listener.wait_async(_next_due(runner)))]
+                     asyncio.ensure_future(listener.wait_async(timeout))]
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             for w in waits:
                 w.cancel()
