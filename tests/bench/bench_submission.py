@@ -99,8 +99,10 @@ def make_message(size: int, sender: str, rcpt: str) -> bytes:
     return head + body + b".\r\n"
 
 
-async def drive(host, port, user, password, count, sessions, size, sender, rcpt) -> tuple[float, float]:
-    """(seconds to log every session in, seconds for the messages once all are in)."""
+async def drive(host, port, user, password, count, sessions, size, sender, rcpt,
+                at_go=lambda: None) -> tuple[float, float]:
+    """(seconds to log every session in, seconds for the messages once all are in); at_go()
+    runs when every session is in, just before the clock starts."""
     message = make_message(size, sender, rcpt)
     per = [count // sessions + (1 if i < count % sessions else 0) for i in range(sessions)]
     go = asyncio.Event()
@@ -112,6 +114,7 @@ async def drive(host, port, user, password, count, sessions, size, sender, rcpt)
         nonlocal logged_in
         logged_in += 1
         if logged_in == sessions:
+            at_go()
             stamps["go"] = time.monotonic()
             go.set()
 
@@ -122,24 +125,52 @@ async def drive(host, port, user, password, count, sessions, size, sender, rcpt)
     return stamps["go"] - t0, t1 - stamps["go"]
 
 
-def measure_once(port, user, password, a) -> tuple[float, float]:
-    """(messages per second, seconds the logins took) of one run."""
+def tree_cpu(roots: list[int]) -> float:
+    """CPU seconds (user + system, with reaped children's) of the processes `roots` and all their
+    live descendants: a server's cost whatever the rest of the machine is doing (kernel threads
+    such as the journal's are left out, on both sides)."""
+    kids: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # from field 3 (state) on
+        kids.setdefault(int(fields[1]), []).append(int(name))
+        ticks[int(name)] = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    total, todo = 0, list(roots)
+    while todo:
+        pid = todo.pop()
+        total += ticks.get(pid, 0)
+        todo += kids.get(pid, [])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def measure_once(port, user, password, a, roots=lambda: []) -> tuple[float, float, float]:
+    """(messages per second, seconds the logins took, server CPU ms per message) of one run."""
+    marks = {}
     login_s, dt = asyncio.run(drive("127.0.0.1", port, user, password, a.count, a.sessions, a.size,
-                                    user, "someone@remote.test"))
-    return a.count / dt, login_s
+                                    user, "someone@remote.test",
+                                    at_go=lambda: marks.setdefault("cpu", tree_cpu(roots()))))
+    return a.count / dt, login_s, (tree_cpu(roots()) - marks["cpu"]) * 1000 / a.count
 
 
-def report(label, rates, logins, a) -> float:
+def report(label, runs, a) -> float:
+    rates = [r[0] for r in runs]
     med = statistics.median(rates)
-    print(f"{label:<52} {med:7.0f} msg/s  ({', '.join(f'{r:.0f}' for r in rates)}; "
+    cpu = f"server CPU {statistics.median(r[2] for r in runs):.2f} ms/msg; " if any(r[2] for r in runs) else ""
+    print(f"{label:<52} {med:7.0f} msg/s  ({', '.join(f'{r:.0f}' for r in rates)}; {cpu}"
           f"{a.count} x {a.size} B over {a.sessions} sessions; logging the {a.sessions} sessions in "
-          f"took {statistics.median(logins):.2f} s, not counted)")
+          f"took {statistics.median(r[1] for r in runs):.2f} s, not counted)")
     return med
 
 
 def measure(label, port, user, password, a) -> float:
-    runs = [measure_once(port, user, password, a) for _ in range(a.runs)]
-    return report(label, [r for r, _ in runs], [t for _, t in runs], a)
+    return report(label, [measure_once(port, user, password, a) for _ in range(a.runs)], a)
 
 
 # --- mailtools --------------------------------------------------------------------------------
@@ -166,7 +197,7 @@ def mailtools_server(a, work: Path):
             assert n == a.count * runs, f"queue holds {n}, expected {a.count * runs}"
 
         yield (f"mailtools submit --listen, {a.workers or os.cpu_count()} worker(s) (AUTH, no TLS)",
-               port, check)
+               port, check, lambda: [proc.pid])
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
@@ -262,7 +293,16 @@ service anvil {{
             return
         try:
             wait_port(port, timeout=20)
-            yield "postfix submission (AUTH via dovecot, no TLS)", port, lambda runs: None
+            def roots() -> list[int]:  # postfix's master (smtpd, cleanup...) and dovecot's
+                pids = []
+                for pidfile in (queue / "pid" / "master.pid", dv / "run" / "master.pid"):
+                    try:
+                        pids.append(int(pidfile.read_text().split()[0]))
+                    except (OSError, ValueError, IndexError):
+                        pass
+                return pids
+
+            yield "postfix submission (AUTH via dovecot, no TLS)", port, lambda runs: None, roots
         finally:
             subprocess.run(["postfix", "-c", str(conf), "stop"], stdin=subprocess.DEVNULL, stdout=errlog,
                            stderr=errlog, timeout=60)
@@ -308,19 +348,22 @@ def main() -> None:
             sides = [side for side in sides if side is not None]
             # Both servers stay up and the runs alternate (mailtools, postfix, mailtools, ...),
             # so a change in the machine's load meets both sides alike.
-            results: dict[str, list] = {label: [] for label, _, _ in sides}
+            results: dict[str, list] = {label: [] for label, _, _, _ in sides}
             for _ in range(a.runs):
-                for label, port, _ in sides:
-                    results[label].append(measure_once(port, "bench@example.test", "benchpw", a))
-            medians = [report(label, [r for r, _ in runs], [t for _, t in runs], a)
-                       for label, runs in results.items()]
-            for _, _, check in sides:
+                for label, port, _, roots in sides:
+                    results[label].append(measure_once(port, "bench@example.test", "benchpw", a, roots))
+            medians = [report(label, runs, a) for label, runs in results.items()]
+            for _, _, check, _ in sides:
                 check(a.runs)
             print(f"load average after {os.getloadavg()[0]:.1f}")
             if len(medians) == 2:
                 pairs = [m[0] / p[0] for m, p in zip(*results.values())]
                 print(f"ratio mailtools / postfix: {medians[0] / medians[1]:.2f}x (goal: >= 1.0; "
                       f"run by run: {', '.join(f'{r:.2f}' for r in pairs)})")
+                cpu = [statistics.median(r[2] for r in runs) for runs in results.values()]
+                if cpu[1]:
+                    print(f"server CPU per message, postfix / mailtools: {cpu[1] / cpu[0]:.2f}x "
+                          f"(above 1: mailtools uses less)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
