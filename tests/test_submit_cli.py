@@ -111,6 +111,28 @@ def test_sendmail_path_imports_nothing_heavy(home, tmp_path):
     assert p.stdout.decode().strip() == "0 []", p.stderr.decode()
 
 
+def test_sendmail_path_loads_only_what_it_uses(tmp_path):
+    """Each module costs the per-message start-up: no socket for the host name (config without
+    one), no core.maildir for the queue, no core.log for the default log, no syslog extension
+    without /dev/log; and the message is queued all the same."""
+    cfg = tmp_path / "mailtools.toml"
+    cfg.write_text(f'root = "{tmp_path / "root"}"\n')
+    code = (
+        "import sys, os\n"
+        f"sys.path.append({str(Path(__file__).resolve().parents[1])!r})  # as the launcher does\n"
+        "from mailtools.__main__ import main\n"
+        "rc = main(['sendmail', '-t', '-i'])\n"
+        "extra = ['syslog'] if not os.path.exists('/dev/log') else []\n"
+        "loaded = sorted(m for m in ['socket', 'mailtools.core.maildir', 'mailtools.core.log', *extra] if m in sys.modules)\n"
+        "print(rc, loaded)\n"
+    )
+    env = {**os.environ, "MAILTOOLS_CONFIG": str(cfg)}
+    p = subprocess.run([sys.executable, "-I", "-S", "-c", code], input=MSG, capture_output=True, timeout=60,
+                       env=env)
+    assert p.stdout.decode().strip() == "0 []", p.stderr.decode()
+    assert len(os.listdir(tmp_path / "root" / "queue" / "new")) == 1
+
+
 # --- real callers ---------------------------------------------------------------------------
 def test_cronie(home, links):
     msg = b"Subject: Cron <root@host> run-parts\nTo: root\n\nout\n"
