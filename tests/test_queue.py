@@ -38,6 +38,14 @@ def test_enqueue_writes_whole_entry_readable_with_cat(q, tmp_path):
     assert os.listdir(tmp_path / "queue" / "tmp") == []
 
 
+def test_enqueue_makes_the_state_directories_a_queue_lacks(tmp_path):
+    os.makedirs(tmp_path / "queue" / "tmp")  # say, a half-made spool: new/ and the rest missing
+    q = Queue(tmp_path / "queue")
+    qid = q.enqueue("a@example.test", ["b@example.net"], MSG)
+    assert sorted(os.listdir(tmp_path / "queue")) == ["active", "hold", "new", "tmp", "trash"]
+    assert q.ids("new") == [qid] and q.read_message(q.get(qid)) == MSG
+
+
 def test_ids_sort_by_time_and_are_unique():
     ids = [new_id(1_700_000_000 + i) for i in range(50)]
     assert ids == sorted(ids)

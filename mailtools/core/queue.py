@@ -391,7 +391,6 @@ class Queue:
         see Entry. Returns only after files and directories are fsynced (see module docstring).
         Raises OSError when the disk cannot take it (the caller answers 4xx / exits 75).
         """
-        self._ensure()
         rcpts = [r if isinstance(r, Recipient) else Recipient(r) for r in recipients]
         if not rcpts:
             raise ValueError("no recipients")
@@ -440,16 +439,27 @@ class Queue:
         """Descriptors of tmp/ and new/, opened once: enqueue() creates, renames and fsyncs
         relative to them (as Postfix works from inside its queue directory), which spares a
         path walk per call and the open/close around each directory fsync. The fsync of new/
-        is of the very directory the rename went into."""
+        is of the very directory the rename went into. The other state directories are not
+        looked at when these two open (sendmail's one enqueue spares ten system calls): whoever
+        claims, holds or recovers makes sure of them."""
         fds = self._fds
         if fds is None:
-            self._ensure()
-            tmp_fd = os.open(self._dir("tmp"), _DIR_FLAGS)
-            try:
-                new_fd = os.open(self._dir("new"), _DIR_FLAGS)
-            except BaseException:
-                os.close(tmp_fd)
-                raise
+            for attempt in (1, 2):
+                tmp_fd = new_fd = None
+                try:
+                    tmp_fd = os.open(self._dir("tmp"), _DIR_FLAGS)
+                    new_fd = os.open(self._dir("new"), _DIR_FLAGS)
+                    break
+                except FileNotFoundError:
+                    if tmp_fd is not None:
+                        os.close(tmp_fd)
+                    if attempt == 2:
+                        raise
+                    self._ensure()  # a new queue (or one missing a directory)
+                except BaseException:
+                    if tmp_fd is not None:
+                        os.close(tmp_fd)
+                    raise
             # (Two threads racing here both open; either's new/ descriptor fsyncs the same
             # directory, so whichever _GroupSync a caller sees is right.)
             self._new_sync = _GroupSync(new_fd)
