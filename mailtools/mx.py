@@ -89,10 +89,22 @@ def run(
 
         checker = Checker(resolver, port=port, timeout=resolver.timeout)
     resolver.max_inflight = concurrency
-    return asyncio.run(_run(names, resolver, out, checker, concurrency))
+    start, eof = b"", False
+    if names == ["-"] and checker is None and isinstance(out, (JsonOutput, PlainOutput)):
+        # many names waiting on stdin and several cores: worker processes (mailtools.mxsplit)
+        from mailtools import mxsplit
+
+        n = mxsplit.workers()
+        if n > 1:
+            start, eof = mxsplit.read_start()
+            if mxsplit.worth_splitting(start):
+                return mxsplit.run(start, eof, resolver, json_mode=json_mode, concurrency=concurrency, workers=n)
+    return asyncio.run(_run(names, resolver, out, checker, concurrency, inputs=_inputs(names, start, eof)))
 
 
-async def _run(names, resolver, out, checker, limit: int = CONCURRENCY) -> int:
+async def _run(names, resolver, out, checker, limit: int = CONCURRENCY, inputs=None) -> int:
+    """Look up `names` (or the names `inputs` yields, an async iterator) and write the results
+    through `out` in input order; returns the worst exit status."""
     if checker is not None:
         return await _run_checks(names, resolver, out, checker)
     # Bulk: every name is a callback chain (core.dns.start_lookup), no task per name. At most
@@ -152,7 +164,7 @@ async def _run(names, resolver, out, checker, limit: int = CONCURRENCY) -> int:
 
     out.start()
     try:
-        async for text in _inputs(names):
+        async for text in inputs if inputs is not None else _inputs(names):
             index = state["next"]
             state["next"] = index + 1
             state["active"] += 1
@@ -233,19 +245,23 @@ async def _run_checks(names, resolver, out, checker) -> int:
     return worst
 
 
-async def _inputs(names):
+async def _inputs(names, start: bytes = b"", eof: bool = False, stdin=None):
     """The names in order; '-' expands to stdin's lines (blank lines and # comments skipped),
-    read in chunks by a thread so a slow writer never stalls the lookups in flight."""
+    read in chunks by a thread so a slow writer never stalls the lookups in flight. `start` is
+    what was already read from stdin (and `eof` whether that was all of it)."""
     for name in names:
         if name != "-":
             yield name
             continue
         loop = asyncio.get_running_loop()
-        stdin = sys.stdin.buffer
+        stdin = stdin or sys.stdin.buffer
         reader = getattr(stdin, "read1", stdin.read)
         rest = b""
         while True:
-            chunk = await loop.run_in_executor(None, reader, 65536)
+            if start or eof:
+                chunk, start = start, b""
+            else:
+                chunk = await loop.run_in_executor(None, reader, 65536)
             if not chunk:
                 break
             lines = (rest + chunk).split(b"\n")
