@@ -113,8 +113,8 @@ def test_sendmail_path_imports_nothing_heavy(home, tmp_path):
 
 def test_sendmail_path_loads_only_what_it_uses(tmp_path):
     """Each module costs the per-message start-up: no socket for the host name (config without
-    one), no core.maildir for the queue, no core.log for the default log, no syslog extension
-    without /dev/log; and the message is queued all the same."""
+    one), no core.maildir for the queue, no core.log for the default log, no smtpd package for
+    a date, no syslog extension without /dev/log; and the message is queued all the same."""
     cfg = tmp_path / "mailtools.toml"
     cfg.write_text(f'root = "{tmp_path / "root"}"\n')
     code = (
@@ -123,7 +123,7 @@ def test_sendmail_path_loads_only_what_it_uses(tmp_path):
         "from mailtools.__main__ import main\n"
         "rc = main(['sendmail', '-t', '-i'])\n"
         "extra = ['syslog'] if not os.path.exists('/dev/log') else []\n"
-        "loaded = sorted(m for m in ['socket', 'mailtools.core.maildir', 'mailtools.core.log', *extra] if m in sys.modules)\n"
+        "loaded = sorted(m for m in ['socket', 'mailtools.core.maildir', 'mailtools.core.log', 'mailtools.smtpd', *extra] if m in sys.modules)\n"
         "print(rc, loaded)\n"
     )
     env = {**os.environ, "MAILTOOLS_CONFIG": str(cfg)}
