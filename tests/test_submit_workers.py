@@ -30,7 +30,7 @@ class Server:
         self.logf = open(home / "msa.log", "wb")
         self.proc = subprocess.Popen(
             [*mailtools_cmd(), "submit", "--listen", f"127.0.0.1:{self.port}",
-             "--workers", str(workers)], stderr=self.logf)
+             "--workers", str(workers)], stderr=self.logf, start_new_session=True)
         wait_port(self.port, proc=self.proc)
         if workers > 1:
             self.wait_log(lambda log: len(self.started(log)) >= workers)
@@ -248,6 +248,41 @@ def test_sighup_reloads_users_and_limits_in_every_worker(home, servers):
         c.quit()
     assert s.proc.poll() is None
     assert s.stop() == 0
+
+
+def gone(pid: int) -> bool:
+    """Exited (a zombie waiting for a reaper counts: it serves nothing)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_ctrl_c_to_the_process_group_drains_once(home, servers):
+    # A terminal's Ctrl-C signals the parent and every worker at once: the workers still drain
+    # (they leave SIGINT to the parent, which sends them one SIGTERM), not exit on a "second" one.
+    s = start(servers, home, 2)
+    idle = [c for c in everywhere(s, "secret1")]
+    os.killpg(s.proc.pid, signal.SIGINT)
+    for c in idle:
+        assert c.getreply()[0] == 421
+    assert s.proc.wait(30) == 0
+    assert "SIGINT: draining 2 worker(s)" in s.log()
+
+
+def test_workers_drain_and_exit_when_the_parent_dies(home, servers):
+    s = start(servers, home, 2)
+    workers = s.workers()
+    idle = everywhere(s, "secret1")
+    os.kill(s.proc.pid, signal.SIGKILL)
+    for c in idle:  # the parent's end of the channel closed: each worker stops gently
+        assert c.getreply()[0] == 421
+    deadline = time.monotonic() + 20
+    while not all(gone(pid) for pid in workers):
+        assert time.monotonic() < deadline, "workers outlived their parent"
+        time.sleep(0.05)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", s.port), timeout=2)
 
 
 def test_one_worker_is_one_process_and_survives_sighup(home, servers):

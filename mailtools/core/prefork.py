@@ -20,9 +20,11 @@ reason):
   can join the port with SO_REUSEPORT and take a share of the connections.
 The cost is one accept and one sendmsg per connection in the parent, not per message.
 
-Signals to the parent: SIGTERM/SIGINT close the listeners and are forwarded, the workers drain
-(finish the command in hand, 421 to idle sessions) and the parent exits 0 once every worker has
-exited (a second signal is forwarded too: the workers then exit at once). SIGHUP runs the
+Signals to the parent: SIGTERM/SIGINT close the listeners and are forwarded as SIGTERM, the
+workers drain (finish the command in hand, 421 to idle sessions) and the parent exits 0 once
+every worker has exited (a second signal is forwarded too: the workers then exit at once).
+Workers ignore SIGINT: a terminal's Ctrl-C reaches the whole process group, and would otherwise
+count twice in every worker. SIGHUP runs the
 parent's `on_hup` (reload what a restarted worker would start with) and is forwarded. A worker
 that dies is restarted at once, or after a growing pause (1 s, doubling to 30 s) when it keeps
 dying within a second of its start; the others keep serving meanwhile.
@@ -49,6 +51,7 @@ from mailtools.core.listen import parse_listen
 BACKLOG = 256
 _CLOSED = b"c"  # worker -> parent: one connection ended
 _RESTART_PAUSE_MAX = 30.0
+_ACCEPT_PAUSE = 0.1
 _QUICK_DEATH = 1.0  # a worker that dies sooner than this after its start is restarted after a pause
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -82,6 +85,12 @@ def bind(spec: str) -> list[socket.socket]:
     return out
 
 
+def hold_signals() -> None:
+    """Block SIGTERM, SIGINT and SIGHUP until Supervisor.run() has its handlers: call it before
+    binding, so a signal sent as soon as the port answers is handled, not fatal."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+
+
 class Channel:
     """A worker's end of its socketpair: connections arrive here, closes go back."""
 
@@ -94,8 +103,9 @@ class Channel:
                on_parent_gone: Callable[[], None]) -> None:
         """Call on_connection(sock, listener_index) for every connection the parent hands over,
         on_parent_gone() when the parent is gone (the channel reached its end). Call it once
-        the loop has its signal handlers: it unblocks SIGTERM, SIGINT and SIGHUP, which the
-        worker was started with blocked (one sent meanwhile is delivered now, not lost)."""
+        the loop has its SIGTERM and SIGHUP handlers: it unblocks the signals the worker was
+        started with blocked (one sent meanwhile is delivered now, not lost). SIGINT is
+        ignored in workers (the parent turns it into SIGTERM)."""
         self._loop = loop
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
 
@@ -169,6 +179,7 @@ class Supervisor:
         self._rr = 0
         self._pause = 0.0  # the current restart pause after quick deaths
         self._restart_at: list[float] = []  # when the missing workers are due
+        self._accept_pause = 0.0  # after EMFILE and the like: no accept() before this time
 
     # --- the parent's loop -------------------------------------------------------------------
     def run(self) -> int:
@@ -177,6 +188,7 @@ class Supervisor:
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         old_wakeup = signal.set_wakeup_fd(self._wake_w)
         old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (*_FORWARDED, signal.SIGCHLD)}
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)  # see hold_signals()
         try:
             for _ in range(self.count):
                 self._spawn()
@@ -197,9 +209,10 @@ class Supervisor:
             os.close(self._wake_w)
 
     def _step(self) -> None:
-        timeout = None
-        if self._restart_at and not self.stopping:
-            timeout = max(0.0, min(self._restart_at) - time.monotonic())
+        due = [*self._restart_at] if not self.stopping else []
+        if not self._accepting and self._accept_pause > time.monotonic():
+            due.append(self._accept_pause)
+        timeout = max(0.0, min(due) - time.monotonic()) if due else None
         for key, _ in self._sel.select(timeout):
             if key.data == "wake":
                 try:
@@ -242,13 +255,13 @@ class Supervisor:
                 self._restart_at.clear()
                 self._close_listeners()
         for w in self.workers.values():
-            _kill(w.pid, sig)
+            _kill(w.pid, signal.SIGHUP if sig == signal.SIGHUP else signal.SIGTERM)
 
     # --- connections -----------------------------------------------------------------------
     def _set_accepting(self) -> None:
         """Watch the listeners only while some worker can take a connection: otherwise new
         connections wait in the kernel's backlog."""
-        want = bool(self.workers) and not self.stopping
+        want = bool(self.workers) and not self.stopping and time.monotonic() >= self._accept_pause
         if want == self._accepting:
             return
         for sock, index in self.listeners:
@@ -266,7 +279,9 @@ class Supervisor:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.log(f"warning: accept: {exc.strerror}")
+                    # The listener stays readable: pause rather than spin on it.
+                    self.log(f"warning: accept: {exc.strerror}; pausing for {_ACCEPT_PAUSE} s")
+                    self._accept_pause = time.monotonic() + _ACCEPT_PAUSE
                     return
                 continue  # ECONNABORTED and the like: that client is gone
             try:
@@ -330,7 +345,7 @@ class Supervisor:
         try:
             signal.set_wakeup_fd(-1)
             for sig in (*_FORWARDED, signal.SIGCHLD):
-                signal.signal(sig, signal.SIG_DFL)
+                signal.signal(sig, signal.SIG_IGN if sig == signal.SIGINT else signal.SIG_DFL)
             # Nothing of the parent's: the listeners (the parent accepts), the other workers'
             # channels, the selector and its wakeup pipe.
             # The selector's epoll instance is shared with the parent: close it first, and

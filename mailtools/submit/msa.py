@@ -278,6 +278,7 @@ def _serve_workers(cfg, listen: list[str], tls_listen: list[str], n: int) -> int
         log("warning: no [tls] cert: STARTTLS is not offered, so AUTH (and submission) works "
             "only on loopback listeners")
     socks: list = []
+    prefork.hold_signals()  # until the parent can handle them (the port answers before that)
     try:
         for specs, implicit in ((listen, 0), (tls_listen, 1)):
             for spec in specs:
@@ -341,7 +342,7 @@ async def _worker(cfg, ctx, channel, n: int) -> int:
         task.add_done_callback(pending.discard)
 
     stop = asyncio.Event()
-    _signals(loop, stop, lambda: reload(cfg, [listener], n))
+    _signals(loop, stop, lambda: reload(cfg, [listener], n), sigint=False)
     channel.attach(loop, on_connection, stop.set)  # the parent gone: drain and exit too
     await stop.wait()
     channel.detach()
@@ -358,9 +359,9 @@ def _share(cfg, n: int) -> int:
     return max(1, -(-int(cfg.submit.max_connections) // n))
 
 
-def _signals(loop, stop, on_hup) -> None:
-    """SIGTERM/SIGINT: stop (a second one: exit at once; accepted mail is fsynced already);
-    SIGHUP: on_hup()."""
+def _signals(loop, stop, on_hup, sigint: bool = True) -> None:
+    """SIGTERM (and SIGINT, but not in a worker: see core/prefork): stop (a second one: exit at
+    once; accepted mail is fsynced already); SIGHUP: on_hup()."""
     import signal
 
     def on_stop() -> None:
@@ -368,7 +369,7 @@ def _signals(loop, stop, on_hup) -> None:
             os._exit(0)
         stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT) if sigint else (signal.SIGTERM,):
         loop.add_signal_handler(sig, on_stop)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
 
