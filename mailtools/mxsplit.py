@@ -20,6 +20,7 @@ a _FRAME header (status, length) then segments of _SEG (stream 1|2, length) + by
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import select
 import signal
@@ -175,9 +176,11 @@ class _Parent:
 
         lines = (self.rest + chunk).split(b"\n")
         self.rest = lines.pop()
+        names = self.names
         for line in lines:
-            if _line(line):
-                self.names.append(_line(line).encode("utf-8", "surrogateescape"))
+            text = _line(line)
+            if text:
+                names.append(text.encode("utf-8", "surrogateescape"))
 
     def _stdin_ended(self) -> None:
         from mailtools.mx import _line
@@ -288,6 +291,9 @@ def _worker(down: int, up: int, resolver, json_mode: bool, concurrency: int) -> 
     sys.stdout, sys.stderr = tap.stream(1), tap.stream(2)
     out = _BatchOutput(mx.JsonOutput() if json_mode else mx.PlainOutput(multi=True), tap, up)
     resolver.max_inflight = concurrency
+    # A worker's objects live until it exits and bulk lookups make no reference cycles of
+    # their own: the collector's passes over the answer cache would be pure cost (~8% here).
+    gc.disable()
     asyncio.run(mx._run([], resolver, out, None, concurrency, inputs=_batches(down, out.sizes)))
     out.finish()
 

@@ -211,18 +211,9 @@ class _UDPClient:
         self.outbox: list[tuple[int, bytes]] = []  # queries posted, sent on the next flush
         loop.add_reader(sock.fileno(), self._read_ready)
 
-    def post(self, qid: int, data: bytes, q: _Question) -> None:
-        """Queue a query; it is sent with the others posted in the same event loop iteration
-        (after the answers read in one go have been handled), so the server is woken once per
-        burst rather than once per query."""
-        if self.closed:
-            raise ConnectionResetError("socket closed")
-        self.pending[qid] = q
-        if not self.outbox:
-            self.loop.call_soon(self.flush)
-        self.outbox.append((qid, data))
-
     def flush(self) -> None:
+        """Send the queries queued (by Resolver._try) in this event loop iteration: after the
+        answers read in one go have been handled, so the server is woken once per burst."""
         outbox, self.outbox = self.outbox, []
         if self.closed:
             return
@@ -494,10 +485,18 @@ class Resolver:
                     q.question, q.query = wire.query_template(q.name, q.rtype)
                     query = q.query
                 pending = client.pending
-                qid = _query_ids.next()
+                ids = _query_ids.pool
+                qid = ids.pop() if ids else _query_ids.next()
                 while qid in pending:
                     qid = _query_ids.next()
-                client.post(qid, qid.to_bytes(2, "big") + query, q)
+                if client.closed:
+                    raise ConnectionResetError("socket closed")
+                # queued; sent with the others of this loop iteration (_UDPClient.flush)
+                pending[qid] = q
+                outbox = client.outbox
+                if not outbox:
+                    self._loop.call_soon(client.flush)
+                outbox.append((qid, qid.to_bytes(2, "big") + query))
             except (OSError, wire.WireError) as exc:
                 q.last = f"{_where(server)}: {exc or type(exc).__name__}"
                 if attempt >= 3 * n:

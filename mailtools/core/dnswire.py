@@ -43,9 +43,12 @@ def encode_name(name: str) -> bytes:
     if not name or name == ".":
         return b"\x00"
     labels = name.rstrip(".").encode("ascii").split(b".")
-    if not 0 < min(map(len, labels)) <= max(map(len, labels)) < 64:
+    try:
+        out = b"".join([_LENGTH[len(label)] + label for label in labels]) + b"\x00"
+    except IndexError:  # 64 octets or more
+        raise WireError(f"bad label length in {name!r}") from None
+    if not all(labels):
         raise WireError(f"bad label length in {name!r}")
-    out = b"".join([_LENGTH[len(label)] + label for label in labels]) + b"\x00"
     if len(out) > 255:  # RFC 1035 2.3.4
         raise WireError(f"name too long: {name[:40]}...")
     return out
