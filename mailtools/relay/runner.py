@@ -52,7 +52,7 @@ REUSE_LIMIT = 1000  # messages per connection before a fresh one (Postfix: time-
 REUSE_IDLE = 1.0  # seconds a worker waits for more work for its open connection
 CLAIM_SLICE = 8  # claims done on the loop before it moves bytes again
 RECOVER_EVERY = 10.0  # seconds between the daemon's recovery sweeps
-LOCAL_THREADS = 8  # local delivery threads: each fsync waits on the disk, several wait together
+LOCAL_THREADS = 4  # local delivery threads: each fsync waits on the disk, a few wait together
 LOCAL_BATCH = 32  # at most this many local jobs per thread hop
 
 
