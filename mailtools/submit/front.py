@@ -210,9 +210,10 @@ def process_main(argv: list[str], prog: str = "sendmail") -> int:
 
 
 def _quick_exit(rc: int) -> None:
-    import atexit
-
-    if getattr(atexit, "_ncallbacks", lambda: 1)():  # exit handlers: let them run
+    # Exit handlers: let them run. Registering one takes importing atexit, so where nothing
+    # did (sendmail's own path) there is none and nothing to import.
+    atexit = sys.modules.get("atexit")
+    if atexit is not None and getattr(atexit, "_ncallbacks", lambda: 1)():
         return
     threading = sys.modules.get("threading")
     # Another live thread, or threading's own exit hooks (concurrent.futures): a normal exit.
