@@ -23,9 +23,11 @@ layouts, and readers take either:
 update() writes the new state to ``envelope`` beside either, and a separate ``envelope``
 always wins over the head of ``entry``: a runner never rewrites the message. In active/ an
 entry may also hold a ``hold`` mark when the operator held it during its delivery (release()
-and recover() then move it to hold/, not new/). A queue id is 13 hex digits of microseconds since the epoch then 10
-random hex digits: ids sort by arrival and two hosts sharing the spool never pick the same one
-(mkdir in tmp/ is the tie-breaker if they ever did).
+and recover() then move it to hold/, not new/).
+
+A queue id is 13 hex digits of microseconds since the epoch then 10 random hex digits: ids
+sort by arrival and two hosts sharing the spool never pick the same one (mkdir in tmp/ is the
+tie-breaker if they ever did).
 
 Durability (STYLE.md practice 8; qmail's INTERNALS is the model). enqueue() writes the
 ``entry`` file into tmp/QID/ (opened O_DSYNC: the write returns with its data and the file size
@@ -444,27 +446,24 @@ class Queue:
         claims, holds or recovers makes sure of them."""
         fds = self._fds
         if fds is None:
-            for attempt in (1, 2):
-                tmp_fd = new_fd = None
-                try:
-                    tmp_fd = os.open(self._dir("tmp"), _DIR_FLAGS)
-                    new_fd = os.open(self._dir("new"), _DIR_FLAGS)
-                    break
-                except FileNotFoundError:
-                    if tmp_fd is not None:
-                        os.close(tmp_fd)
-                    if attempt == 2:
-                        raise
-                    self._ensure()  # a new queue (or one missing a directory)
-                except BaseException:
-                    if tmp_fd is not None:
-                        os.close(tmp_fd)
-                    raise
+            try:
+                fds = self._open_tmp_new()
+            except FileNotFoundError:
+                self._ensure()  # a new queue (or one missing a directory)
+                fds = self._open_tmp_new()
             # (Two threads racing here both open; either's new/ descriptor fsyncs the same
             # directory, so whichever _GroupSync a caller sees is right.)
-            self._new_sync = _GroupSync(new_fd)
-            fds = self._fds = (tmp_fd, new_fd)
+            self._new_sync = _GroupSync(fds[1])
+            self._fds = fds
         return fds
+
+    def _open_tmp_new(self) -> tuple[int, int]:
+        tmp_fd = os.open(self._dir("tmp"), _DIR_FLAGS)
+        try:
+            return tmp_fd, os.open(self._dir("new"), _DIR_FLAGS)
+        except BaseException:
+            os.close(tmp_fd)
+            raise
 
     def __del__(self) -> None:
         for fd in getattr(self, "_fds", None) or ():
