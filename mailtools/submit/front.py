@@ -369,11 +369,10 @@ def submit(cfg, o: Options) -> int:
     from mailtools.submit import prepare
 
     hostname = cfg.hostname
-    user = local_user()
-    if o.sender is not None:
+    if o.sender is not None:  # -f (cron, git, mutt): no passwd lookup at all
         sender = envelope_address(o.sender, hostname, "sender")
     else:
-        sender = f"{user}@{hostname}"
+        sender = f"{local_user()}@{hostname}"
     recipients: list[str] = []
     for arg in o.recipients:
         for part in prepare.parse_address_list(arg) if ("," in arg or "<" in arg) else [arg]:
