@@ -9,6 +9,7 @@ import re
 import signal
 import smtplib
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -21,15 +22,16 @@ from mailtools.core.queue import Queue
 
 
 class Server:
-    def __init__(self, home: Path, workers: int, extra: str = ""):
+    def __init__(self, home: Path, workers: int, extra: str = "", tls_port: int | None = None):
         self.cfg = Path(str(home) + "/../mailtools.toml").resolve()
         self.cfg.write_text(self.cfg.read_text() + "[auth]\nfail_delay = 0.1\n" + extra)
         self.home = home
         Users(home / "users").add("alice@example.test", "secret1", scheme="BLF-CRYPT")
         self.port = free_port()
         self.logf = open(home / "msa.log", "wb")
+        tls = ["--tls-listen", f"127.0.0.1:{tls_port}"] if tls_port else []
         self.proc = subprocess.Popen(
-            [*mailtools_cmd(), "submit", "--listen", f"127.0.0.1:{self.port}",
+            [*mailtools_cmd(), "submit", "--listen", f"127.0.0.1:{self.port}", *tls,
              "--workers", str(workers)], stderr=self.logf, start_new_session=True)
         wait_port(self.port, proc=self.proc)
         if workers > 1:
@@ -57,13 +59,14 @@ class Server:
         kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
         return [int(k) for k in kids]
 
-    def owner(self, client: smtplib.SMTP) -> int:
+    def owner(self, client: smtplib.SMTP, server_port: int | None = None) -> int:
         """Which process holds the server side of this client's connection."""
         port = client.sock.getsockname()[1]
+        server_port = server_port or self.port
         inode = None
         for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
             f = line.split()
-            if int(f[1].split(":")[1], 16) == self.port and int(f[2].split(":")[1], 16) == port:
+            if int(f[1].split(":")[1], 16) == server_port and int(f[2].split(":")[1], 16) == port:
                 inode = f[9]
         assert inode, "no server side for this connection"
         for pid in self.workers():
@@ -107,8 +110,8 @@ def servers():
                 pass
 
 
-def start(servers, home, workers, extra=""):
-    s = Server(home, workers, extra)
+def start(servers, home, workers, extra="", tls_port=None):
+    s = Server(home, workers, extra, tls_port)
     servers.append(s)
     return s
 
@@ -118,14 +121,16 @@ def message(tag: str) -> bytes:
             f"Message-ID: <{tag}@example.test>\r\n\r\nbody of {tag}\r\n").encode()
 
 
+def messages(home: Path) -> dict[str, bytes]:
+    """queue id -> message, for every entry in the queue."""
+    q = Queue(home / "queue")
+    return {e.id: q.read_message(e) for e in q.entries()}
+
+
 def queued(home: Path) -> dict[str, str]:
     """queue id -> Subject, for every entry in the queue."""
-    q = Queue(home / "queue")
-    out = {}
-    for e in q.entries():
-        m = re.search(rb"^Subject: (\S+)", Path(q.message_path(e)).read_bytes(), re.M)
-        out[e.id] = m.group(1).decode()
-    return out
+    return {qid: re.search(rb"^Subject: (\S+)", m, re.M).group(1).decode()
+            for qid, m in messages(home).items()}
 
 
 def send(c: smtplib.SMTP, tag: str) -> str:
@@ -283,6 +288,32 @@ def test_workers_drain_and_exit_when_the_parent_dies(home, servers):
         time.sleep(0.05)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", s.port), timeout=2)
+
+
+def test_tls_in_every_worker(home, servers, tls_ca):
+    # STARTTLS and implicit TLS on connections the parent accepted and a worker adopted
+    tls_port = free_port()
+    s = start(servers, home, 2, f'[tls]\ncert = "{tls_ca.cert_file}"\nkey = "{tls_ca.key_file}"\n',
+              tls_port)
+    wait_port(tls_port, proc=s.proc)
+    ctx = ssl.create_default_context(cafile=tls_ca.ca_file)
+    owners = set()
+    for k in range(2):
+        c = smtplib.SMTP("127.0.0.1", s.port, timeout=10)
+        c.starttls(context=ctx)
+        c.login("alice@example.test", "secret1")
+        c.sendmail("alice@example.test", ["bob@remote.test"], message(f"starttls{k}"))
+        i = smtplib.SMTP_SSL("127.0.0.1", tls_port, timeout=10, context=ctx)
+        i.login("alice@example.test", "secret1")
+        i.sendmail("alice@example.test", ["bob@remote.test"], message(f"implicit{k}"))
+        owners |= {s.owner(c), s.owner(i, tls_port)}
+        c.quit()
+        i.quit()
+    assert owners == set(s.workers())
+    assert sorted(queued(home).values()) == ["implicit0", "implicit1", "starttls0", "starttls1"]
+    for m in messages(home).values():
+        assert re.search(rb"^Received: .*\(using TLSv1\.[23] .*with ESMTPSA", m, re.M | re.S)
+    assert s.stop() == 0
 
 
 def test_one_worker_is_one_process_and_survives_sighup(home, servers):
