@@ -294,3 +294,48 @@ def test_parser_agrees_with_dnspython(qname, records):
     assert dnswire.parse_response(response.to_wire(), qname.lower()) == parsed
     assert dnswire.parse_response(response.to_wire(), "other." + qname.lower()) == parsed
     assert [(r.name, r.rtype, r.ttl, r.data) for r in parsed.answer] == expected
+
+
+_typed = {
+    dnswire.A: st.ip_addresses(v=4).map(str),
+    dnswire.AAAA: st.ip_addresses(v=6).map(str),
+    dnswire.MX: st.tuples(st.integers(0, 65535), _host).map(lambda t: f"{t[0]} {t[1]}."),
+}
+
+
+@settings(max_examples=150, deadline=None)
+@given(_host, st.sampled_from(sorted(_typed)), st.data(), st.booleans(), st.integers(0, 3))
+def test_usual_answer_shortcut_agrees_with_the_full_path(qname, qtype, data, nxdomain, soas):
+    """dnswire.read_answer (the resolver's shortcut) gives what parse_response + the CNAME walk
+    give whenever it answers at all, and answers for records of the asked type at the asked name."""
+    import dns.message
+    import dns.rcode
+    import dns.rdatatype
+    import dns.rrset
+
+    rtype = dns.rdatatype.to_text(qtype)
+    query = dns.message.make_query(qname + ".", rtype)
+    response = dns.message.make_response(query)
+    if nxdomain:
+        response.set_rcode(dns.rcode.NXDOMAIN)
+    plain = data.draw(st.booleans())  # only records of the type at the name: the shortcut's case
+    for _ in range(data.draw(st.integers(0, 4))):
+        if plain:
+            owner, kind, text = qname, rtype, data.draw(_typed[qtype])
+        else:
+            owner = data.draw(st.sampled_from([qname, "other." + qname]))
+            kind, text = data.draw(_record)
+        response.answer.append(dns.rrset.from_text(owner + ".", data.draw(st.integers(0, 2**31 - 1)), "IN", kind, text))
+    for i in range(soas):
+        response.authority.append(dns.rrset.from_text(f"z{i}.{qname}.", data.draw(st.integers(0, 10**6)), "IN", "SOA", f"ns. host. 1 2 3 4 {data.draw(st.integers(0, 10**6))}"))
+    wire = response.to_wire()
+    question, _ = dnswire.query_template(qname, qtype)
+    usual = dnswire.read_answer(wire, question, qtype, qname)
+    answer = mxdns._make_answer(qname, qtype, dnswire.parse_response(wire, qname))
+    if plain:
+        assert usual is not None
+    if usual is not None:
+        assert usual == (answer.rcode, answer.records, answer.ttl) and answer.cnames == []
+    truncated = bytearray(wire)
+    truncated[2] |= 0x02
+    assert dnswire.read_answer(bytes(truncated), question, qtype, qname) is None  # TCP decides
