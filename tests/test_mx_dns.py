@@ -331,9 +331,13 @@ def test_usual_answer_shortcut_agrees_with_the_full_path(qname, qtype, data, nxd
     wire = response.to_wire()
     question, _ = dnswire.query_template(qname, qtype)
     usual = dnswire.read_answer(wire, question, qtype, qname)
-    answer = mxdns._make_answer(qname, qtype, dnswire.parse_response(wire, qname))
     if plain:
         assert usual is not None
+    try:
+        answer = mxdns._make_answer(qname, qtype, dnswire.parse_response(wire, qname))
+    except mxdns.DNSTempFail:  # a CNAME loop: never the shortcut's case
+        assert usual is None
+        return
     if usual is not None:
         assert usual == (answer.rcode, answer.records, answer.ttl) and answer.cnames == []
     truncated = bytearray(wire)
