@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import marshal
+import os
+
 import pytest
 
 from mailtools.core import config
@@ -141,3 +144,44 @@ def test_sendmail_logs_to_the_configured_file(home, run, tmp_path):
     r = run("submit", "-i", "-f", "s@example.test", "r@example.test", input=b"Subject: s\n\nhi\n")
     assert r.returncode == 0 and r.stderr == b"", r.stderr
     assert "submit[" in logfile.read_text() and "from=<s@example.test>" in logfile.read_text()
+
+
+def _homeless(monkeypatch, tmp_path):
+    """A user like PHP's www-data: no writable home, no XDG cache directory."""
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "nonexistent"))
+    monkeypatch.setattr(config, "_SHARED_TMP", str(tmp_path / "vartmp"))
+    (tmp_path / "vartmp").mkdir()
+    return tmp_path / "vartmp" / f"mailtools-{os.getuid()}"
+
+
+def test_a_user_without_a_home_caches_in_a_private_directory(tmp_path, monkeypatch):
+    private = _homeless(monkeypatch, tmp_path)
+    raw = b'hostname = "mx.example.test"\n'
+    assert config._parse_toml("/etc/x.toml", raw) == {"hostname": "mx.example.test"}
+    assert (private / "config.marshal").is_file()
+    assert private.stat().st_mode & 0o777 == 0o700
+    # the second read comes from the cache: plant a different answer for the same bytes
+    (private / "config.marshal").write_bytes(marshal.dumps(("/etc/x.toml", raw, {"hostname": "cached"})))
+    assert config._parse_toml("/etc/x.toml", raw) == {"hostname": "cached"}
+
+
+@pytest.mark.parametrize("spoil", ["mode", "owner", "symlink"])
+def test_a_private_cache_directory_anyone_else_could_write_is_never_used(tmp_path, monkeypatch, spoil):
+    private = _homeless(monkeypatch, tmp_path)
+    raw = b'hostname = "mx.example.test"\n'
+    planted = tmp_path / "planted"
+    planted.mkdir(mode=0o700)
+    (planted / "config.marshal").write_bytes(marshal.dumps(("/etc/x.toml", raw, {"hostname": "evil"})))
+    if spoil == "symlink":
+        private.symlink_to(planted)
+    else:
+        planted.rename(private)
+        if spoil == "mode":
+            private.chmod(0o777)
+        else:
+            if os.getuid() != 0:
+                pytest.skip("giving a directory to another user needs root")
+            os.chown(private, 65534, 65534)
+    assert config._parse_toml("/etc/x.toml", raw) == {"hostname": "mx.example.test"}
+    assert config._cache_file() is None

@@ -332,9 +332,34 @@ def find_path() -> str | None:
     return None
 
 
+_SHARED_TMP = "/var/tmp"  # where a user without a usable home keeps its private cache directory
+
+
 def _cache_file() -> str | None:
+    """The per-user cache of the parsed configuration: under the XDG cache directory, or, for a
+    user whose home cannot hold one (PHP's www-data, a daemon account with HOME=/nonexistent),
+    in a directory of its own under /var/tmp, used only while it is that user's alone (owned by
+    them, a real directory, mode 0700): anyone else who could write it could plant a config."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "mailtools", "config.marshal") if os.path.isabs(base) else None
+    if os.path.isabs(base):
+        mine = os.path.join(base, "mailtools")
+        if os.path.isdir(mine) or os.access(base if os.path.isdir(base) else os.path.dirname(base), os.W_OK):
+            return os.path.join(mine, "config.marshal")
+    uid = os.getuid()
+    private = os.path.join(_SHARED_TMP, f"mailtools-{uid}")
+    try:
+        os.mkdir(private, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    try:
+        st = os.lstat(private)
+    except OSError:
+        return None
+    if not (st.st_mode & 0o170000 == 0o040000 and st.st_uid == uid and st.st_mode & 0o077 == 0):
+        return None
+    return os.path.join(private, "config.marshal")
 
 
 def _parse_toml(path: str, raw: bytes) -> dict:
@@ -361,7 +386,7 @@ def _parse_toml(path: str, raw: bytes) -> dict:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    # Never copy a secret (a smarthost password) into a cache file in the user's home.
+    # Never copy a secret (a smarthost password) into a cache file.
     if cache and b"password" not in raw:
         try:
             blob = marshal.dumps((path, raw, data))  # ValueError for types marshal lacks (dates)
