@@ -24,13 +24,14 @@ Signals to the parent: SIGTERM/SIGINT close the listeners and are forwarded as S
 workers drain (finish the command in hand, 421 to idle sessions) and the parent exits 0 once
 every worker has exited (a second signal is forwarded too: the workers then exit at once).
 Workers ignore SIGINT: a terminal's Ctrl-C reaches the whole process group, and would otherwise
-count twice in every worker. SIGHUP runs the
-parent's `on_hup` (reload what a restarted worker would start with) and is forwarded. A worker
-that dies is restarted at once, or after a growing pause (1 s, doubling to 30 s) when it keeps
-dying within a second of its start; the others keep serving meanwhile.
+count twice in every worker. SIGHUP runs the parent's `on_hup` (reload what a restarted worker
+would start with) and is forwarded. A worker that dies is restarted at once, or after a growing
+pause (1 s, doubling to 30 s) when it keeps dying within a second of its start; the others keep
+serving meanwhile. Workers are forks of the parent: import what they run before run(), so a
+restarted one runs the same code as its siblings even after the files changed on disk.
 
     def worker_main(channel: Channel) -> int: ...       # runs in the child, returns its exit code
-    sup = Supervisor("submit", [(sock, 0), (tls_sock, 1)], 4, worker_main, log=say)
+    sup = Supervisor([(sock, 0), (tls_sock, 1)], 4, worker_main, log=print)
     sys.exit(sup.run())
 """
 
@@ -159,12 +160,11 @@ class _Worker:
 class Supervisor:
     """The parent: `listeners` is a list of (listening socket, index given to the worker)."""
 
-    def __init__(self, name: str, listeners: list[tuple[socket.socket, int]], workers: int,
+    def __init__(self, listeners: list[tuple[socket.socket, int]], workers: int,
                  worker_main: Callable[[Channel], int], *, log: Callable[[str], None],
                  on_hup: Callable[[], None] | None = None):
         if workers < 1:
             raise ValueError("at least one worker")
-        self.name = name
         self.listeners = listeners
         self.count = workers
         self.worker_main = worker_main

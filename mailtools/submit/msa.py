@@ -315,7 +315,7 @@ def _serve_workers(cfg, listen: list[str], tls_listen: list[str], n: int) -> int
                 if t is not threading.current_thread() and not t.daemon:
                     t.join(60)
 
-    sup = prefork.Supervisor("submit", socks, n, worker_main, log=log,
+    sup = prefork.Supervisor(socks, n, worker_main, log=log,
                              on_hup=lambda: reload(cfg, (), n))
     log(f"{n} worker processes")
     return sup.run()
