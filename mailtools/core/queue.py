@@ -316,13 +316,13 @@ def _remove_tree(path: str) -> None:
 
 
 def _remove_entry(path: str) -> None:
-    """Remove an entry directory in trash/: its files and itself (no listing), falling back
-    to _remove_tree when it holds something else (a hold mark, an envelope.tmp)."""
-    for name in (ENTRY, "envelope", "message"):
-        try:
-            os.unlink(os.path.join(path, name))
-        except FileNotFoundError:
-            pass
+    """Remove an entry directory in trash/: its one file and itself (no listing), falling
+    back to _remove_tree when it holds more (the two-file layout, update()'s envelope, a hold
+    mark, an envelope.tmp): no unlink of names most entries never have."""
+    try:
+        os.unlink(os.path.join(path, ENTRY))
+    except FileNotFoundError:
+        pass
     try:
         os.rmdir(path)
     except FileNotFoundError:
