@@ -209,6 +209,22 @@ def _read_envelope(entry_dir: str) -> tuple[bytes, str]:
         os.close(fd)
 
 
+def _read_whole(entry_dir: str) -> tuple[bytes, str, bytes | None]:
+    """_read_envelope(), plus the message when the envelope came from a one-file entry (read
+    whole, once), else None."""
+    where = os.path.join(entry_dir, "envelope")
+    try:
+        return _read_file(where), where, None
+    except FileNotFoundError:
+        pass
+    where = os.path.join(entry_dir, ENTRY)
+    data = _read_file(where)
+    end = data.find(b"\n\n")
+    if end < 0:
+        raise ValueError(f"{where}: no empty line after the envelope")
+    return data[: end + 1], where, data[end + 2 :]
+
+
 def _read_message(entry_dir: str) -> bytes:
     """The message of an entry directory in either layout."""
     try:
@@ -600,13 +616,29 @@ class Queue:
         rename the envelope is read again and parsed only when its bytes changed meanwhile
         (another runner's update() won the race), and then asked again (None, the entry back
         in new/, when no longer wanted)."""
+        got = self._claim(qid, want, False)
+        return None if got is None else got[0]
+
+    def claim_with_message(self, qid: str, *, want) -> tuple[Entry, bytes | None] | None:
+        """claim(), and the message when it came with the claim's one read of a one-file
+        entry (else None: read_message()). That file is never rewritten, so after the rename
+        only a separate envelope, which another runner's update() would have written meanwhile,
+        is looked for: one failed open instead of reading the entry again, then once more for
+        the message."""
+        return self._claim(qid, want, True)
+
+    def _claim(self, qid: str, want, with_message: bool) -> tuple[Entry, bytes | None] | None:
         self._ensure()
         if not valid_id(qid):
             raise QueueError(f"not a queue id: {qid!r}")
-        seen = raw = None
+        seen = raw = body = None
         if want is not None:
             try:
-                raw, where = _read_envelope(os.path.join(self._dir("new"), qid))
+                src = os.path.join(self._dir("new"), qid)
+                if with_message:
+                    raw, where, body = _read_whole(src)
+                else:
+                    raw, where = _read_envelope(src)
             except (FileNotFoundError, NotADirectoryError):
                 return None  # claimed, held or gone meanwhile
             except ValueError:
@@ -640,8 +672,15 @@ class Queue:
             pass
         try:
             if raw is None:
-                return self._load(dst, "active", name)
-            now, where = _read_envelope(dst)
+                return self._load(dst, "active", name), None
+            if body is not None:  # read whole before the rename: has an envelope appeared?
+                where = os.path.join(dst, "envelope")
+                try:
+                    now = _read_file(where)
+                except FileNotFoundError:
+                    now = raw
+            else:
+                now, where = _read_envelope(dst)
             entry = seen if now == raw and seen is not None else Entry.parse(now, where)
         except ValueError:
             # A broken envelope: park it in hold/ for the operator rather than retry forever.
@@ -651,7 +690,7 @@ class Queue:
         if entry is not seen and not want(entry):
             self.release(entry)
             return None
-        return entry
+        return entry, body
 
     def _check_claim(self, entry: Entry) -> str:
         # No stat here: the write, rename or unlink that follows fails with ENOENT when the

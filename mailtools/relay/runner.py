@@ -154,10 +154,11 @@ class Runner:
         just these ids; `order`: these ids in this order instead of listing new/; `recover`:
         sweep the claims of dead runners and the debris of tmp/ and trash/ first.
 
-        Claiming (two small reads, a rename, one more read) runs on the event loop, a slice of
-        CLAIM_SLICE entries at a time between rounds of SMTP: none of it waits on the disk
-        (no fsync), and a hop to a thread per entry cost more CPU than the work itself (GIL
-        hand-overs: 30 context switches per message, relay_out -25% CPU without them)."""
+        Claiming (one read of the entry, a rename, a look for an envelope written meanwhile)
+        runs on the event loop, a slice of CLAIM_SLICE entries at a time between rounds of
+        SMTP: none of it waits on the disk (no fsync), and a hop to a thread per entry cost
+        more CPU than the work itself (GIL hand-overs: 30 context switches per message,
+        relay_out -25% CPU without them)."""
         loop = asyncio.get_running_loop()
         if recover:
             await loop.run_in_executor(_pool("claim"), self.queue.recover, float(self.cfg.relay.claim_timeout))
@@ -202,9 +203,12 @@ class Runner:
         """(entry, message) for a due entry we now own, else None."""
         # due() is asked before the rename (most deferred entries stop there, after one read)
         # and again only if another runner changed the envelope before our rename won
-        entry = self.queue.claim(qid, want=lambda e: self.due(e, time.time(), flush))
-        if entry is None:  # not due, claimed by another runner, held or gone
+        got = self.queue.claim_with_message(qid, want=lambda e: self.due(e, time.time(), flush))
+        if got is None:  # not due, claimed by another runner, held or gone
             return None
+        entry, data = got
+        if data is not None:  # read with the envelope, in the claim's one read
+            return got
         try:
             return entry, self.queue.read_message(entry)
         except OSError as exc:
