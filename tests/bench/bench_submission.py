@@ -187,8 +187,13 @@ def mailtools_server(a, work: Path):
                    input=b"benchpw\n", env=env, check=True, capture_output=True)
     port = free_port()
     workers = ["--workers", str(a.workers)] if a.workers else []
+    # Its own session, as a daemon has (Postfix's master and Dovecot detach with setsid()):
+    # with the kernel's autogroup scheduling (sched_autogroup_enabled=1, the default on
+    # desktop-configured and many distribution kernels) CPU is shared per session first, and a
+    # server left in the benchmark's session would share one slice with the client driving it
+    # whenever the machine is busy, while Postfix got a slice of its own.
     proc = subprocess.Popen([sys.executable, "-m", "mailtools", "submit", "--listen", f"127.0.0.1:{port}", *workers],
-                            env=env, stderr=subprocess.DEVNULL)
+                            env=env, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_port(port, timeout=20)
 
