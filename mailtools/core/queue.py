@@ -352,7 +352,13 @@ def _remove_entry(path: str) -> None:
 class _Remover:
     """One thread that empties trash/ entries handed over by release(), so a runner's threads
     do not wait for unlink and rmdir. Not a daemon: the process ends once it has caught up
-    (what a crash leaves in trash/, recover() removes)."""
+    (what a crash leaves in trash/, recover() removes). Caught up, it looks again every
+    IDLE_STEP seconds for IDLE_ROUNDS rounds before it ends: releases come one by one, and a
+    thread started for each lull cost a thread's start and end (ten system calls and its
+    stack's page faults) for every two or three messages of a busy daemon."""
+
+    IDLE_STEP = 0.05
+    IDLE_ROUNDS = 5
 
     _lock = None
     _paths: list = []
@@ -372,12 +378,18 @@ class _Remover:
 
     @classmethod
     def _run(cls) -> None:
+        idle = 0
         while True:
             with cls._lock:
-                if not cls._paths:
+                batch, cls._paths = cls._paths, []
+                if not batch and idle >= cls.IDLE_ROUNDS:
                     cls._thread = None
                     return
-                batch, cls._paths = cls._paths, []
+            if not batch:
+                idle += 1
+                time.sleep(cls.IDLE_STEP)
+                continue
+            idle = 0
             for path in batch:
                 try:
                     _remove_entry(path)
