@@ -208,7 +208,7 @@ class _UDPClient:
         self.loop, self.sock, self.resolver = loop, sock, resolver
         self.closed = False
         self.pending: dict[int, _Question] = {}  # query id -> the question waiting for it
-        self.outbox: list[tuple[int, bytes]] = []  # queries posted, sent on the next flush
+        self.outbox: list[bytes] = []  # queries queued by Resolver._try, sent by the next flush
         loop.add_reader(sock.fileno(), self._read_ready)
 
     def flush(self) -> None:
@@ -219,12 +219,12 @@ class _UDPClient:
             return
         send = self.sock.send
         sent = 0
-        for qid, data in outbox:
+        for data in outbox:
             try:
                 send(data)
                 sent += 1
             except OSError as exc:  # that try failed (the others may still go out)
-                q = self.pending.pop(qid, None)
+                q = self.pending.pop((data[0] << 8) | data[1], None)
                 if q is not None:
                     q.waiting = 0
                     self.resolver._udp_failed(q, exc)
@@ -241,7 +241,8 @@ class _UDPClient:
             self._fail_all(ConnectionResetError("socket closed"))
 
     def _read_ready(self) -> None:
-        recv = self.sock.recv
+        recv, pending, read_answer = self.sock.recv, self.pending, wire.read_answer
+        answered = self.resolver._udp_read
         for _ in range(256):
             try:
                 data = recv(65535)
@@ -250,22 +251,28 @@ class _UDPClient:
             except OSError as exc:  # ICMP port unreachable and the like: fail over
                 self._fail_all(exc)
                 return
-            self._answer(data)
+            if len(data) < 12:
+                continue
+            q = pending.get((data[0] << 8) | data[1])
+            if q is None:
+                continue
+            question = q.question
+            usual = question and read_answer(data, question, q.rtype, q.name)
+            if usual:  # the question echoed, records of its type at its name only
+                del pending[q.qid]
+                answered(q, usual)
+            else:
+                self._answer(data)
         if self.outbox:
             self.flush()
 
     def _answer(self, data: bytes) -> None:
+        """An answer that is not the usual one (wire.read_answer): read in full."""
         if len(data) < 12:
             return
         qid = (data[0] << 8) | data[1]
         q = self.pending.get(qid)
         if q is None:
-            return
-        question = q.question
-        usual = question and wire.read_answer(data, question, q.rtype, q.name)
-        if usual:  # the question echoed, records of its type at its name only
-            del self.pending[qid]
-            self.resolver._udp_read(q, usual)
             return
         try:
             resp = wire.parse_response(data, q.name)
@@ -496,7 +503,7 @@ class Resolver:
                 outbox = client.outbox
                 if not outbox:
                     self._loop.call_soon(client.flush)
-                outbox.append((qid, qid.to_bytes(2, "big") + query))
+                outbox.append(qid.to_bytes(2, "big") + query)
             except (OSError, wire.WireError) as exc:
                 q.last = f"{_where(server)}: {exc or type(exc).__name__}"
                 if attempt >= 3 * n:
