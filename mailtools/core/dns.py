@@ -69,6 +69,8 @@ _SPACE = re.compile(r"[\s\x00]")
 def normalise_domain(text: str) -> str:
     """A domain or an address (domain after the last '@') -> lower-case A-label domain without
     a trailing dot. Raises ValueError with a reason for anything that is not a mail domain."""
+    if len(text) <= 253 and _DOMAIN.fullmatch(text) and not text[-1].isdigit():
+        return text  # already one (the usual case in bulk mode): what the steps below return
     s = text
     if not s:
         raise ValueError("empty name")
@@ -929,9 +931,12 @@ def _take_addresses(ex: Exchanger, a, aaaa, implicit: bool) -> None:
 
 def _conclude(result: MXResult) -> None:
     """The final status once every exchanger's addresses are known."""
-    if any(ex.addresses for ex in result.exchangers):
-        return
-    if any(ex.tempfail for ex in result.exchangers):
+    tempfail = False
+    for ex in result.exchangers:
+        if ex.addresses:
+            return
+        tempfail = tempfail or ex.tempfail
+    if tempfail:
         result.status = "tempfail"
         return
     implicit = result.status == "implicit"
