@@ -7,8 +7,8 @@ between mailtools and Dovecot with its UIDs, flags and keywords intact.
 
 Durability of :func:`deliver` (the only writer of new messages), state by state:
 
-1. tmp/NAME created with O_EXCL and written durably (opened O_DSYNC; write then fsync where
-   there is no O_DSYNC). A crash here leaves at most a file in tmp/, which no reader ever
+1. tmp/NAME created with O_EXCL and written durably (opened O_DSYNC when small, else written
+   then fsynced). A crash here leaves at most a file in tmp/, which no reader ever
    looks at (it is swept after 36 hours, as Dovecot does); the caller has not been told
    "delivered", so the sender keeps its copy and retries.
 2. tmp/NAME linked to new/NAME (or cur/NAME:2,FLAGS). The link is one directory-entry
@@ -72,11 +72,14 @@ def unique_name(size: int | None = None) -> str:
     return name
 
 
-# tmp/ files are opened O_DSYNC where there is one: each write returns once its data and the
-# file's size are on disk (fdatasync's promise, all a new file's content needs; the queue's
-# entries are written the same way), one system call less than write + fsync
+# A tmp/ file of up to DSYNC_MAX bytes (one write) is opened O_DSYNC where there is one: the
+# write returns once its data and the file's size are on disk (fdatasync's promise, all a new
+# file's content needs; the queue's entries are written the same way), one system call less
+# than write + fsync. A bigger one may take several writes, each of which would wait on the
+# disk: written, then fsynced once.
 _O_DSYNC = getattr(os, "O_DSYNC", 0)
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | _O_DSYNC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+DSYNC_MAX = 1 << 16
 
 
 def _fsync_dir(path: str) -> None:
@@ -145,11 +148,12 @@ def deliver_path(path, data: bytes, *, flags: str = "", folder_marker: bool = Fa
         make_dirs(path, folder_marker=True)
     size = len(data)
     info = name_with_flags("", flags) if flags else ""
+    dsync = _O_DSYNC if size <= DSYNC_MAX else 0
     for attempt in range(10):
         name = unique_name(size)
         tmp = os.path.join(path, "tmp", name)
         try:
-            fd = os.open(tmp, _CREATE_FLAGS, 0o600)
+            fd = os.open(tmp, _CREATE_FLAGS | dsync, 0o600)
         except FileNotFoundError:
             if attempt:
                 raise
@@ -163,7 +167,7 @@ def deliver_path(path, data: bytes, *, flags: str = "", folder_marker: bool = Fa
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
-            if not _O_DSYNC:
+            if not dsync:
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
