@@ -54,6 +54,7 @@ CLAIM_SLICE = 8  # claims done on the loop before it moves bytes again
 RECOVER_EVERY = 10.0  # seconds between the daemon's recovery sweeps
 LOCAL_THREADS = 4  # local delivery threads: each fsync waits on the disk, a few wait together
 LOCAL_BATCH = 32  # at most this many local jobs per thread hop
+LOCAL_MIN_BATCH = 8  # and at least this many when as many wait (a claim slice's worth)
 
 
 @dataclass
@@ -402,7 +403,7 @@ class Runner:
         if not waiting or free <= 0:
             return
         loop = asyncio.get_running_loop()
-        size = min(LOCAL_BATCH, -(-len(waiting) // free))
+        size = min(LOCAL_BATCH, max(LOCAL_MIN_BATCH, -(-len(waiting) // free)))
         while waiting and self._local_busy < LOCAL_THREADS:
             batch, waiting[:] = waiting[:size], waiting[size:]
             self._local_busy += 1
