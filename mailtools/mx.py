@@ -94,7 +94,7 @@ def run(
         # many names waiting on stdin and several cores: worker processes (mailtools.mxsplit)
         from mailtools import mxsplit
 
-        n = mxsplit.workers()
+        n = min(mxsplit.workers(), concurrency)  # --concurrency is the total in flight
         if n > 1:
             start, eof = mxsplit.read_start()
             if mxsplit.worth_splitting(start):

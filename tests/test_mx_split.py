@@ -3,6 +3,7 @@ order, with the same exit status as one process; a worker that fails fails the r
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -73,8 +74,12 @@ def test_large_stdin_splits_small_stdin_does_not(dns, home, monkeypatch, capsys)
     monkeypatch.setattr(mxsplit, "read_start", lambda: (b"two.test\nnx1.test\n", True))
     assert mx.run(["-"], nameservers=[dns.nameserver]) == 68 and len(calls) == 1
     assert capsys.readouterr().out.splitlines() == ["two.test 10 a.two.test 192.0.2.251", "two.test 20 b.two.test -", "nx1.test nxdomain"]
-    # --check and names given on the command line never split
     assert not mxsplit.worth_splitting(b"x\n" * (mxsplit.SPLIT_MIN - 1))
+    # --concurrency 1 is one query in flight in all: one process, stdin never read ahead
+    monkeypatch.setattr(mxsplit, "read_start", lambda: pytest.fail("read ahead"))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"two.test\n")))
+    assert mx.run(["-"], nameservers=[dns.nameserver], concurrency=1) == 0 and len(calls) == 1
+    assert capsys.readouterr().out.splitlines() == ["two.test 10 a.two.test 192.0.2.251", "two.test 20 b.two.test -"]
 
 
 def _split(dns, data: bytes, **kw) -> int:
