@@ -299,12 +299,23 @@ def _worker(down: int, up: int, resolver, json_mode: bool, concurrency: int) -> 
 
 
 async def _batches(fd: int, sizes: deque):
-    """The names of the batches the parent sends; each batch's size goes to `sizes` first."""
+    """The names of the batches the parent sends; each batch's size goes to `sizes` first.
+    Read from the event loop when the pipe is readable (no reader thread)."""
     loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
     rest = b""
     left = 0
     while True:
-        chunk = await loop.run_in_executor(None, os.read, fd, 65536)
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            readable = loop.create_future()
+            loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+            try:
+                await readable
+            finally:
+                loop.remove_reader(fd)
+            continue
         if not chunk:
             if rest or left:
                 raise EOFError("the parent's batch was cut short")

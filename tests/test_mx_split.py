@@ -82,19 +82,27 @@ def test_large_stdin_splits_small_stdin_does_not(dns, home, monkeypatch, capsys)
     assert capsys.readouterr().out.splitlines() == ["two.test 10 a.two.test 192.0.2.251", "two.test 20 b.two.test -"]
 
 
-def _split(dns, data: bytes, **kw) -> int:
+def _split(dns, data: bytes, *, keep_open: bool = False) -> int:
+    """mxsplit.run on `data` written to its stdin in pieces by another process (which, with
+    keep_open, then keeps stdin open until the run is over)."""
     r, w = os.pipe()
+    hold_r, hold_w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # a writer that feeds stdin slowly, in pieces
+    if pid == 0:
         os.close(r)
+        os.close(hold_w)
         for i in range(0, len(data), 7000):
             os.write(w, data[i : i + 7000])
+        if keep_open:
+            os.read(hold_r, 1)  # until the test closes hold_w
         os._exit(0)
     os.close(w)
+    os.close(hold_r)
     try:
         resolver = mxdns.make_resolver([dns.nameserver], 5)
-        return mxsplit.run(b"", False, resolver, json_mode=False, concurrency=50, workers=2, stdin_fd=r, **kw)
+        return mxsplit.run(b"", False, resolver, json_mode=False, concurrency=50, workers=2, stdin_fd=r)
     finally:
+        os.close(hold_w)
         os.close(r)
         os.waitpid(pid, 0)
 
@@ -123,3 +131,27 @@ def test_a_failed_worker_fails_the_run(dns, home, capfd, monkeypatch, how):
     assert info.value.code == 70 and "worker process" in str(info.value)
     err = capfd.readouterr().err
     assert ("worker: RuntimeError: boom" in err) == (how == "raises")
+
+
+def test_a_worker_failing_mid_run_ends_the_run_while_stdin_is_still_open(dns, home, capfd, monkeypatch):
+    """A bug inside a worker's lookups ends the run with status 70 while stdin is still open
+    (nobody waits for its end); the batches before the failed one are written."""
+    real = mxdns.start_lookup
+
+    def buggy(domain, *args, **kwargs):
+        if domain == "d7.test":
+            raise RuntimeError("bug")
+        return real(domain, *args, **kwargs)
+
+    monkeypatch.setattr(mxdns, "start_lookup", buggy)
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the run waited for the end of stdin"))
+    signal.alarm(60)  # a guard against a hang, not a measure of speed
+    try:
+        with pytest.raises(MailtoolsError) as info:
+            _split(dns, b"d1.test\n" * 2000 + b"d7.test\n" + b"d1.test\n" * 2000, keep_open=True)
+    finally:
+        signal.alarm(0)
+    assert info.value.code == 70
+    captured = capfd.readouterr()
+    assert "worker: RuntimeError: bug" in captured.err
+    assert captured.out.count("d1.test 10 mx.d1.test") >= 7 * mxsplit.BATCH  # the batches before it
