@@ -473,3 +473,13 @@ def test_queue_import_stays_light():
     loaded = set(out.split())
     heavy = {"json", "email", "asyncio", "uuid", "socket", "typer", "rich", "argparse", "logging", "datetime"}
     assert not loaded & heavy, loaded & heavy
+
+
+def test_enqueue_under_an_id_chosen_beforehand(q):
+    # the servers pick the id first, to name it in their Received header
+    qid = new_id()
+    assert q.enqueue("a@example.test", ["b@example.test"], b"x\r\n", qid=qid) == qid
+    assert q.get(qid).sender == "a@example.test"
+    with pytest.raises(OSError):  # never a second entry under a taken id, never another id
+        q.enqueue("c@example.test", ["d@example.test"], b"y\r\n", qid=qid)
+    assert q.ids("new") == [qid]

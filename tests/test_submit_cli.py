@@ -4,6 +4,7 @@ callers use (cron, PHP, logwatch, git send-email, mutt), and the refusals."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -145,6 +146,9 @@ def test_cronie(home, links):
     assert b"\nFrom: CronDaemon <root@mx.example.test>\n" in data
     assert b"\nDate: " in data and b"\nMessage-ID: <" in data
     assert data.endswith(b"\n\nout\n")
+    # our trace header names the queue id, as Postfix's "by host (Postfix, from userid 0) id ..."
+    assert re.match(rb"Received: by mx\.example\.test \(mailtools submit, from userid \d+\)\r?\n\tid "
+                    + e.id.encode() + rb"; ", data)
 
 
 def test_debian_cron(home, links):
@@ -273,7 +277,7 @@ def test_bs_speaks_smtp(home, links):
     assert out.startswith("220 mx.example.test") and "250 2.0.0 Ok: queued as " in out and "221 2.0.0" in out
     [e] = entries(home)
     data = message_of(home, e)
-    assert b"with ESMTP;" in data and b"Subject: bs" in data
+    assert f"with ESMTP id {e.id};".encode() in data and b"Subject: bs" in data
 
 
 def test_verbose_log_line(home, links):

@@ -89,7 +89,7 @@ def test_swaks_starttls_auth_plain(msa, tls_ca):
     data = msa.message(e)
     first = data.split(b"\r\n\r\n", 1)[0].decode()
     assert first.startswith("Received: from client.example.test ([127.0.0.1])")
-    assert "with ESMTPSA" in first and "using TLSv1." in first
+    assert f"with ESMTPSA id {qid}" in first and "using TLSv1." in first
     assert "authenticated sender: alice@example.test" in first
     assert b"hello from swaks" in data
     assert re.search(rf"submit\[\d+\]: {qid}: client=unknown\[127\.0\.0\.1\], sasl_username=alice@example.test, "

@@ -433,8 +433,12 @@ class Queue:
 
     # writing --------------------------------------------------------------------------
 
-    def enqueue(self, sender: str, recipients, data: bytes, *, dsn: dict | None = None) -> str:
+    def enqueue(self, sender: str, recipients, data: bytes, *, dsn: dict | None = None,
+                qid: str | None = None) -> str:
         """Write the message and its envelope durably and return the queue id.
+
+        `qid`: one chosen beforehand with new_id() (the servers name it in their Received
+        header); OSError if an entry of that id exists (never another id).
 
         `recipients`: addresses (str) or Recipient objects (to carry DSN NOTIFY/ORCPT). `dsn`:
         see Entry. Returns only after files and directories are fsynced (see module docstring).
@@ -449,14 +453,16 @@ class Queue:
         if "\n" in sender or "\r" in sender:
             raise ValueError(f"unsafe sender address {sender!r}")
         tmp_fd, new_fd = self._dir_fds()
+        chosen = qid
         while True:
             now = time.time()
-            qid = new_id(now)
+            qid = chosen or new_id(now)
             try:
                 os.mkdir(qid, 0o700, dir_fd=tmp_fd)
                 break
             except FileExistsError:
-                continue
+                if chosen:
+                    raise
         entry = Entry(qid, sender, rcpts, now, len(data), dsn)
         try:
             fd = os.open(qid, _DIR_FLAGS, dir_fd=tmp_fd)

@@ -55,9 +55,12 @@ def received_value(*, helo: str | None, peer_ip: str, by_host: str, protocol: st
                          recipient, when)
 
 
-def received_tail(head: str, recipient: str | None = None, when: float | None = None) -> str:
+def received_tail(head: str, recipient: str | None = None, when: float | None = None,
+                  queue_id: str | None = None) -> str:
     """A received_head() (the same for every message of a connection) completed with the
-    message's own parts: the recipient when there is one, and the date."""
+    message's own parts: its queue id, the recipient when there is one, and the date."""
+    if queue_id:
+        head += f" id {queue_id}"
     if recipient:
         head += f"\r\n\tfor <{_clean(recipient)}>"
     return head + f"; {rfc5322_date(when)}"

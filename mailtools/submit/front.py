@@ -393,12 +393,14 @@ def submit(cfg, o: Options) -> int:
     recipients = _dedupe(r for r in recipients if r)
     if not recipients:
         raise UsageError("no recipients: give them as arguments, or use -t with To/Cc/Bcc")
+    from mailtools.core.queue import Queue, Recipient, new_id, nudge
+
     from_address = sender or f"MAILER-DAEMON@{hostname}"
-    trace = [("Received", f"by {hostname} (mailtools submit, from userid {os.getuid()});\r\n\t"
-                          f"{prepare.rfc5322_date()}")]
+    qid = new_id()  # named in our Received header, as Postfix's sendmail names its queue id
+    trace = [("Received", f"by {hostname} (mailtools submit, from userid {os.getuid()})\r\n\t"
+                          f"id {qid}; {prepare.rfc5322_date()}")]
     message = prepare.fixup(data, from_address=from_address, hostname=hostname,
                             full_name=o.full_name, trace=trace)
-    from mailtools.core.queue import Queue, Recipient, nudge
 
     dsn = {}
     if o.body:
@@ -410,7 +412,7 @@ def submit(cfg, o: Options) -> int:
     rcpts = [Recipient(r, notify=o.notify) for r in recipients]
     queue_dir = cfg.data_path("queue")  # a str: cfg.queue_dir would import pathlib
     try:
-        qid = Queue(queue_dir).enqueue(sender, rcpts, message, dsn=dsn or None)
+        Queue(queue_dir).enqueue(sender, rcpts, message, dsn=dsn or None, qid=qid)
     except OSError as exc:
         raise TempFail(f"cannot write to the queue {queue_dir}: {exc.strerror or exc}; "
                        "nothing queued, try again") from None

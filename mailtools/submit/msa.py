@@ -21,6 +21,7 @@ import sys
 
 from mailtools.core.log import say
 from mailtools.core.message import get_header, split_header
+from mailtools.core.queue import new_id
 from mailtools.smtpd import replies as R
 from mailtools.smtpd.received import protocol_keyword, received_head, received_tail
 from mailtools.smtpd.session import ConnInfo, Handler, Limits, Transaction
@@ -152,13 +153,16 @@ class SubmitHandler(Handler):
                 if len(owned) < 100:
                     owned.add((info.auth_user, value))
         sender = tx.sender
+        qid = new_id()  # chosen now, so that our Received header can name it as Postfix's does
         if self.local:
             helo = info.helo or "localhost"
             received = (f"from {helo} (userid {os.getuid()})\r\n\tby {cfg.hostname} (mailtools) "
-                        f"with {protocol_keyword(info.esmtp, False, False)};\r\n\t{prepare.rfc5322_date()}")
+                        f"with {protocol_keyword(info.esmtp, False, False)} id {qid};\r\n\t"
+                        f"{prepare.rfc5322_date()}")
         else:
             received = received_tail(self._received_head(info),
-                                     tx.recipients[0] if len(tx.recipients) == 1 else None)
+                                     tx.recipients[0] if len(tx.recipients) == 1 else None,
+                                     queue_id=qid)
         from_address = sender or info.auth_user or f"MAILER-DAEMON@{cfg.hostname}"
         data = prepare.fixup(message, from_address=from_address, hostname=cfg.hostname,
                              trace=[("Received", received)])
@@ -168,7 +172,7 @@ class SubmitHandler(Handler):
         if tx.smtputf8:
             dsn["smtputf8"] = True
         try:
-            qid = self.queue.enqueue(sender, list(tx.recipients), data, dsn=dsn or None)
+            self.queue.enqueue(sender, list(tx.recipients), data, dsn=dsn or None, qid=qid)
         except OSError as exc:
             self.log(f"warning: {_client(info)}: queue write failed: {exc}")
             return R.QUEUE_FAILED  # 451: the client keeps the message and retries
