@@ -297,3 +297,24 @@ def test_the_banner_command_for_the_first_user_works(serve, tmp_path):
     r = subprocess.run([*mailtools_cmd(), *cmd[1:], "--password-stdin"], input=b"pw\n", capture_output=True, env=s.env, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "me@example.test:" in (root / "users").read_text()
+
+
+def test_fresh_root_spreads_its_maildirs_on_ext4(tmp_path):
+    # chattr +T on the mail/ serve creates (as on queue/tmp/); ext2/3/4 only; an existing
+    # mail/ keeps its attributes
+    import shutil
+
+    from mailtools.serve import init_root
+
+    fs = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout.strip()
+    if fs not in ("ext2/ext3", "ext4") or not shutil.which("lsattr"):
+        pytest.skip(f"file system {fs!r}: the flag is ext2/3/4's")
+
+    def attrs(path):
+        return subprocess.run(["lsattr", "-d", str(path)], capture_output=True, text=True).stdout.split()[0]
+
+    init_root(tmp_path / "fresh", hostname="mx.example.test")
+    assert "T" in attrs(tmp_path / "fresh" / "mail")
+    (tmp_path / "kept" / "mail").mkdir(parents=True)
+    init_root(tmp_path / "kept", hostname="mx.example.test")
+    assert "T" not in attrs(tmp_path / "kept" / "mail")
