@@ -125,6 +125,7 @@ class _Parent:
         self.up_open = [True] * self.n
         self.ready: dict[int, tuple[int, bytes]] = {}  # batch -> (status, payload)
         self.worst = 0
+        self.lost: int | None = None  # the first batch a dead worker left unanswered
         if start:
             self._take(start)
         if eof:
@@ -135,11 +136,15 @@ class _Parent:
 
         self.severity = _SEVERITY
         while self.stdin_open or self.written < self.handed or self.names:
-            self._hand_out(full_only=self.stdin_open)
-            want_stdin = self.stdin_open and self.handed - self.written < AHEAD
+            if self.lost is not None and (self.written >= self.lost or not any(self.up_open)):
+                raise MailtoolsError(f"a worker process ended before answering (names from batch {self.lost} of {BATCH} on not looked up)", SOFTWARE)
+            live = self.lost is None  # after a loss only the batches before it are awaited
+            if live:
+                self._hand_out(full_only=self.stdin_open)
+            want_stdin = live and self.stdin_open and self.handed - self.written < AHEAD
             rlist = [self.stdin] if want_stdin else []
             rlist += [fd for i, (_, _, fd) in enumerate(self.kids) if self.up_open[i]]
-            wlist = [fd for i, (_, fd, _) in enumerate(self.kids) if self.out[i]]
+            wlist = [fd for i, (_, fd, _) in enumerate(self.kids) if self.out[i] and live]
             # names short of a batch go out as soon as stdin has nothing more right now
             timeout = 0 if (want_stdin and self.names) else None
             readable, writable, _ = select.select(rlist, wlist, [], timeout)
@@ -150,8 +155,8 @@ class _Parent:
                 if fd in writable:
                     try:
                         sent = os.write(fd, self.out[i])
-                    except BrokenPipeError:  # not our stdout: a worker died
-                        raise MailtoolsError(f"a worker process ended early (batch {self.written} and later unanswered)", SOFTWARE) from None
+                    except BrokenPipeError:  # not our stdout: a worker died (its answers end)
+                        sent = len(self.out[i])
                     del self.out[i][:sent]
             if self.stdin in readable:
                 chunk = os.read(self.stdin, 65536)
@@ -198,8 +203,6 @@ class _Parent:
             batch, self.names = names[:BATCH], names[BATCH:]
             names = self.names
             w = self.handed % self.n
-            if not self.up_open[w]:
-                raise MailtoolsError(f"a worker process ended early (batch {self.handed} unanswered)", SOFTWARE)
             self.out[w] += b"%d\n" % len(batch) + b"\n".join(batch) + b"\n"
             self.handed += 1
 
@@ -207,10 +210,10 @@ class _Parent:
         data = os.read(fd, 1 << 20)
         if not data:
             self.up_open[i] = False
-            owed = len(range(i, self.handed, self.n))
-            if self.frames[i] < owed:
-                self._write_ready()
-                raise MailtoolsError(f"a worker process ended before answering (batch {self.frames[i] * self.n + i} unanswered)", SOFTWARE)
+            if self.frames[i] < len(range(i, self.handed, self.n)) or self.stdin_open or self.names:
+                # its first unanswered batch, or the next to hand out (none will be)
+                missing = min(self.frames[i] * self.n + i, self.handed)
+                self.lost = missing if self.lost is None else min(self.lost, missing)
             return
         buf = self.inbuf[i]
         buf += data
