@@ -11,7 +11,7 @@ records given (no upstream, no /etc/hosts, nothing ever leaves 127.0.0.1).
         dns.port, dns.pid
 
 start_dnsmasq(mx=None, hosts=None, cname=None, txt=None, null_mx=(), empty=(), extra=(),
-              local=("test", "invalid"), ttl=60, tmpdir=None, negcache=False) -> DNSServer
+              local=("test", "invalid"), ttl=60, tmpdir=None, negcache=False, session=False) -> DNSServer
     mx       {domain: [(preference, host), ...]}
     hosts    {name: ["192.0.2.1", "2001:db8::1", ...]}   (A and AAAA records)
     cname    {alias: target}   (dnsmasq only serves CNAMEs whose target is in `hosts`)
@@ -22,6 +22,7 @@ start_dnsmasq(mx=None, hosts=None, cname=None, txt=None, null_mx=(), empty=(), e
     local    domains dnsmasq answers alone: unknown names in them are NXDOMAIN
     ttl      TTL of every answer (dnsmasq's --local-ttl)
     negcache cache negative answers from upstream servers (a caching front; off by default)
+    session  run dnsmasq in a session of its own, as a daemon (benchmarks)
 Returns a DNSServer (also a context manager); .stop() terminates dnsmasq by its PID.
 
 start_fake_dns(mode) -> DNSServer, mode "servfail" | "refused" | "silent": a tiny stdlib
@@ -135,8 +136,10 @@ def dnsmasq_lines(mx=None, hosts=None, cname=None, txt=None, null_mx=(), empty=(
     return lines
 
 
-def start_dnsmasq(mx=None, hosts=None, cname=None, txt=None, null_mx=(), empty=(), extra=(), local=("test", "invalid"), ttl=60, tmpdir=None, negcache=False) -> DNSServer:
-    """Start dnsmasq serving the given records; see the module docstring."""
+def start_dnsmasq(mx=None, hosts=None, cname=None, txt=None, null_mx=(), empty=(), extra=(), local=("test", "invalid"), ttl=60, tmpdir=None, negcache=False, session=False) -> DNSServer:
+    """Start dnsmasq serving the given records; see the module docstring. session=True runs it
+    in a session of its own, as a resolver daemon runs (benchmarks: with autogroup scheduling
+    the CPU is shared per session first)."""
     workdir = tempfile.mkdtemp(prefix="dnsmasq-", dir=tmpdir)
     conf = os.path.join(workdir, "dnsmasq.conf")
     lines = dnsmasq_lines(mx, hosts, cname, txt, null_mx, empty, extra, local, ttl, negcache)
@@ -146,7 +149,7 @@ def start_dnsmasq(mx=None, hosts=None, cname=None, txt=None, null_mx=(), empty=(
     for _ in range(5):
         port = free_udp_tcp_port()
         cmd = [DNSMASQ, "--keep-in-foreground", f"--conf-file={conf}", f"--port={port}", "--pid-file=", "--user=" + _user()]
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=session)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if proc.poll() is not None:
