@@ -87,7 +87,12 @@ def run_mailtools(a, work: Path, hashed: str) -> float:
             "--imap", f"127.0.0.1:{imap}"]
     for off in ("smtp", "submissions", "imaps", "pop3", "pop3s"):
         args += [f"--{off}", "off"]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own session, as a daemon has (Postfix's master and Dovecot detach with setsid()): with
+    # autogroup scheduling (sched_autogroup_enabled=1) CPU is shared per session first, and serve
+    # left in the benchmark's session shared one slice with the client driving it whenever the
+    # machine was busy, while Postfix and Dovecot each had one of their own
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
         wait_port(smtp)
         wait_port(imap)
