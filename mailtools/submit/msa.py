@@ -198,19 +198,13 @@ def limits_from(cfg) -> Limits:
 
 async def start(cfg, listen=None, tls_listen=None):
     """Start the submission listeners in the running loop; returns the asyncio servers."""
-    from mailtools.core import tls as tlsmod
     from mailtools.core.exitcodes import ConfigError
     from mailtools.core.queue import Nudger, Queue
     from mailtools.smtpd.server import start_server
 
     listen = list(cfg.submit.listen if listen is None else listen)
     tls_listen = list(cfg.submit.tls_listen if tls_listen is None else tls_listen)
-    ctx = tlsmod.context_from_config(cfg)
-    if tls_listen and ctx is None:
-        raise ConfigError("--tls-listen needs a certificate: set [tls] cert and key")
-    if ctx is None and listen and not cfg.submit.allow_plaintext_auth:
-        log("warning: no [tls] cert: STARTTLS is not offered, so AUTH (and submission) works "
-            "only on loopback listeners")
+    ctx = _tls_context(cfg, listen, tls_listen)
     queue = Queue(cfg.queue_dir)
     nudger = Nudger(cfg.queue_dir)
     try:
@@ -220,6 +214,21 @@ async def start(cfg, listen=None, tls_listen=None):
             max_connections=cfg.submit.max_connections)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _tls_context(cfg, listen: list[str], tls_listen: list[str]):
+    """The server's TLS context (None without [tls] cert); ConfigError when implicit-TLS
+    listeners are asked for without one, a warning when STARTTLS cannot be offered."""
+    from mailtools.core import tls as tlsmod
+    from mailtools.core.exitcodes import ConfigError
+
+    ctx = tlsmod.context_from_config(cfg)
+    if tls_listen and ctx is None:
+        raise ConfigError("--tls-listen needs a certificate: set [tls] cert and key")
+    if ctx is None and listen and not cfg.submit.allow_plaintext_auth:
+        log("warning: no [tls] cert: STARTTLS is not offered, so AUTH (and submission) works "
+            "only on loopback listeners")
+    return ctx
 
 
 def worker_count(cfg, workers: int | None) -> int:
@@ -272,15 +281,9 @@ def serve(cfg, listen: list[str], tls_listen: list[str], workers: int | None = N
 def _serve_workers(cfg, listen: list[str], tls_listen: list[str], n: int) -> int:
     """The parent: bind, then hand connections to N worker processes (core/prefork)."""
     from mailtools.core import prefork
-    from mailtools.core import tls as tlsmod
     from mailtools.core.exitcodes import ConfigError, TempFail
 
-    ctx = tlsmod.context_from_config(cfg)
-    if tls_listen and ctx is None:
-        raise ConfigError("--tls-listen needs a certificate: set [tls] cert and key")
-    if ctx is None and listen and not cfg.submit.allow_plaintext_auth:
-        log("warning: no [tls] cert: STARTTLS is not offered, so AUTH (and submission) works "
-            "only on loopback listeners")
+    ctx = _tls_context(cfg, listen, tls_listen)
     socks: list = []
     prefork.hold_signals()  # until the parent can handle them (the port answers before that)
     try:
