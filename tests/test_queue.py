@@ -483,3 +483,53 @@ def test_enqueue_under_an_id_chosen_beforehand(q):
     with pytest.raises(OSError):  # never a second entry under a taken id, never another id
         q.enqueue("c@example.test", ["d@example.test"], b"y\r\n", qid=qid)
     assert q.ids("new") == [qid]
+
+
+def _finish(q, qid):
+    e = q.claim(qid)
+    for r in e.recipients:
+        r.state = "sent"
+    assert q.release(e)
+
+
+def test_a_removed_entry_directory_is_taken_again_by_the_next_enqueue(q, tmp_path):
+    from mailtools.core import queue as qmod
+
+    trash = tmp_path / "queue" / "trash"
+    big = q.enqueue("a@example.test", ["b@example.test"], b"Subject: big\r\n\r\n" + b"x" * 5000 + b"\r\n")
+    _finish(q, big)
+    deadline = time.monotonic() + 5
+    while not qmod._Remover.spares() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    spares = qmod._Remover.spares()
+    if not spares:
+        pytest.skip("the remover did not get to it before it expired (very busy machine)")
+    ino = os.stat(next(iter(spares))).st_ino
+    small = q.enqueue("c@example.test", ["d@example.test"], b"Subject: small\r\n\r\nhi\r\n")
+    e = q.get(small)
+    assert e.sender == "c@example.test" and [r.address for r in e.recipients] == ["d@example.test"]
+    assert q.read_message(e) == b"Subject: small\r\n\r\nhi\r\n"  # rewritten whole, nothing of the old
+    assert os.stat(tmp_path / "queue" / "new" / small).st_ino == ino
+    assert os.listdir(trash) == [] and os.listdir(tmp_path / "queue" / "tmp") == []
+    assert sorted(os.listdir(tmp_path / "queue" / "new" / small)) == ["entry"]
+
+
+def test_spare_directories_are_removed_when_nobody_takes_them(q, tmp_path):
+    trash = tmp_path / "queue" / "trash"
+    _finish(q, q.enqueue("a@example.test", ["b@example.test"], b"x\r\n"))
+    deadline = time.monotonic() + 10
+    while os.listdir(trash) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert os.listdir(trash) == []
+    # ... and at once when the program ends: it neither waits for them nor leaves them behind
+    code = textwrap.dedent("""
+        import sys
+        from mailtools.core.queue import Queue
+        q = Queue(sys.argv[1])
+        for _ in range(5):
+            e = q.claim(q.enqueue("a@example.test", ["b@example.test"], b"x\\r\\n"))
+            e.recipients[0].state = "sent"
+            q.release(e)
+    """)
+    subprocess.run([sys.executable, "-c", code, q.path], check=True, timeout=60)
+    assert os.listdir(trash) == [] and q.entries() == []
