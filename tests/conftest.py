@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from support_net import free_port, wait_port  # noqa: F401 - tests import them from here
+from support_net import free_port, stop_proc, wait_port  # noqa: F401 - tests import them from here
 
 REPO = Path(__file__).resolve().parent.parent
 

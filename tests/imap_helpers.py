@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, free_port, wait_port
+from conftest import REPO, free_port, stop_proc, wait_port
 
 PASSWORD = "secret pass"
 
@@ -43,13 +42,7 @@ class Server:
         wait_port(self.port, proc=self.proc)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_proc(self.proc, timeout=10)
         self.log.close()
 
 

@@ -1,12 +1,13 @@
 """Loopback helpers shared by the tests, the reference servers (support_*.py) and the
 benchmarks in tests/bench/ (which put tests/ on sys.path): a free port, waiting for a listener,
-stopping a daemon by PID."""
+stopping a daemon by PID or a child server."""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import subprocess
 import time
 
 
@@ -42,3 +43,16 @@ def stop_pid(pid: int | None, timeout: float = 10.0) -> None:
             time.sleep(0.05)
     except ProcessLookupError:
         pass
+
+
+def stop_proc(proc, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+    """Signal our child server (SIGTERM: its clean stop), wait for it, SIGKILL it when it does
+    not stop in time; its exit status (negative: the signal that ended it)."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

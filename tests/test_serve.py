@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, mailtools_cmd, wait_port
+from conftest import free_port, mailtools_cmd, stop_proc, wait_port
 
 PASSWORD = "correct horse battery staple"
 
@@ -66,13 +66,7 @@ class Serve:
         return subprocess.run([*mailtools_cmd(), *args], input=input, capture_output=True, env=env, timeout=60)
 
     def stop(self, sig=signal.SIGTERM, timeout=20):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_proc(self.proc, sig, timeout)
         self.logf.close()
         return self.proc.returncode
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, mailtools_cmd, wait_port
+from conftest import free_port, mailtools_cmd, stop_proc, wait_port
 from mailtools.core.auth import Users
 from mailtools.core.queue import Queue
 
@@ -50,11 +50,7 @@ class MSA:
         return Path(Queue(self.home / "queue").message_path(entry)).read_bytes()
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_proc(self.proc, timeout=10)
         self.stderr.close()
 
     def client(self) -> smtplib.SMTP:

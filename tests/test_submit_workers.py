@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, mailtools_cmd, wait_port
+from conftest import free_port, mailtools_cmd, stop_proc, wait_port
 from mailtools.core.auth import Users, hash_password
 from mailtools.core.queue import Queue
 
@@ -85,13 +85,7 @@ class Server:
         return c
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_proc(self.proc, timeout=30)
         self.logf.close()
         return self.proc.returncode
 
