@@ -109,6 +109,33 @@ def test_nudger_wakes_a_daemon_once_per_drain_and_survives_its_restart(tmp_path)
         n.close()
 
 
+def test_nudger_called_from_many_threads_at_once_leaves_the_daemon_woken(tmp_path):
+    # callers that find another one nudging return at once; that one looks again for them
+    import threading
+
+    n = qmod.Nudger(tmp_path)
+    listener = qmod.NudgeListener(tmp_path)
+    try:
+        for _ in range(20):
+            start = threading.Barrier(16)
+
+            def call():
+                start.wait()
+                for _ in range(20):
+                    assert n()
+
+            threads = [threading.Thread(target=call) for _ in range(16)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert os.read(listener.fd, 100) == b"!"  # woken, once: the last calls too
+            assert n._again is False
+    finally:
+        listener.close()
+        n.close()
+
+
 def test_a_process_without_threads_fsyncs_without_importing_threading(tmp_path):
     # sendmail's one-message process: enqueue must not pull in threading for the group commit
     import subprocess

@@ -5,7 +5,11 @@ class. Both are importable from core.queue as before."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import stat
+import struct
+import termios
 
 from mailtools.core.queue import NUDGE
 
@@ -23,35 +27,49 @@ class Nudger:
         self.path = os.path.join(os.fspath(queue_dir), NUDGE)
         self._fd: int | None = None
         self._lock = threading.Lock()
+        self._again = False  # a caller found the lock taken: nudge for it (see __call__)
 
     def __call__(self) -> bool:
-        import fcntl
-        import stat
-        import struct
-        import termios
-
-        with self._lock:
-            fd = self._fd
-            if fd is None:
-                try:
-                    fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW
-                                 | getattr(os, "O_CLOEXEC", 0))
-                except OSError:
-                    return False
-                if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-                    os.close(fd)
-                    return False
-                self._fd = fd
+        # Called by many hook threads at once (serve: 32), and each system call below hands
+        # the GIL over and waits to get it back, so a lock held around them made a convoy
+        # every message's 250 waited in. Instead a caller that finds the lock taken only
+        # leaves word (_again) and returns: the holder looks at the FIFO once more for it
+        # after the word was left (its entry was in new/ before), before and after letting go.
+        self._again = True
+        while self._lock.acquire(blocking=False):
             try:
-                unread = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
-                if unread == 0:
-                    os.write(fd, b"!")
-                return True
-            except BlockingIOError:
-                return True  # a full pipe: the daemon is awake already
+                ok = True
+                while self._again:
+                    self._again = False
+                    ok = self._nudge()
+            finally:
+                self._lock.release()
+            if not self._again:
+                return ok
+        return True  # the holder nudges for us
+
+    def _nudge(self) -> bool:
+        fd = self._fd
+        if fd is None:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW
+                             | getattr(os, "O_CLOEXEC", 0))
             except OSError:
-                self._close()
                 return False
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.close(fd)
+                return False
+            self._fd = fd
+        try:
+            unread = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+            if unread == 0:
+                os.write(fd, b"!")
+            return True
+        except BlockingIOError:
+            return True  # a full pipe: the daemon is awake already
+        except OSError:
+            self._close()
+            return False
 
     def _close(self) -> None:
         if self._fd is not None:
@@ -74,7 +92,6 @@ class NudgeListener:
     Use as a context manager, or call close()."""
 
     def __init__(self, queue_dir):
-        import stat
 
         path = os.path.join(os.fspath(queue_dir), NUDGE)
         os.makedirs(os.fspath(queue_dir), exist_ok=True)
