@@ -117,10 +117,28 @@ class ClaimLost(QueueError):
 # -- small helpers ------------------------------------------------------------------------
 
 
+_random_chunks: list = []  # five bytes from os.urandom each; see random5()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_random_chunks.clear)  # a child never repeats its parent's
+
+
+def random5() -> bytes:
+    """Five random bytes (os.urandom's), drawn 320 at a time. Each os.urandom call hands the
+    GIL over and waits to get it back, and a threaded server (serve) made four per message,
+    two of them on the event loop's thread. list.pop() is atomic: no two callers get the same
+    bytes; a forked child starts with none."""
+    try:
+        return _random_chunks.pop()
+    except IndexError:
+        block = os.urandom(320)
+        _random_chunks.extend([block[i:i + 5] for i in range(0, 320, 5)])
+        return _random_chunks.pop()
+
+
 def new_id(now: float | None = None) -> str:
     """13 hex digits of microseconds since the epoch + 10 random hex digits (sortable, unique)."""
     usec = int((time.time() if now is None else now) * 1_000_000)
-    return f"{usec:013X}{os.urandom(5).hex().upper()}"
+    return f"{usec:013X}{random5().hex().upper()}"
 
 
 def valid_id(qid: str) -> bool:
@@ -733,7 +751,7 @@ class Queue:
         _claims += 1
         # A unique name per claim: two tasks of one process never both win, and an NFS
         # retransmitted rename can be told apart from someone else's claim.
-        name = f"{qid}.{os.getpid()}.{_HOST}.{_claims:x}{os.urandom(2).hex()}"
+        name = f"{qid}.{os.getpid()}.{_HOST}.{_claims:x}{random5()[:2].hex()}"
         src = os.path.join(self._dir("new"), qid)
         dst = os.path.join(self._dir("active"), name)
         try:
@@ -815,7 +833,7 @@ class Queue:
         return True
 
     def _discard(self, p: str, qid: str, durable: bool = True, now: bool = True) -> None:
-        trash = os.path.join(self._dir("trash"), f"{qid}.{os.urandom(4).hex()}")
+        trash = os.path.join(self._dir("trash"), f"{qid}.{random5()[:4].hex()}")
         os.rename(p, trash)
         if durable:
             _fsync_dir(os.path.dirname(p))

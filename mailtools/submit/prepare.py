@@ -8,7 +8,6 @@ on the sendmail path and re-serialises what it parses); the message keeps its ow
 
 from __future__ import annotations
 
-import os
 import time
 
 from mailtools.core.message import get_header, iter_fields, line_ending, split_header
@@ -155,7 +154,9 @@ def remove_fields(header: bytes, names: tuple[str, ...]) -> bytes:
 
 # --- fix-ups --------------------------------------------------------------------------------
 def message_id(hostname: str) -> str:
-    return f"<{time.time_ns():x}.{os.urandom(5).hex()}@{hostname}>"
+    from mailtools.core.queue import random5  # (os.urandom, drawn in blocks: see there)
+
+    return f"<{time.time_ns():x}.{random5().hex()}@{hostname}>"
 
 
 def _needs_quotes(name: str) -> bool:
