@@ -36,6 +36,9 @@ FINAL_STATES = ("sent", "bounced")
 def _escape(value: str, keep_space: bool = False) -> str:
     """Percent-encode (as UTF-8 bytes) '%', whitespace and anything unprintable, so a value
     never splits a line or a field; other characters (UTF-8 addresses too) stay readable."""
+    # the usual value needs nothing: among printable characters only ' ' is whitespace
+    if "%" not in value and value.isprintable() and (keep_space or " " not in value):
+        return value
     out = []
     for ch in value:
         if ch == "%" or (not ch.isprintable() or ch.isspace()) and not (keep_space and ch == " "):
