@@ -51,3 +51,18 @@ def say(program: str, line: str) -> None:
             os.write(_fd, f"{stamp} {program}[{os.getpid()}]: {line}\n".encode("utf-8", "replace"))
     except (OSError, ValueError):
         pass
+
+
+def say_lines(program: str, lines: list) -> None:
+    """say() for several lines: on stderr one write (one system call, where a threaded server
+    hands the GIL over and waits for it back), else line by line."""
+    if _target != "stderr":
+        for line in lines:
+            say(program, line)
+        return
+    try:
+        pid = os.getpid()
+        sys.stderr.write("".join(f"{program}[{pid}]: {line}\n" for line in lines))
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass

@@ -36,12 +36,13 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from mailtools.core.log import say
+from mailtools.core.log import say, say_lines
 from mailtools.core.queue import ClaimLost
 from mailtools.relay import client as smtp
 from mailtools.relay.bounce import Failure, build_dsn
@@ -101,8 +102,15 @@ class Destination:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+_held: list | None = None  # lines _finalize() collects on the loop's thread (see there)
+_held_by = 0
+
+
 def log(line: str) -> None:
     """A Postfix-shaped log line on stderr: `relay[PID]: QUEUEID: to=<...>, ...`."""
+    if _held is not None and _held_by == threading.get_ident():
+        _held.append(line)
+        return
     say("relay", line)
 
 
@@ -265,7 +273,21 @@ class Runner:
         """Every job of the entry has an outcome: record them, then write the spool. A finished
         entry without bounces is only renamed out of the queue (no fsync: see Queue.release),
         right here on the loop; anything that fsyncs (an envelope update, a DSN) goes to the
-        spool threads, so a slow disk never holds up the connections."""
+        spool threads, so a slow disk never holds up the connections. Its log lines (to=...,
+        removed) are written together at the end: one write, where each is a hand-over of the
+        GIL on the loop's thread."""
+        global _held, _held_by
+        if _held is not None and _held_by == threading.get_ident():
+            return self._finalize_entry(work)  # within another one: that one writes them
+        _held, _held_by = [], threading.get_ident()
+        try:
+            self._finalize_entry(work)
+        finally:
+            lines, _held = _held, None
+            if lines:
+                say_lines("relay", lines)
+
+    def _finalize_entry(self, work: EntryWork) -> None:
         try:
             failures, final, warn = self._record(work)
         except Exception as exc:  # noqa: BLE001 - the entry stays claimed; recover() returns it
