@@ -192,7 +192,10 @@ def _read_file(path: str) -> bytes:
     files per claimed entry on its event loop. Raises OSError as open() does."""
     fd = os.open(path, _READ_FLAGS)
     try:
-        chunks = []
+        chunk = os.read(fd, 65536)
+        if len(chunk) < 65536:
+            return chunk  # a short read of a regular file is its end: no read() to hear so
+        chunks = [chunk]
         while True:
             chunk = os.read(fd, 65536)
             if not chunk:
