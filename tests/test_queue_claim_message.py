@@ -73,3 +73,36 @@ def test_two_file_entry_leaves_the_message_to_read_message(q):
         f.write(Entry(qid, "old@example.test", [Recipient("b@example.net")], 0.0, len(MSG)).serialise())
     entry, data = q.claim_with_message(qid, want=lambda e: True)
     assert entry.sender == "old@example.test" and data is None and q.read_message(entry) == MSG
+
+
+def test_an_entry_enqueued_here_is_claimed_without_reading_its_file(q, monkeypatch):
+    # serve: the submission server and the runner share the process; the runner's claim takes
+    # the bytes enqueue() wrote instead of reading them back on its event loop
+    from mailtools.core import queue as qmod
+
+    first = q.enqueue("a@example.test", ["b@example.net"], MSG)
+    assert q.claim_with_message(first, want=lambda e: True)[1] == MSG  # a runner lives here
+    qid = q.enqueue("a@example.test", ["b@example.net", "c@example.net"], MSG)
+
+    def no_read(*a, **kw):
+        raise AssertionError("read the entry file")
+
+    monkeypatch.setattr(qmod, "_read_whole", no_read)
+    seen = []
+    entry, data = q.claim_with_message(qid, want=lambda e: seen.append(e) or True)
+    assert data == MSG and [r.address for r in seen[0].recipients] == ["b@example.net", "c@example.net"]
+    assert entry.state_dir == "active" and entry.id == qid
+    monkeypatch.undo()
+    # another runner (process) claims, updates and puts back an entry we still remember: the
+    # envelope it wrote wins, as for a claim that read the file before the other's update
+    qid = q.enqueue("a@example.test", ["b@example.net", "c@example.net"], MSG)
+    other = Queue(q.path)
+    monkeypatch.setattr(qmod, "_fresh", {})  # the other process remembers nothing
+    e = other.claim(qid)
+    monkeypatch.undo()
+    e.recipients[0].state = "sent"
+    other.update(e)
+    assert other.release(e)
+    entry, data = q.claim_with_message(qid, want=lambda e: True)
+    assert [r.state for r in entry.recipients] == ["sent", "queued"] and data == MSG
+    assert q.read_message(entry) == MSG

@@ -117,6 +117,33 @@ class ClaimLost(QueueError):
 # -- small helpers ------------------------------------------------------------------------
 
 
+# Entries this process just enqueued, for its own runner's claim (serve: the submission
+# server and the queue runner in one process): (queue path, qid) -> (envelope, message), the
+# very bytes of the entry file, which is never rewritten (an update() writes a separate
+# envelope, which the claim looks for after its rename as before). The claim then reads no
+# file before its rename: four system calls fewer on the runner's event loop per message.
+# Kept only once this process has claimed with the message (a runner lives here), for
+# messages up to _FRESH_SIZE, at most _FRESH_MAX of them (the oldest go first).
+_fresh: dict = {}
+_fresh_on = False
+_FRESH_MAX = 256
+_FRESH_SIZE = 64 * 1024
+
+
+def _fresh_switch_on() -> None:
+    global _fresh_on
+    _fresh_on = True
+
+
+def _fresh_put(key: tuple, head: bytes, data: bytes) -> None:
+    _fresh[key] = (head, data)
+    while len(_fresh) > _FRESH_MAX:
+        try:
+            del _fresh[next(iter(_fresh))]
+        except (RuntimeError, StopIteration, KeyError):  # another thread changed it meanwhile
+            break
+
+
 _random_chunks: list = []  # five bytes from os.urandom each; see random5()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_random_chunks.clear)  # a child never repeats its parent's
@@ -544,19 +571,23 @@ class Queue:
                 if chosen:
                     raise
         entry = Entry(qid, sender, rcpts, now, len(data), dsn)
+        head = entry.serialise()
+        key = (self.path, qid)
         try:
             fd = os.open(qid, _DIR_FLAGS, dir_fd=tmp_fd)
             try:
                 # a spare's old entry file is truncated and rewritten (or made again when a
                 # recover() unlinked it meanwhile)
-                _write_file(ENTRY, entry.serialise() + b"\n" + data, spare is None, dir_fd=fd,
-                            dsync=True)
+                _write_file(ENTRY, head + b"\n" + data, spare is None, dir_fd=fd, dsync=True)
                 os.fsync(fd)  # the name entry
             finally:
                 os.close(fd)
+            if _fresh_on and len(data) <= _FRESH_SIZE:
+                _fresh_put(key, head, data)
             os.rename(qid, qid, src_dir_fd=tmp_fd, dst_dir_fd=new_fd)
         except BaseException:
             # disk full, I/O error: leave nothing behind (nothing was accepted)
+            _fresh.pop(key, None)
             _remove_tree(os.path.join(self._dir("tmp"), qid))
             raise
         try:
@@ -569,6 +600,7 @@ class Queue:
                 os.rename(qid, qid, src_dir_fd=new_fd, dst_dir_fd=tmp_fd)
             except OSError:
                 return qid
+            _fresh.pop(key, None)
             _remove_tree(os.path.join(self._dir("tmp"), qid))
             raise
         return qid
@@ -733,10 +765,16 @@ class Queue:
         if not valid_id(qid):
             raise QueueError(f"not a queue id: {qid!r}")
         seen = raw = body = None
+        if with_message and not _fresh_on:
+            _fresh_switch_on()
+        fresh = _fresh.pop((self.path, qid), None) if _fresh else None  # any claim ends it
         if want is not None:
             try:
                 src = os.path.join(self._dir("new"), qid)
-                if with_message:
+                if fresh is not None and with_message:  # what enqueue() wrote here, as it is
+                    raw, body = fresh
+                    where = os.path.join(src, ENTRY)
+                elif with_message:
                     raw, where, body = _read_whole(src)
                 else:
                     raw, where = _read_envelope(src)
