@@ -59,7 +59,9 @@ What a crash leaves behind, state by state:
   the envelope update() made durable).
 - release() when every recipient is final: no fsync and no envelope update at all (the runner
   skips update()): a rename into trash/, which takes the entry out of the queue, then a
-  background thread unlinks the two files and the directory. A crash that loses the rename
+  background thread unlinks the two files and the directory (or, in a process that also
+  queues mail, keeps a one-file entry's directory there for a second as a spare its next
+  enqueue() renames into tmp/ and rewrites: see _Remover.SPARE_AGE). A crash that loses the rename
   leaves the entry in active/ or new/ with its last durable envelope: it is delivered again to
   the recipients not recorded as final there (at-least-once, as Postfix, which does not fsync
   its unlink either). A leftover in trash/ is removed by recover().
