@@ -281,7 +281,7 @@ def test_overlapping_once_exits_at_once(env, dns):
 
 
 def test_four_concurrent_runners_deliver_each_message_once(env, dns, tmp_path):
-    n = 400
+    n = 150  # under relay --once's own split into processes (200): one process per runner
     with support_sink.start_sink() as sink:
         # few connections each, so no runner can swallow the whole queue before the others start
         cfgs = [env.write(dns, sink.port, extra_relay="concurrency = 2")]
@@ -293,8 +293,18 @@ def test_four_concurrent_runners_deliver_each_message_once(env, dns, tmp_path):
         for i in range(n):
             env.enqueue("alice@example.test", [f"u{i}@remote.test"], msg(f"conc{i}"))
         e = dict(os.environ)
-        procs = [subprocess.Popen([*mailtools_cmd(), "relay", "--once"], env={**e, "MAILTOOLS_CONFIG": str(c)},
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in cfgs]
+        # The sink is paused until at least two runners hold claims: on a loaded machine the
+        # first runner could otherwise finish the queue before the others have started.
+        os.kill(sink.pid, signal.SIGSTOP)
+        try:
+            procs = [subprocess.Popen([*mailtools_cmd(), "relay", "--once"], env={**e, "MAILTOOLS_CONFIG": str(c)},
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in cfgs]
+            active = env.root / "queue" / "active"
+            deadline = time.monotonic() + 60
+            while len({p.name.split(".")[1] for p in active.iterdir()}) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            os.kill(sink.pid, signal.SIGCONT)
         outs = [p.communicate(timeout=90) for p in procs]
         assert all(p.returncode == 0 for p in procs), outs
         time.sleep(0.5)
