@@ -558,6 +558,9 @@ class Queue:
             try:
                 if spare is not None:
                     try:
+                        # fresh mtime first: recover() ages tmp/ by it, and a spare can be
+                        # days old; in tmp/ with its old time it would be swept mid-enqueue
+                        os.utime(spare)
                         os.rename(spare, qid, dst_dir_fd=tmp_fd)  # see _Remover.SPARE_AGE
                         break
                     except FileNotFoundError:
