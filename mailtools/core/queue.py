@@ -221,10 +221,9 @@ def _read_file(path: str) -> bytes:
     files per claimed entry on its event loop. Raises OSError as open() does."""
     fd = os.open(path, _READ_FLAGS)
     try:
-        chunk = os.read(fd, 65536)
-        if len(chunk) < 65536:
-            return chunk  # a short read of a regular file is its end: no read() to hear so
-        chunks = [chunk]
+        # Read until read() says end of file: a short read is not one everywhere (the spool
+        # may be on NFS), and a message cut there would be delivered cut.
+        chunks = []
         while True:
             chunk = os.read(fd, 65536)
             if not chunk:
