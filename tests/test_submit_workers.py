@@ -257,16 +257,18 @@ def gone(pid: int) -> bool:
         return True
 
 
-def test_ctrl_c_to_the_process_group_drains_once(home, servers):
-    # A terminal's Ctrl-C signals the parent and every worker at once: the workers still drain
-    # (they leave SIGINT to the parent, which sends them one SIGTERM), not exit on a "second" one.
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_to_the_process_group_drains_once(home, servers, sig):
+    # A terminal's Ctrl-C (SIGINT), or systemd stopping the service (SIGTERM to every process
+    # of its cgroup), signals the parent and every worker at once: the workers still drain, and
+    # do not take the parent's forwarded SIGTERM for a second, "exit now", one.
     s = start(servers, home, 2)
     idle = [c for c in everywhere(s, "secret1")]
-    os.killpg(s.proc.pid, signal.SIGINT)
+    os.killpg(s.proc.pid, sig)
     for c in idle:
         assert c.getreply()[0] == 421
     assert s.proc.wait(30) == 0
-    assert "SIGINT: draining 2 worker(s)" in s.log()
+    assert f"{signal.Signals(sig).name}: draining 2 worker(s)" in s.log()
 
 
 def test_workers_drain_and_exit_when_the_parent_dies(home, servers):

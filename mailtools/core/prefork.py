@@ -22,8 +22,9 @@ The cost is one accept and one sendmsg per connection in the parent, not per mes
 
 Signals to the parent: SIGTERM/SIGINT close the listeners and are forwarded as SIGTERM, the
 workers drain (finish the command in hand, 421 to idle sessions) and the parent exits 0 once
-every worker has exited (a second signal is forwarded too: the workers then exit at once).
-Workers ignore SIGINT: a terminal's Ctrl-C reaches the whole process group, and would otherwise
+every worker has exited (a second signal is forwarded as SIGQUIT: the workers then exit at
+once). Workers ignore SIGINT and take any number of SIGTERMs as one: a terminal's Ctrl-C, or
+systemd's SIGTERM to every process of the service, reaches the workers too, and would otherwise
 count twice in every worker. SIGHUP runs the parent's `on_hup` (reload what a restarted worker
 would start with) and is forwarded. A worker that dies is restarted at once, or after a growing
 pause (1 s, doubling to 30 s) when it keeps dying within a second of its start; the others keep
@@ -254,8 +255,12 @@ class Supervisor:
                 self.log(f"{signal.Signals(sig).name}: draining {len(self.workers)} worker(s)")
                 self._restart_at.clear()
                 self._close_listeners()
+        # The first stop is a SIGTERM (drain), a second one SIGQUIT (exit now): a worker may get
+        # its own SIGTERM too (systemd signals every process of the service), and two SIGTERMs
+        # must still mean one drain.
+        fwd = signal.SIGHUP if sig == signal.SIGHUP else signal.SIGTERM if self.stopping < 2 else signal.SIGQUIT
         for w in self.workers.values():
-            _kill(w.pid, signal.SIGHUP if sig == signal.SIGHUP else signal.SIGTERM)
+            _kill(w.pid, fwd)
 
     # --- connections -----------------------------------------------------------------------
     def _set_accepting(self) -> None:

@@ -349,7 +349,7 @@ async def _worker(cfg, ctx, channel, n: int) -> int:
         task.add_done_callback(pending.discard)
 
     stop = asyncio.Event()
-    _signals(loop, stop, lambda: reload(cfg, [listener], n), sigint=False)
+    _signals(loop, stop, lambda: reload(cfg, [listener], n), worker=True)
     channel.attach(loop, on_connection, stop.set)  # the parent gone: drain and exit too
     await stop.wait()
     channel.detach()
@@ -366,18 +366,21 @@ def _share(cfg, n: int) -> int:
     return max(1, -(-int(cfg.submit.max_connections) // n))
 
 
-def _signals(loop, stop, on_hup, sigint: bool = True) -> None:
-    """SIGTERM (and SIGINT, but not in a worker: see core/prefork): stop (a second one: exit at
-    once; accepted mail is fsynced already); SIGHUP: on_hup()."""
+def _signals(loop, stop, on_hup, worker: bool = False) -> None:
+    """SIGTERM and SIGINT: stop (a second one: exit at once; accepted mail is fsynced already);
+    SIGHUP: on_hup(). A worker (see core/prefork) leaves SIGINT to its parent, takes every
+    SIGTERM as the one drain, and exits at once on the parent's SIGQUIT."""
     import signal
 
     def on_stop() -> None:
-        if stop.is_set():
+        if stop.is_set() and not worker:
             os._exit(0)
         stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT) if sigint else (signal.SIGTERM,):
+    for sig in (signal.SIGTERM,) if worker else (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop)
+    if worker:
+        loop.add_signal_handler(signal.SIGQUIT, lambda: os._exit(0))
     loop.add_signal_handler(signal.SIGHUP, on_hup)
 
 
