@@ -41,11 +41,9 @@ _SEG = struct.Struct("!BI")  # stream (1 stdout, 2 stderr), length
 
 def workers() -> int:
     """How many worker processes a large bulk run uses (1: none)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(MAX_WORKERS, cores))
+    from mailtools.core.prefork import usable_cpus
+
+    return max(1, min(MAX_WORKERS, usable_cpus()))
 
 
 def read_start(fd: int = 0) -> tuple[bytes, bool]:

@@ -58,6 +58,15 @@ _QUICK_DEATH = 1.0  # a worker that dies sooner than this after its start is res
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's or taskset's share, not the host's
+    count, which os.cpu_count() gives): how many worker processes are worth forking."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def bind(spec: str) -> list[socket.socket]:
     """Listening sockets for one HOST:PORT (every address of a host name; both families for an
     empty host, as asyncio's create_server does). OSError when one cannot be bound."""

@@ -888,7 +888,9 @@ async def run_queue(cfg, *, flush: bool = False, smarthost: Optional[str] = None
 def _processes(cfg, entries: int) -> int:
     """How many processes share a long queue: one per CPU (at most 4), each with at least
     PER_PROCESS entries and one connection; one process is one core's worth of Python (GIL)."""
-    n = min(os.cpu_count() or 1, 4, entries // PER_PROCESS, max(1, int(cfg.relay.concurrency)))
+    from mailtools.core.prefork import usable_cpus
+
+    n = min(usable_cpus(), 4, entries // PER_PROCESS, max(1, int(cfg.relay.concurrency)))
     return max(1, n)
 
 

@@ -238,7 +238,11 @@ def worker_count(cfg, workers: int | None) -> int:
     n = int(cfg.submit.workers) if workers is None else workers
     if n < 0:
         raise ConfigError(f"[submit] workers must be 0 (one per CPU) or more, not {n}")
-    return n or os.cpu_count() or 1
+    if n:
+        return n
+    from mailtools.core.prefork import usable_cpus
+
+    return usable_cpus()
 
 
 def serve(cfg, listen: list[str], tls_listen: list[str], workers: int | None = None) -> int:
@@ -253,7 +257,6 @@ def serve(cfg, listen: list[str], tls_listen: list[str], workers: int | None = N
     if n > 1:
         return _serve_workers(cfg, listen, tls_listen, n)
     import asyncio
-    import signal
 
     from mailtools.core.exitcodes import TempFail
     from mailtools.core.listen import bound_addresses
