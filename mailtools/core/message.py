@@ -9,6 +9,24 @@ re-serialise what it parses.
 
 from __future__ import annotations
 
+import time
+
+_last_date: tuple = (None, "")  # (epoch second, its rfc5322_date): servers stamp many a second
+
+
+def rfc5322_date(when: float | None = None) -> str:
+    """'Sat, 28 Nov 2026 15:47:00 +0000': local time and its numeric zone (RFC 5322 3.3), for
+    Date and Received. (Python sets only LC_CTYPE, so %a and %b are the English names the RFC
+    wants.)"""
+    global _last_date
+    if when is not None:
+        return time.strftime("%a, %d %b %Y %H:%M:%S %z", time.localtime(when))
+    now = int(time.time())
+    last = _last_date
+    if last[0] != now:
+        last = _last_date = (now, time.strftime("%a, %d %b %Y %H:%M:%S %z", time.localtime(now)))
+    return last[1]
+
 
 def header_end(data: bytes) -> int:
     """Offset just after the empty line that ends the header (len(data) when there is none)."""

@@ -1,11 +1,11 @@
 """The Received trace header (RFC 5321 4.4) with the RFC 3848 protocol keyword.
 
-Light: no imports beyond the standard library's time, so `sendmail` can use it too.
+Light: only core.message (for the date) beyond the standard library.
 """
 
 from __future__ import annotations
 
-import time
+from mailtools.core.message import rfc5322_date  # noqa: F401 - also imported from here
 
 
 def protocol_keyword(esmtp: bool, tls: bool, auth: bool) -> str:
@@ -13,31 +13,6 @@ def protocol_keyword(esmtp: bool, tls: bool, auth: bool) -> str:
     if not esmtp:
         return "SMTP"
     return "ESMTP" + ("S" if tls else "") + ("A" if auth else "")
-
-
-_last_date: tuple = (None, "")  # (epoch second, its rfc5322_date): servers stamp many a second
-
-
-def rfc5322_date(when: float | None = None) -> str:
-    """'Sat, 28 Nov 2026 15:47:00 +0000' in local time with its numeric zone (RFC 5322 3.3)."""
-    global _last_date
-    if when is None:
-        now = int(time.time())
-        last = _last_date
-        if last[0] == now:
-            return last[1]
-        text = _format_date(now)
-        _last_date = (now, text)
-        return text
-    return _format_date(when)
-
-
-def _format_date(when: float) -> str:
-    t = time.localtime(when)
-    off = t.tm_gmtoff or 0
-    sign = "+" if off >= 0 else "-"
-    off = abs(off)
-    return time.strftime("%a, %d %b %Y %H:%M:%S ", t) + f"{sign}{off // 3600:02d}{off % 3600 // 60:02d}"
 
 
 def _clean(text: str) -> str:

@@ -10,16 +10,9 @@ from __future__ import annotations
 
 import time
 
-from mailtools.core.message import get_header, iter_fields, line_ending, split_header
+from mailtools.core.message import get_header, iter_fields, line_ending, rfc5322_date, split_header
 
 MAX_LINE = 998  # RFC 5322 2.1.1, without the CRLF
-
-
-def rfc5322_date(when: float | None = None) -> str:
-    """'Sat, 28 Nov 2026 15:47:00 +0000': local time and its numeric zone (RFC 5322 3.3). Here,
-    not taken from smtpd.received: sendmail would load the smtpd package for one strftime.
-    (Python sets only LC_CTYPE, so %a and %b are the English names the RFC wants.)"""
-    return time.strftime("%a, %d %b %Y %H:%M:%S %z", time.localtime(when))
 
 
 def longest_line(data: bytes) -> int:
