@@ -29,7 +29,7 @@ def entries(root):
 
 
 def message_of(root, entry) -> bytes:
-    return Path(Queue(root / "queue").message_path(entry)).read_bytes()
+    return Queue(root / "queue").read_message(entry)
 
 
 def call(path, *args, input=MSG, env=None):

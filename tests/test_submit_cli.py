@@ -46,7 +46,7 @@ def entries(root) -> list:
 
 
 def message_of(root, entry) -> bytes:
-    return Path(Queue(root / "queue").message_path(entry)).read_bytes()
+    return Queue(root / "queue").read_message(entry)
 
 
 def sendmail(links, *args, input=MSG, env=None):

@@ -27,7 +27,7 @@ def check_queue(root: Path) -> list:
         return []
     entries = q.entries()  # raises on a half-written envelope
     for e in entries:
-        data = Path(q.message_path(e)).read_bytes()
+        data = q.read_message(e)
         assert len(data) == e.size, f"{e.id}: {len(data)} bytes, envelope says {e.size}"
         assert data.rstrip().endswith(b"END-OF-MESSAGE")
     for e in entries:

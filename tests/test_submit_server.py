@@ -47,7 +47,7 @@ class MSA:
         return Queue(self.home / "queue").entries() if (self.home / "queue").exists() else []
 
     def message(self, entry) -> bytes:
-        return Path(Queue(self.home / "queue").message_path(entry)).read_bytes()
+        return Queue(self.home / "queue").read_message(entry)
 
     def stop(self):
         stop_proc(self.proc, timeout=10)

@@ -723,21 +723,8 @@ class Queue:
                 continue
         raise QueueError(f"no such queue entry: {qid}")
 
-    def message_path(self, entry: Entry) -> str:
-        """Path of a file holding exactly the message (valid while the entry stays where it
-        was seen). For a one-file entry this writes that file, ``message``, beside ``entry``
-        (the durable copy, which read_message() keeps reading): read_message() is the cheap
-        way to the bytes."""
-        if entry.path is None:
-            entry.path = self._find(entry.id)[0]
-        path = os.path.join(entry.path, "message")
-        if os.path.exists(os.path.join(entry.path, ENTRY)) and not os.path.exists(path):
-            tmp = os.path.join(entry.path, f"message.{os.getpid()}.tmp")
-            _write_file(tmp, _read_message(entry.path), exclusive=False)
-            os.rename(tmp, path)
-        return path
-
     def read_message(self, entry: Entry) -> bytes:
+        """The message as submitted (either layout), read from where the entry was seen."""
         if entry.path is None:
             entry.path = self._find(entry.id)[0]
         return _read_message(entry.path)
