@@ -498,8 +498,6 @@ class Resolver:
                 qid = ids.pop() if ids else _query_ids.next()
                 while qid in pending:
                     qid = _query_ids.next()
-                if client.closed:
-                    raise ConnectionResetError("socket closed")
                 # queued; sent with the others of this loop iteration (_UDPClient.flush)
                 pending[qid] = q
                 outbox = client.outbox
