@@ -277,8 +277,8 @@ async def start_server(
     if tls_listen and ssl_context is None:
         raise ValueError("implicit TLS listeners need a certificate ([tls] cert and key)")
     loop = asyncio.get_running_loop()
-    listener = _Listener(handler_factory, hostname, limits or Limits(), ssl_context,
-                         max_connections, handshake_timeout)
+    listener = make_listener(handler_factory, ssl_context, hostname=hostname, limits=limits,
+                             max_connections=max_connections, handshake_timeout=handshake_timeout)
     servers = []
     for specs, implicit in ((listen, False), (tls_listen, True)):
         for spec in specs:
