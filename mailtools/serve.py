@@ -236,14 +236,14 @@ class Server:
         self.stop_event.set()
 
     def on_hup(self) -> None:
+        from mailtools.core import auth
+
         try:
-            new = cfgmod.load(self.cfg.source, reload=True)
+            cfgmod.reload_into(self.cfg)
         except Exception as exc:  # noqa: BLE001 - keep serving with the old config
             _say(f"mailtools serve: reload failed, keeping the old configuration: {exc}")
             return
-        # Values read per message or per login (domains, limits, retry, users file) take
-        # effect at once; listener addresses need a restart.
-        self.cfg.__dict__.update({k: v for k, v in new.__dict__.items() if k not in ("root",)})
+        auth.forget_users()  # also a users file edited in place with the same size and time
         _say("mailtools serve: configuration and users reloaded")
 
 

@@ -494,6 +494,12 @@ class Users:
 _cache: dict[str, Users] = {}
 
 
+def forget_users() -> None:
+    """Make load_users() read the users file again at its next call, even one edited in place
+    with the same size and time stamp (a server's SIGHUP)."""
+    _cache.clear()
+
+
 def load_users(cfg) -> Users:
     """The users file of this configuration, re-read whenever it changed on disk (cheap stat
     on every call, so a server sees `mailtools user add` at the next login). New problems are

@@ -401,6 +401,16 @@ def _parse_toml(path: str, raw: bytes) -> dict:
     return data
 
 
+def reload_into(cfg: Config) -> None:
+    """A server's SIGHUP: read cfg's file again and update cfg in place, so every part holding
+    it sees the new values (those read per connection, message or login take effect at once;
+    the data root, listener addresses and worker counts need a restart). Raises ConfigError
+    (the caller keeps serving with what it has)."""
+    source = cfg.source if cfg.source and os.path.isfile(cfg.source) else None
+    new = load(source, reload=True)
+    cfg.__dict__.update({k: v for k, v in new.__dict__.items() if k != "root"})
+
+
 def load(path: str | None = None, *, reload: bool = False) -> Config:
     """Load (once per process) and check the configuration."""
     global _cached

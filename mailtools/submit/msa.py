@@ -395,13 +395,11 @@ def reload(cfg, listeners, n: int) -> None:
     from mailtools.core import config as cfgmod
 
     try:
-        new = cfgmod.load(cfg.source if cfg.source and os.path.isfile(cfg.source) else None,
-                          reload=True)
+        cfgmod.reload_into(cfg)
     except Exception as exc:  # noqa: BLE001 - keep serving with the old configuration
         log(f"warning: reload failed, keeping the old configuration: {exc}")
         return
-    cfg.__dict__.update({k: v for k, v in new.__dict__.items() if k != "root"})
-    auth._cache.clear()  # load_users() re-reads at the next login
+    auth.forget_users()  # load_users() re-reads at the next login
     for listener in listeners:
         listener.limits = limits_from(cfg)
         listener.max_connections = _share(cfg, n)
