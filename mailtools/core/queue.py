@@ -267,23 +267,26 @@ def _read_whole(entry_dir: str) -> tuple[bytes, str, bytes | None]:
     except FileNotFoundError:
         pass
     where = os.path.join(entry_dir, ENTRY)
-    data = _read_file(where)
+    head, body = _split_entry(_read_file(where), where)
+    return head, where, body
+
+
+def _split_entry(data: bytes, where: str) -> tuple[bytes, bytes]:
+    """A one-file entry -> (its envelope, with its last newline; the message)."""
     end = data.find(b"\n\n")
     if end < 0:
         raise ValueError(f"{where}: no empty line after the envelope")
-    return data[: end + 1], where, data[end + 2 :]
+    return data[: end + 1], data[end + 2 :]
 
 
 def _read_message(entry_dir: str) -> bytes:
     """The message of an entry directory in either layout."""
+    where = os.path.join(entry_dir, ENTRY)
     try:
-        data = _read_file(os.path.join(entry_dir, ENTRY))
+        data = _read_file(where)
     except FileNotFoundError:
         return _read_file(os.path.join(entry_dir, "message"))
-    end = data.find(b"\n\n")
-    if end < 0:
-        raise ValueError(f"{os.path.join(entry_dir, ENTRY)}: no empty line after the envelope")
-    return data[end + 2 :]
+    return _split_entry(data, where)[1]
 
 
 _FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS, _TOPDIR_FL = 0x80086601, 0x40086602, 0x00020000
