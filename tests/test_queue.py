@@ -26,9 +26,9 @@ def q(tmp_path):
 
 def test_enqueue_writes_whole_entry_readable_with_cat(q, tmp_path):
     qid = q.enqueue("a@example.test", ["b@example.net", "c@example.net"], MSG)
-    entry_dir = tmp_path / "queue" / "new" / qid
-    assert os.listdir(entry_dir) == ["entry"]  # one file: the envelope, an empty line, the message
-    env, sep, message = (entry_dir / "entry").read_bytes().partition(b"\n\n")
+    entry = tmp_path / "queue" / "new" / qid
+    assert entry.is_file()  # one plain file: the envelope, an empty line, the message
+    env, sep, message = entry.read_bytes().partition(b"\n\n")
     assert sep and message == MSG
     env = env.decode() + "\n"
     assert env.startswith("mailtools-envelope 1\n")
@@ -187,7 +187,7 @@ def test_one_file_entry_after_update(q, tmp_path):
     assert q.claim(qid).recipients[0].state == "deferred"
     # a one-file entry cut short (no empty line after the envelope): listed as a problem, parked
     bad = q.enqueue("a@example.test", ["b@example.net"], MSG)
-    path = tmp_path / "queue" / "new" / bad / "entry"
+    path = tmp_path / "queue" / "new" / bad
     path.write_bytes(path.read_bytes().partition(b"\n\n")[0])
     assert bad not in [x.id for x in q.entries()] and "no empty line" in q.problems[0]
     assert q.claim(bad, want=lambda e: True) is None
@@ -405,8 +405,8 @@ def test_sigkill_during_enqueue_leaves_whole_entries_only(tmp_path):
 def test_broken_envelope_is_reported_not_hidden(q):
     good = q.enqueue("a@example.test", ["b@example.net"], MSG)
     bad = q.enqueue("a@example.test", ["b@example.net"], MSG)
-    with open(os.path.join(q.path, "new", bad, "envelope"), "w") as f:
-        f.write("mailtools-envelope 1\nid: x\nrcpt: exploded\n")
+    with open(os.path.join(q.path, "new", bad), "wb") as f:
+        f.write(b"mailtools-envelope 1\nid: x\nrcpt: exploded\n\n" + MSG)
     assert [e.id for e in q.entries()] == [good]
     assert len(q.problems) == 1 and bad in q.problems[0] and ":3:" in q.problems[0]
     assert q.claim(bad) is None  # parked in hold/ for the operator
@@ -420,7 +420,7 @@ def test_enqueue_failure_leaves_nothing(q, monkeypatch):
         raise OSError(28, "No space left on device")
 
     q.enqueue("a@example.test", ["b@example.net"], MSG)  # directories exist
-    monkeypatch.setattr(qmod, "_write_file", full)
+    monkeypatch.setattr(qmod, "_write_entry", full)
     with pytest.raises(OSError):
         q.enqueue("a@example.test", ["b@example.net"], MSG)
     assert os.listdir(os.path.join(q.path, "tmp")) == []
@@ -502,14 +502,20 @@ def test_a_removed_entry_directory_is_taken_again_by_the_next_enqueue(q, tmp_pat
         time.sleep(0.005)
     spares = qmod._Remover.spares()
     assert spares, "the remover kept no spare directory"
-    ino = os.stat(next(iter(spares))).st_ino
+    spare = next(iter(spares))
+    dir_ino, file_ino = os.stat(spare).st_ino, os.stat(os.path.join(spare, "entry")).st_ino
     small = q.enqueue("c@example.test", ["d@example.test"], b"Subject: small\r\n\r\nhi\r\n")
     e = q.get(small)
     assert e.sender == "c@example.test" and [r.address for r in e.recipients] == ["d@example.test"]
     assert q.read_message(e) == b"Subject: small\r\n\r\nhi\r\n"  # rewritten whole, nothing of the old
-    assert os.stat(tmp_path / "queue" / "new" / small).st_ino == ino
-    assert os.listdir(trash) == [] and os.listdir(tmp_path / "queue" / "tmp") == []
-    assert sorted(os.listdir(tmp_path / "queue" / "new" / small)) == ["entry"]
+    # the spare's file is the new entry, a plain file in new/; its emptied directory waits
+    assert os.stat(tmp_path / "queue" / "new" / small).st_ino == file_ino
+    assert (tmp_path / "queue" / "new" / small).is_file()
+    assert os.listdir(spare) == [] and os.listdir(tmp_path / "queue" / "tmp") == []
+    # ... for the next claim of a plain-file entry, which renames it into active/
+    e = q.claim(small)
+    assert os.stat(e.path).st_ino == dir_ino and os.listdir(e.path) == ["entry"]
+    assert os.listdir(trash) == [] and q.read_message(e) == b"Subject: small\r\n\r\nhi\r\n"
 
 
 def test_spare_directories_are_removed_when_nobody_takes_them(q, tmp_path):
@@ -546,13 +552,14 @@ def test_a_days_old_spare_taken_by_enqueue_is_not_swept_by_another_recover(q, tm
     (spare,) = qmod._Remover.spares()
     os.utime(spare, (0, 0))
     other = Queue(q.path)  # as another process on the same spool
-    real_write = qmod._write_file
+    os.utime(os.path.join(spare, "entry"), (0, 0))
+    real_write = qmod._write_entry
 
     def write_then_recover(*args, **kwargs):
         real_write(*args, **kwargs)
         other.recover(3600)
 
-    monkeypatch.setattr(qmod, "_write_file", write_then_recover)
+    monkeypatch.setattr(qmod, "_write_entry", write_then_recover)
     qid = q.enqueue("c@example.test", ["d@example.test"], MSG)
-    monkeypatch.setattr(qmod, "_write_file", real_write)
+    monkeypatch.setattr(qmod, "_write_entry", real_write)
     assert q.read_message(q.get(qid)) == MSG

@@ -284,11 +284,12 @@ def test_claim_asks_want_before_the_rename_and_again_only_after_a_change(tmp_pat
     def racing(entry):
         # another runner delivers it between our read and our rename: its envelope changes
         if not asked:
-            other = q.get(b)
+            runner = Queue(q.path)
+            other = runner.claim(b)
             other.recipients[0].state = "deferred"  # tried, and not due for an hour
             other.recipients[0].next_attempt = time.time() + 3600
-            env = tmp_path / "q" / "new" / b / "envelope"
-            env.write_bytes(other.serialise())
+            runner.update(other)
+            assert runner.release(other)
         asked.append(entry.recipients[0].state)
         return entry.recipients[0].state == "queued"
 

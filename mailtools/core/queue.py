@@ -211,6 +211,33 @@ def _write_file(path: str, data: bytes, exclusive: bool = True, *, dir_fd: int |
 
 ENTRY = "entry"  # the one-file layout: envelope, an empty line, the message
 
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | _O_DSYNC
+_REWRITE_FLAGS = os.O_WRONLY | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0) | _O_DSYNC
+
+
+def _write_entry(fd: int, head: bytes, data: bytes) -> None:
+    """Write a one-file entry (the envelope, an empty line, the message) to fd, opened O_DSYNC:
+    one writev(), which returns once data and size are on disk (fsync'd here where the
+    platform has no O_DSYNC). No copy of the message is made to join the parts."""
+    parts = [head + b"\n", data]
+    total = len(parts[0]) + len(data)
+    done = os.writev(fd, parts)
+    if done < total:  # a short write (a signal, a quota): the rest from where it stopped
+        view = memoryview(parts[0] + data)[done:]
+        while view:
+            view = view[os.write(fd, view):]
+    if not _O_DSYNC:
+        os.fsync(fd)
+
+
+def _unlink_quietly(name: str, dir_fd: int) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:  # (a directory left by an older version's enqueue)
+        pass
+
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
@@ -233,16 +260,10 @@ def _read_file(path: str) -> bytes:
         os.close(fd)
 
 
-def _read_envelope(entry_dir: str) -> tuple[bytes, str]:
-    """(envelope bytes, the path they came from) of an entry directory in either layout; a
-    separate ``envelope`` (the two-file layout, or update()'s) wins. Raises OSError as open()
-    does (FileNotFoundError: gone), ValueError for a one-file entry without its empty line."""
-    where = os.path.join(entry_dir, "envelope")
-    try:
-        return _read_file(where), where
-    except FileNotFoundError:
-        pass
-    where = os.path.join(entry_dir, ENTRY)
+def _read_head(where: str) -> bytes:
+    """The envelope at the head of a one-file entry (through its empty line, without it): read
+    in 64 KiB steps until the empty line, not the whole message. Raises IsADirectoryError when
+    `where` is a directory (open() takes one, read() refuses), ValueError without the line."""
     fd = os.open(where, _READ_FLAGS)
     try:
         head = b""
@@ -251,22 +272,52 @@ def _read_envelope(entry_dir: str) -> tuple[bytes, str]:
             head += chunk
             end = head.find(b"\n\n")
             if end >= 0:
-                return head[: end + 1], where
+                return head[: end + 1]
             if not chunk:
                 raise ValueError(f"{where}: no empty line after the envelope")
     finally:
         os.close(fd)
 
 
-def _read_whole(entry_dir: str) -> tuple[bytes, str, bytes | None]:
+def _read_envelope(path: str, is_dir: bool = False) -> tuple[bytes, str]:
+    """(envelope bytes, the path they came from) of an entry in any shape: a plain file (what
+    enqueue() writes), or a directory holding ``entry`` or ``message``, and maybe a separate
+    ``envelope``, which wins. `is_dir`: expected a directory (active/), so tried as one first.
+    Raises OSError as open() does (FileNotFoundError: gone), ValueError for a one-file entry
+    without its empty line."""
+    if not is_dir:
+        try:
+            return _read_head(path), path
+        except IsADirectoryError:
+            pass
+    where = os.path.join(path, "envelope")
+    try:
+        return _read_file(where), where
+    except FileNotFoundError:
+        pass
+    except NotADirectoryError:  # a plain file after all
+        return _read_head(path), path
+    where = os.path.join(path, ENTRY)
+    return _read_head(where), where
+
+
+def _read_whole(path: str, is_dir: bool = False) -> tuple[bytes, str, bytes | None]:
     """_read_envelope(), plus the message when the envelope came from a one-file entry (read
     whole, once), else None."""
-    where = os.path.join(entry_dir, "envelope")
+    if not is_dir:
+        try:
+            head, body = _split_entry(_read_file(path), path)
+            return head, path, body
+        except IsADirectoryError:
+            pass
+    where = os.path.join(path, "envelope")
     try:
         return _read_file(where), where, None
     except FileNotFoundError:
         pass
-    where = os.path.join(entry_dir, ENTRY)
+    except NotADirectoryError:
+        return _read_whole(path)
+    where = os.path.join(path, ENTRY)
     head, body = _split_entry(_read_file(where), where)
     return head, where, body
 
@@ -279,13 +330,17 @@ def _split_entry(data: bytes, where: str) -> tuple[bytes, bytes]:
     return data[: end + 1], data[end + 2 :]
 
 
-def _read_message(entry_dir: str) -> bytes:
-    """The message of an entry directory in either layout."""
-    where = os.path.join(entry_dir, ENTRY)
+def _read_message(path: str) -> bytes:
+    """The message of an entry in any shape (see _read_envelope)."""
+    try:
+        return _split_entry(_read_file(path), path)[1]
+    except IsADirectoryError:
+        pass
+    where = os.path.join(path, ENTRY)
     try:
         data = _read_file(where)
     except FileNotFoundError:
-        return _read_file(os.path.join(entry_dir, "message"))
+        return _read_file(os.path.join(path, "message"))
     return _split_entry(data, where)[1]
 
 
@@ -365,10 +420,17 @@ class _GroupSync:
 
 
 def _remove_tree(path: str) -> None:
-    """Remove an entry directory (flat: files only); tolerant of a concurrent remover."""
+    """Remove an entry of either shape (a file, or a flat directory of files); tolerant of a
+    concurrent remover."""
     try:
         names = os.listdir(path)
     except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
         return
     for name in names:
         try:
@@ -384,13 +446,22 @@ def _remove_tree(path: str) -> None:
 
 
 def _remove_entry(path: str) -> None:
-    """Remove an entry directory in trash/: its one file and itself (no listing), falling
-    back to _remove_tree when it holds more (the two-file layout, update()'s envelope, a hold
-    mark, an envelope.tmp): no unlink of names most entries never have."""
+    """Remove an entry in trash/: a claim directory with its one file and itself (no
+    listing), a plain file, or (through _remove_tree) a directory holding more (the two-file
+    layout, update()'s envelope, a hold mark, an envelope.tmp, an entry directory released
+    into a claim directory)."""
     try:
         os.unlink(os.path.join(path, ENTRY))
     except FileNotFoundError:
         pass
+    except NotADirectoryError:  # a plain file (a deleted entry)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return
+    except IsADirectoryError:
+        pass  # _remove_tree below
     try:
         os.rmdir(path)
     except FileNotFoundError:
@@ -411,22 +482,33 @@ class _Remover:
 
     IDLE_STEP = 0.05
     IDLE_ROUNDS = 5
-    # Spare entry directories. A process that also queues mail (serve, relay --listen) keeps
-    # a removed entry's directory and its ``entry`` file for its next enqueue(), which renames
-    # it into tmp/ and rewrites the file, instead of unlinking, rmdir-ing, mkdir-ing and
-    # creating: two inodes less freed and allocated per message. On ext4 without a journal
-    # the allocator skips over every recently freed inode of a group one by one, and under a
-    # steady stream that scan was a fifth of serve's CPU. A spare not taken within SPARE_AGE
-    # seconds (or when the program ends) is removed as before; recover() leaves this
-    # process's spares alone and removes everything else in trash/.
+    # Spares. A process that also queues mail (serve, relay --listen) keeps a removed entry's
+    # claim directory and its ``entry`` file: its next enqueue() truncates that file and
+    # renames it into tmp/ (a spare file), and its runner's next claim of a one-file entry
+    # renames the emptied directory into active/ (a spare directory) instead of mkdir: two
+    # inodes less freed and allocated per message. On ext4 without a journal the allocator
+    # skips over every recently freed inode of a group one by one, and under a steady stream
+    # that scan was a fifth of serve's CPU. A spare not taken within SPARE_AGE seconds (or
+    # when the program ends) is removed as before; recover() leaves this process's spares
+    # alone and removes everything else in trash/.
     SPARE_AGE = 1.0
     SPARE_MAX = 64
     recycle = False  # set by enqueue()
 
     _lock = None
     _paths: list = []
-    _spares: list = []  # (trash dir, name, monotonic time it became spare)
+    _spares: list = []  # (trash dir, name, monotonic time it became spare): holding ``entry``
+    _dirs: list = []  # (trash dir, name, monotonic time): emptied by enqueue(), for a claim
     _thread = None
+
+    @classmethod
+    def _start(cls) -> None:
+        # with cls._lock held
+        if cls._thread is None:
+            import threading
+
+            cls._thread = threading.Thread(target=cls._run, name="queue-remover")
+            cls._thread.start()
 
     @classmethod
     def add(cls, path: str) -> None:
@@ -436,9 +518,7 @@ class _Remover:
             cls._lock = threading.Lock()
         with cls._lock:
             cls._paths.append(path)
-            if cls._thread is None:
-                cls._thread = threading.Thread(target=cls._run, name="queue-remover")
-                cls._thread.start()
+            cls._start()
 
     @classmethod
     def _run(cls) -> None:
@@ -454,10 +534,14 @@ class _Remover:
                 old = [s for s in cls._spares if s[2] < cutoff]
                 if old:
                     cls._spares = [s for s in cls._spares if s[2] >= cutoff]
-                if not batch and not old and not cls._spares and idle >= cls.IDLE_ROUNDS:
+                old_dirs = [s for s in cls._dirs if s[2] < cutoff]
+                if old_dirs:
+                    cls._dirs = [s for s in cls._dirs if s[2] >= cutoff]
+                if (not batch and not old and not old_dirs and not cls._spares and not cls._dirs
+                        and idle >= cls.IDLE_ROUNDS):
                     cls._thread = None
                     return
-            for trash, name, _ in old:
+            for trash, name, _ in old + old_dirs:
                 try:
                     _remove_entry(os.path.join(trash, name))
                 except OSError:
@@ -473,14 +557,17 @@ class _Remover:
                         with cls._lock:
                             cls._spares.append((*os.path.split(path), time.monotonic()))
                         continue
+                except OSError:
+                    pass  # a plain file, or gone: removed below (or already)
+                try:
                     _remove_entry(path)
                 except OSError:
                     pass  # recover() sweeps trash/
 
     @classmethod
     def take(cls, trash: str) -> str | None:
-        """A spare entry directory in `trash` (holding only an old ``entry`` file) for
-        enqueue() to rename into tmp/ instead of creating one, or None."""
+        """A spare directory in `trash` holding only an old ``entry`` file, for enqueue() to
+        take the file from (then hand the directory back with emptied()), or None."""
         with cls._lock:
             for i in range(len(cls._spares) - 1, -1, -1):
                 if cls._spares[i][0] == trash:
@@ -488,11 +575,27 @@ class _Remover:
         return None
 
     @classmethod
+    def emptied(cls, path: str) -> None:
+        """enqueue() took the file out of spare `path`: the empty directory waits for a claim."""
+        with cls._lock:
+            cls._dirs.append((*os.path.split(path), time.monotonic()))
+            cls._start()  # (the thread may have ended since take(): it expires this one)
+
+    @classmethod
+    def take_dir(cls, trash: str) -> str | None:
+        """An empty spare directory in `trash` for claim() to rename into active/, or None."""
+        with cls._lock:
+            for i in range(len(cls._dirs) - 1, -1, -1):
+                if cls._dirs[i][0] == trash:
+                    return os.path.join(trash, cls._dirs.pop(i)[1])
+        return None
+
+    @classmethod
     def spares(cls) -> set:
         if cls._lock is None:
             return set()
         with cls._lock:
-            return {os.path.join(t, n) for t, n, _ in cls._spares}
+            return {os.path.join(t, n) for t, n, _ in cls._spares + cls._dirs}
 
 
 # -- the queue ------------------------------------------------------------------------------
@@ -556,61 +659,77 @@ class Queue:
         while True:
             now = time.time()
             qid = chosen or new_id(now)
-            spare = _Remover.take(self._dir("trash")) if _Remover._spares else None
+            fd = self._take_spare(qid, tmp_fd) if _Remover._spares else None
+            if fd is not None:
+                break
             try:
-                if spare is not None:
-                    try:
-                        # fresh mtime first: recover() ages tmp/ by it, and a spare can be
-                        # days old; in tmp/ with its old time it would be swept mid-enqueue
-                        os.utime(spare)
-                        os.rename(spare, qid, dst_dir_fd=tmp_fd)  # see _Remover.SPARE_AGE
-                        break
-                    except FileNotFoundError:
-                        spare = None  # another process's recover() removed it
-                    except OSError as exc:
-                        _remove_tree(spare)
-                        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                            raise FileExistsError(exc.errno, exc.strerror, qid) from None
-                        raise
-                os.mkdir(qid, 0o700, dir_fd=tmp_fd)
+                fd = os.open(qid, _CREATE_FLAGS, 0o600, dir_fd=tmp_fd)
                 break
             except FileExistsError:
                 if chosen:
                     raise
-        entry = Entry(qid, sender, rcpts, now, len(data), dsn)
-        head = entry.serialise()
         key = (self.path, qid)
         try:
-            fd = os.open(qid, _DIR_FLAGS, dir_fd=tmp_fd)
             try:
-                # a spare's old entry file is truncated and rewritten (or made again when a
-                # recover() unlinked it meanwhile)
-                _write_file(ENTRY, head + b"\n" + data, spare is None, dir_fd=fd, dsync=True)
-                os.fsync(fd)  # the name entry
+                head = Entry(qid, sender, rcpts, now, len(data), dsn).serialise()
+                _write_entry(fd, head, data)
             finally:
                 os.close(fd)
             if _fresh_on and len(data) <= _FRESH_SIZE:
                 _fresh_put(key, head, data)
+            # rename() replaces a file silently: never an entry already queued under this id
+            # (one chosen twice by a caller; a made one is unique)
+            try:
+                os.stat(qid, dir_fd=new_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+            else:
+                raise FileExistsError(errno.EEXIST, "queue entry exists", qid)
             os.rename(qid, qid, src_dir_fd=tmp_fd, dst_dir_fd=new_fd)
         except BaseException:
             # disk full, I/O error: leave nothing behind (nothing was accepted)
             _fresh.pop(key, None)
-            _remove_tree(os.path.join(self._dir("tmp"), qid))
+            _unlink_quietly(qid, tmp_fd)
             raise
         try:
             self._new_sync.sync()  # the name new/QID (one fsync for the concurrent enqueues)
         except OSError:
             # Not durable, so not accepted: take the entry back before saying so, or the
             # caller's retry would queue it twice. A runner that claimed it meanwhile has made
-            # it its own (claims fsync active/): then it is accepted after all.
+            # it its own: then it is accepted after all.
             try:
                 os.rename(qid, qid, src_dir_fd=new_fd, dst_dir_fd=tmp_fd)
             except OSError:
                 return qid
             _fresh.pop(key, None)
-            _remove_tree(os.path.join(self._dir("tmp"), qid))
+            _unlink_quietly(qid, tmp_fd)
             raise
         return qid
+
+    def _take_spare(self, qid: str, tmp_fd: int) -> int | None:
+        """A spare entry file (see _Remover.SPARE_AGE) opened, truncated and renamed to tmp/QID,
+        as a descriptor to write the entry through; None when there is none to take. The open
+        truncates before the rename: tmp/QID never shows another entry's bytes, and it has a
+        fresh mtime there (recover() ages tmp/ by it; a spare can be days old)."""
+        spare = _Remover.take(self._dir("trash"))
+        if spare is None:
+            return None
+        old = os.path.join(spare, ENTRY)
+        try:
+            fd = os.open(old, _REWRITE_FLAGS, 0o600)
+        except OSError:  # another process's recover() removed it
+            _remove_tree(spare)
+            return None
+        try:
+            # (no O_EXCL for a rename: a made id is unique by its 40 random bits, and a
+            # chosen one already queued is caught before the rename into new/)
+            os.rename(old, qid, dst_dir_fd=tmp_fd)
+        except OSError:
+            os.close(fd)
+            _remove_tree(spare)
+            return None
+        _Remover.emptied(spare)
+        return fd
 
     def _dir_fds(self) -> tuple[int, int]:
         """Descriptors of tmp/ and new/, opened once: enqueue() creates, renames and fsyncs
@@ -650,7 +769,7 @@ class Queue:
     # reading --------------------------------------------------------------------------
 
     def _load(self, entry_path: str, state_dir: str, name: str) -> Entry:
-        raw, where = _read_envelope(entry_path)
+        raw, where = _read_envelope(entry_path, state_dir == "active")
         entry = Entry.parse(raw, where)
         entry.state_dir = state_dir
         entry.path = entry_path
@@ -701,14 +820,18 @@ class Queue:
             raise QueueError(f"not a queue id: {qid!r}")
         for state_dir in ("new", "hold"):
             p = os.path.join(self._dir(state_dir), qid)
-            if os.path.isdir(p):
+            if os.path.lexists(p):  # a plain file or a directory
                 return p, state_dir, qid
         try:
-            for name in os.listdir(self._dir("active")):
-                if name.split(".", 1)[0] == qid:
-                    return os.path.join(self._dir("active"), name), "active", name
+            names = [n for n in os.listdir(self._dir("active")) if n.split(".", 1)[0] == qid]
         except FileNotFoundError:
-            pass
+            names = []
+        if len(names) > 1:
+            # an empty claim directory beside the real claim (a claimer that died between its
+            # mkdir and its rename, or one losing a race right now): the one with the entry
+            names.sort(key=lambda n: not _holds_something(os.path.join(self._dir("active"), n)))
+        if names:
+            return os.path.join(self._dir("active"), names[0]), "active", names[0]
         raise QueueError(f"no such queue entry: {qid}")
 
     def get(self, qid: str) -> Entry:
@@ -759,19 +882,21 @@ class Queue:
         if not valid_id(qid):
             raise QueueError(f"not a queue id: {qid!r}")
         seen = raw = body = None
+        is_dir = None  # the shape of new/QID: a plain file, or a directory (see the docstring)
         if with_message and not _fresh_on:
             _fresh_switch_on()
         fresh = _fresh.pop((self.path, qid), None) if _fresh else None  # any claim ends it
+        src = os.path.join(self._dir("new"), qid)
         if want is not None:
             try:
-                src = os.path.join(self._dir("new"), qid)
                 if fresh is not None and with_message:  # what enqueue() wrote here, as it is
                     raw, body = fresh
-                    where = os.path.join(src, ENTRY)
+                    where = src
                 elif with_message:
                     raw, where, body = _read_whole(src)
                 else:
                     raw, where = _read_envelope(src)
+                is_dir = where != src
             except (FileNotFoundError, NotADirectoryError):
                 return None  # claimed, held or gone meanwhile
             except ValueError:
@@ -782,38 +907,81 @@ class Queue:
                 seen = None  # claimed all the same: a broken envelope is parked in hold/ below
             if seen is not None and not want(seen):
                 return None
-        global _claims
-        _claims += 1
-        # A unique name per claim: two tasks of one process never both win, and an NFS
-        # retransmitted rename can be told apart from someone else's claim.
-        name = f"{qid}.{os.getpid()}.{_HOST}.{_claims:x}{random5()[:2].hex()}"
-        src = os.path.join(self._dir("new"), qid)
+        if is_dir is None:
+            try:
+                is_dir = os.lstat(src).st_mode & 0o170000 == 0o040000
+            except FileNotFoundError:
+                return None
+        name = self._claim_name(qid)
         dst = os.path.join(self._dir("active"), name)
-        try:
-            os.rename(src, dst)
-        except FileNotFoundError:
-            # NFS: a retransmitted rename that did succeed reports ENOENT; check it is ours.
-            if not os.path.isdir(dst):
-                return None
-        except OSError as exc:
-            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                return None
-            raise
-        try:
-            os.utime(dst)  # the claim's age is the directory's mtime
-        except OSError:
-            pass
+        if is_dir:
+            # an entry directory (written before the one-file layout, or released back to new/
+            # after a claim): it becomes the claim directory
+            try:
+                os.rename(src, dst)
+            except FileNotFoundError:
+                # NFS: a retransmitted rename that did succeed reports ENOENT; check it is ours.
+                if not os.path.isdir(dst):
+                    return None
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    return None
+                raise
+            try:
+                os.utime(dst)  # the claim's age is the directory's mtime
+            except OSError:
+                pass
+        else:
+            # a plain file: into a claim directory of its own as active/NAME/entry. The
+            # directory is made (or a spare renamed) first, so the one rename that takes the
+            # entry is the claim: of two claimers exactly one gets it, the other ENOENT.
+            made = False
+            if _Remover._dirs:
+                spare = _Remover.take_dir(self._dir("trash"))
+                if spare is not None:
+                    try:
+                        os.rename(spare, dst)
+                        made = True
+                    except OSError:
+                        _remove_tree(spare)
+            if not made:
+                os.mkdir(dst, 0o700)
+            try:
+                os.rename(src, os.path.join(dst, ENTRY))  # also sets dst's mtime: the claim's age
+            except OSError as exc:
+                # NFS: a retransmitted rename that did succeed reports ENOENT; check it is ours.
+                if not (isinstance(exc, FileNotFoundError) and os.path.exists(os.path.join(dst, ENTRY))):
+                    try:
+                        os.rmdir(dst)  # lost the race (or gone): no empty claim left behind
+                    except OSError:
+                        pass
+                    if isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+                        return None
+                    raise
+            # Between our look and the rename another runner may have claimed the file and
+            # released it back as a directory: then the rename moved that directory in as
+            # entry. One open tells (a plain file refuses a path through it: ENOTDIR).
+            try:
+                _read_file(os.path.join(dst, ENTRY, "envelope"))
+            except NotADirectoryError:
+                pass  # the plain file (never rewritten: what we read is what it holds)
+            except OSError:
+                dst, name, is_dir = self._unnest(dst, qid)
+            else:
+                dst, name, is_dir = self._unnest(dst, qid)
         try:
             if raw is None:
                 return self._load(dst, "active", name), None
-            if body is not None:  # read whole before the rename: has an envelope appeared?
+            if not is_dir:
+                now = raw
+            elif body is not None:  # read whole before the rename: has an envelope appeared?
                 where = os.path.join(dst, "envelope")
                 try:
                     now = _read_file(where)
                 except FileNotFoundError:
                     now = raw
             else:
-                now, where = _read_envelope(dst)
+                now, where = _read_envelope(dst, True)
             entry = seen if now == raw and seen is not None else Entry.parse(now, where)
         except ValueError:
             # A broken envelope: park it in hold/ for the operator rather than retry forever.
@@ -824,6 +992,30 @@ class Queue:
             self.release(entry)
             return None
         return entry, body
+
+    def _claim_name(self, qid: str) -> str:
+        # A unique name per claim: two tasks of one process never both win, and an NFS
+        # retransmitted rename can be told apart from someone else's claim.
+        global _claims
+        _claims += 1
+        return f"{qid}.{os.getpid()}.{_HOST}.{_claims:x}{random5()[:2].hex()}"
+
+    def _unnest(self, outer: str, qid: str) -> tuple[str, str, bool]:
+        """The claim of a plain file took an entry directory in as outer/entry (see _claim):
+        make that directory the claim (a fresh name in active/) and drop the outer one. A
+        crash in between leaves outer/entry/, which recover() puts back whole."""
+        name = self._claim_name(qid)
+        dst = os.path.join(self._dir("active"), name)
+        os.rename(os.path.join(outer, ENTRY), dst)
+        try:
+            os.rmdir(outer)
+        except OSError:
+            pass
+        try:
+            os.utime(dst)
+        except OSError:
+            pass
+        return dst, name, True
 
     def _check_claim(self, entry: Entry) -> str:
         # No stat here: the write, rename or unlink that follows fails with ENOENT when the
@@ -899,11 +1091,26 @@ class Queue:
             dead = mine and not _pid_alive(int(pid_s))
             if not (dead or age > older_than_s):
                 continue
+            src = p
+            try:
+                os.rmdir(p)  # an empty claim directory: its claimer died between mkdir and rename
+                continue
+            except FileNotFoundError:
+                continue
+            except NotADirectoryError:
+                pass  # a plain file in active/: put back as it is
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    continue
+                if os.path.isdir(os.path.join(p, ENTRY)):
+                    src = os.path.join(p, ENTRY)  # an entry directory claimed into it: see _unnest
             to = "hold" if os.path.exists(os.path.join(p, HOLD_MARK)) else "new"
             try:
-                os.rename(p, os.path.join(self._dir(to), qid))
+                os.rename(src, os.path.join(self._dir(to), qid))
             except OSError:
                 continue
+            if src != p:
+                _remove_tree(p)
             recovered.append(qid)
         if recovered:
             _fsync_dir(self._dir("new"))
@@ -961,7 +1168,7 @@ class Queue:
             raise QueueError(f"{qid}: not held")
         try:
             os.unlink(os.path.join(p, HOLD_MARK))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             pass
         os.rename(p, os.path.join(self._dir("new"), qid))
         _fsync_dir(self._dir("new"))
@@ -977,6 +1184,15 @@ class Queue:
             self._discard(p, qid)
         except FileNotFoundError:
             raise QueueError(f"{qid}: was claimed meanwhile; try again") from None
+
+
+def _holds_something(path: str) -> bool:
+    try:
+        return bool(os.listdir(path))
+    except NotADirectoryError:
+        return True
+    except OSError:
+        return False
 
 
 def _pid_alive(pid: int) -> bool:
