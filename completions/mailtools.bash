@@ -26,7 +26,7 @@ _mailtools() {
                 case "$w" in --listen|--smarthost|--hold|--release|--delete) skip=1; continue;; esac
                 ;;
             "serve")
-                case "$w" in --root|--hostname|--smtp|--submission|--submissions|--imap|--imaps|--pop3|--pop3s) skip=1; continue;; esac
+                case "$w" in --root|--hostname|--smtp|--submission|--submissions|--imap|--imaps|--pop3|--pop3s|--submission-workers) skip=1; continue;; esac
                 ;;
             "submit")
                 case "$w" in -f|-r|-F|-N|-R|-V|-B|-b|-o|--listen|--tls-listen|--workers|--install-sendmail) skip=1; continue;; esac
@@ -68,8 +68,8 @@ _mailtools() {
             opts="--once --listen --list --json --flush --smarthost --hold --release --delete --help"; words=""
             valopts="--listen --smarthost --hold --release --delete"; fileopts=""; files=0;;
         "serve")
-            opts="--root --hostname --smtp --submission --submissions --imap --imaps --pop3 --pop3s --help"; words=""
-            valopts="--root --hostname --smtp --submission --submissions --imap --imaps --pop3 --pop3s"; fileopts="--root"; files=0;;
+            opts="--root --hostname --smtp --submission --submissions --imap --imaps --pop3 --pop3s --submission-workers --help"; words=""
+            valopts="--root --hostname --smtp --submission --submissions --imap --imaps --pop3 --pop3s --submission-workers"; fileopts="--root"; files=0;;
         "submit")
             opts="-t -i -f -r -F -N -R -V -B -b -o -q -v --listen --tls-listen --workers --json --install-sendmail --help"; words=""
             valopts="-f -r -F -N -R -V -B -b -o --listen --tls-listen --workers --install-sendmail"; fileopts="--install-sendmail"; files=0;;

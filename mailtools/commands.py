@@ -23,7 +23,7 @@ COMMANDS: dict[str, Command] = {
     "imap-serve": Command("mailtools.cli.imap", "Serve the Maildirs over IMAP4rev1"),
     "pop3-serve": Command("mailtools.cli.pop3", "Serve the Maildirs over POP3"),
     "trace-headers": Command("mailtools.cli.trace", "Show the path a message took, hop by hop, from its Received headers", "mailtools.trace.command:fast_main"),
-    "serve": Command("mailtools.cli.serve", "Run the whole mail system in one process on unprivileged ports"),
+    "serve": Command("mailtools.cli.serve", "Run the whole mail system with one command on unprivileged ports"),
     "user": Command("mailtools.cli.user", "Manage the users file (add, del, list, passwd)"),
 }
 

@@ -1,14 +1,22 @@
 """`mailtools serve`: the whole mail flow in one process, on an embedded default.
 
 A fresh data root gets a commented mailtools.toml, a self-signed certificate and the standard
-folders; then one asyncio loop hosts every listener (inbound SMTP, submission with STARTTLS and
-implicit TLS, IMAP and POP3 with and without TLS) and the relay queue runner. Each piece is the
-same code its own subcommand runs: this module only wires them together.
+folders; then one asyncio loop hosts the listeners (inbound SMTP, IMAP and POP3 with and without
+TLS) and the relay queue runner. Submission (STARTTLS and implicit TLS) runs in that loop too on
+a one-CPU machine; with two or more usable CPUs it runs in worker processes of its own (the
+same parent and workers `submit --listen` runs, core/prefork, in a child forked before any
+thread starts): one Python process is one core, and taking a message in (TLS, SMTP, the MSA
+fix-ups, the queue's writes) costs about half of what the whole flow costs serve. The
+submission workers queue and nudge the queue runner over the queue's FIFO, as `submit` does for
+`relay --daemon`. Each piece is the same code its own subcommand runs: this module only wires
+them together.
 
 Signals: SIGTERM/SIGINT stop accepting, let in-flight sessions finish (bounded), stop the queue
 runner after its current delivery, and exit 0; a second one exits at once (accepted mail is
 already fsynced in the queue or a Maildir, and a claimed queue entry is recovered on the next
-start). SIGHUP reloads the configuration and the users file.
+start). SIGHUP reloads the configuration and the users file (forwarded to the submission
+processes). The submission processes drain when serve closes their pipe (it stops, or is gone:
+a SIGKILLed serve leaves no server behind); one that dies is started again.
 """
 
 from __future__ import annotations
@@ -172,11 +180,136 @@ def _users_exist(cfg) -> bool:
         return False
 
 
-class Server:
-    """The running system: listeners + queue runner in one loop."""
+def submission_workers(cfg, workers: int | None = None) -> int:
+    """--submission-workers N, else [serve] submission_workers: how many submission worker
+    processes run beside serve's own (0: submission in serve's own loop); -1, the default,
+    means 1 when this process may use two or more CPUs, else 0."""
+    n = int(cfg.serve.submission_workers) if workers is None else workers
+    if n < -1:
+        raise ConfigError(f"[serve] submission_workers must be -1 (automatic), 0 or more, not {n}")
+    if n == -1:
+        from mailtools.core.prefork import usable_cpus
 
-    def __init__(self, cfg):
+        return 1 if usable_cpus() > 1 else 0
+    return n
+
+
+class SubmissionProcess:
+    """Submission in worker processes under a child of serve's (mailtools.submit.msa.supervise).
+    The listeners are bound here, so an address in use is serve's error 69 as for every other
+    listener, and kept open here, so a child that dies is started again on the same sockets."""
+
+    RESTART_PAUSE_MAX = 30.0
+
+    def __init__(self, cfg, n: int):
+        from mailtools.core.exitcodes import TempFail
+        from mailtools.submit import msa
+
+        self.cfg, self.n = cfg, n
+        try:
+            self.socks, self.ctx = msa.bind(cfg, list(cfg.submit.listen), list(cfg.submit.tls_listen))
+        except TempFail as exc:
+            why = str(exc).removeprefix("cannot listen: ")
+            raise Unavailable(f"cannot listen for submission: {why}") from None
+        self.pid = 0
+        self.stop_w = -1
+        self.stopping = False
+        self.started = 0.0
+        self.pause = 0.0
+
+    def start(self) -> None:
+        """Fork the child: msa.supervise() on our sockets, draining when stop_w is closed."""
+        import time
+
+        from mailtools.core.prefork import fork_child
+        from mailtools.submit import msa
+
+        stop_r, stop_w = os.pipe2(os.O_CLOEXEC)
+
+        def child() -> int:
+            os.close(stop_w)
+            signal.set_wakeup_fd(-1)  # the parent's loop's, when this is a restart
+            return msa.supervise(self.cfg, self.socks, self.ctx, self.n, stop_fd=stop_r, announce=False)
+
+        try:
+            pid = fork_child(child, msa.log, "submission process")
+        except OSError:
+            os.close(stop_r)
+            os.close(stop_w)
+            raise
+        os.close(stop_r)
+        self.pid, self.stop_w, self.started = pid, stop_w, time.monotonic()
+
+    def stop(self) -> None:
+        """Drain and exit (idempotent: the pipe closes once)."""
+        self.stopping = True
+        if self.stop_w >= 0:
+            os.close(self.stop_w)
+            self.stop_w = -1
+
+    def signal(self, sig: int) -> None:
+        if self.pid:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def reaped(self) -> int | None:
+        """The child's exit status if it has ended (reaped now), else None."""
+        if not self.pid:
+            return 0
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, 0
+        if pid == 0:
+            return None
+        self.pid = 0
+        return os.waitstatus_to_exitcode(status)
+
+    async def watch(self) -> None:
+        """Start the child again when it ends while serve runs (at once, or after a pause
+        growing from 1 s to 30 s when it keeps dying within a second of its start)."""
+        import time
+
+        while not self.stopping:
+            await asyncio.sleep(0.5)
+            code = self.reaped()
+            if code is None or self.stopping:
+                continue
+            lived = time.monotonic() - self.started
+            self.pause = 0.0 if lived >= 1.0 else min(max(self.pause * 2, 1.0), self.RESTART_PAUSE_MAX)
+            _say(f"mailtools serve: warning: the submission process ended ({code}); starting it again"
+                 + (f" in {self.pause:.0f} s" if self.pause else ""))
+            if self.pause:
+                await asyncio.sleep(self.pause)
+            if not self.stopping:
+                os.close(self.stop_w)
+                self.start()
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the child to end; whether it did."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.reaped() is None:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    def close_sockets(self) -> None:
+        for sock, _ in self.socks:
+            sock.close()
+
+
+class Server:
+    """The running system: listeners + queue runner in one loop (submission perhaps in a
+    SubmissionProcess)."""
+
+    def __init__(self, cfg, submission: SubmissionProcess | None = None):
         self.cfg = cfg
+        self.submission = submission
+        self.watch_task: asyncio.Task | None = None
         self.servers: list = []
         self.runner_task: asyncio.Task | None = None
         self.stop_event = asyncio.Event()
@@ -188,17 +321,23 @@ class Server:
         for comp in components(cfg):
             if not comp.listen and not comp.tls_listen:
                 continue
-            start = _load(comp.start)
-            try:
-                servers = await start(cfg, listen=comp.listen, tls_listen=comp.tls_listen)
-            except OSError as exc:
-                await self.close()
-                raise Unavailable(f"cannot listen for {comp.label}: {exc.strerror or exc}") from None
-            self.servers.extend(servers)
+            where = ""
+            if comp.label == "submission" and self.submission is not None:
+                n = self.submission.n
+                where = f" ({n} worker process{'es' if n > 1 else ''})"
+                self.watch_task = asyncio.create_task(self.submission.watch())
+            else:
+                start = _load(comp.start)
+                try:
+                    servers = await start(cfg, listen=comp.listen, tls_listen=comp.tls_listen)
+                except OSError as exc:
+                    await self.close()
+                    raise Unavailable(f"cannot listen for {comp.label}: {exc.strerror or exc}") from None
+                self.servers.extend(servers)
             for addr in comp.listen:
-                lines.append(f"  {comp.label:<12} {addr:<22} {comp.note}")
+                lines.append(f"  {comp.label:<12} {addr:<22} {comp.note}{where}")
             for addr in comp.tls_listen:
-                lines.append(f"  {comp.label + 's':<12} {addr:<22} {comp.tls_note}")
+                lines.append(f"  {comp.label + 's':<12} {addr:<22} {comp.tls_note}{where}")
         daemon = _load("mailtools.relay.runner:daemon")
         self.runner_task = asyncio.create_task(daemon(cfg, self.stop_event))
         route = f"smarthost {cfg.relay.smarthost}" if cfg.relay.smarthost else "MX lookup"
@@ -218,6 +357,9 @@ class Server:
             s.close()
         self.stop_event.set()
         waits = [s.wait_closed() for s in self.servers]
+        if self.submission is not None:
+            self.submission.stop()
+            waits.append(self.submission.wait(grace))
         if self.runner_task is not None:
             waits.append(self.runner_task)
         if waits:
@@ -225,12 +367,18 @@ class Server:
                 await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), grace)
             except asyncio.TimeoutError:
                 pass
+        if self.submission is not None and not await self.submission.wait(0):
+            self.submission.signal(signal.SIGTERM)  # its second stop: the workers exit now
+            await self.submission.wait(5)
 
     def on_stop_signal(self, signum: int) -> None:
         self.signals += 1
         if self.signals > 1:
             # Accepted mail is already durable; a claimed entry is recovered on the next start.
             _say("mailtools serve: second signal, exiting now")
+            if self.submission is not None:
+                self.submission.stop()
+                self.submission.signal(signal.SIGTERM)  # its second stop: no drain
             os._exit(0)
         _say(f"mailtools serve: {signal.Signals(signum).name}, finishing in-flight work")
         self.stop_event.set()
@@ -244,6 +392,8 @@ class Server:
             _say(f"mailtools serve: reload failed, keeping the old configuration: {exc}")
             return
         auth.forget_users()  # also a users file edited in place with the same size and time
+        if self.submission is not None:
+            self.submission.signal(signal.SIGHUP)
         _say("mailtools serve: configuration and users reloaded")
 
 
@@ -256,9 +406,9 @@ class Server:
 SWITCH_INTERVAL = 0.0005
 
 
-async def _main(cfg) -> int:
+async def _main(cfg, submission: SubmissionProcess | None = None) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL)
-    srv = Server(cfg)
+    srv = Server(cfg, submission)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, srv.on_stop_signal, sig)
@@ -270,7 +420,8 @@ async def _main(cfg) -> int:
     return 0
 
 
-def run(root: str | None = None, overrides: dict[str, str] | None = None, hostname: str | None = None) -> int:
+def run(root: str | None = None, overrides: dict[str, str] | None = None, hostname: str | None = None,
+        workers: int | None = None) -> int:
     cfg = resolve_config(root)
     if hostname:
         cfg.hostname = hostname
@@ -294,4 +445,15 @@ def run(root: str | None = None, overrides: dict[str, str] | None = None, hostna
                 parse_listen(addr)
             except ValueError as exc:
                 raise ConfigError(f"{cfg.source}: {comp.label}: {exc}") from None
-    return asyncio.run(_main(cfg))
+    n = submission_workers(cfg, workers)
+    submission = None
+    if n and (cfg.submit.listen or cfg.submit.tls_listen):
+        # Forked now, before the loop and its threads exist (see the module docstring).
+        submission = SubmissionProcess(cfg, n)
+        submission.start()
+    try:
+        return asyncio.run(_main(cfg, submission))
+    finally:
+        if submission is not None:
+            submission.stop()
+            submission.close_sockets()

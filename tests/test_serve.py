@@ -33,8 +33,9 @@ def _insecure() -> ssl.SSLContext:
 
 
 class Serve:
-    def __init__(self, root: Path, extra_env=None):
+    def __init__(self, root: Path, extra_env=None, extra_args=()):
         self.root = root
+        self.extra_args = list(extra_args)
         self.ports = {k: free_port() for k in ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")}
         self.env = {k: v for k, v in os.environ.items() if k not in ("MAILTOOLS_CONFIG", "MAILTOOLS_HOME")}
         self.env.update(extra_env or {})
@@ -45,7 +46,7 @@ class Serve:
         a = [*mailtools_cmd(), "serve", "--root", str(self.root), "--hostname", "mx.example.test"]
         for k, p in self.ports.items():
             a += [f"--{k}", f"127.0.0.1:{p}"]
-        return a
+        return a + self.extra_args
 
     def start(self):
         self.logf = open(self.log, "ab")
@@ -75,8 +76,8 @@ class Serve:
 def serve(tmp_path):
     started = []
 
-    def _start(root=None, extra_env=None):
-        s = Serve(root or tmp_path / "root", extra_env).start()
+    def _start(root=None, extra_env=None, extra_args=()):
+        s = Serve(root or tmp_path / "root", extra_env, extra_args).start()
         started.append(s)
         return s
 

@@ -27,9 +27,10 @@ def register(app: typer.Typer) -> None:
         imaps: Optional[str] = typer.Option(None, "--imaps", metavar="HOST:PORT", help=f"IMAP over TLS (default 127.0.0.1:9930; {_LISTEN})."),
         pop3: Optional[str] = typer.Option(None, "--pop3", metavar="HOST:PORT", help=f"POP3 with STLS (default 127.0.0.1:1100; {_LISTEN})."),
         pop3s: Optional[str] = typer.Option(None, "--pop3s", metavar="HOST:PORT", help=f"POP3 over TLS (default 127.0.0.1:9950; {_LISTEN})."),
+        submission_workers: Optional[int] = typer.Option(None, "--submission-workers", metavar="N", help="Submission worker processes beside serve's own; 0: submission in serve's own process (default [serve] submission_workers: 1 with two or more CPUs, else 0)."),
     ) -> int:
         from mailtools import serve
 
         overrides = dict(smtp=smtp, submission=submission, submissions=submissions, imap=imap,
                          imaps=imaps, pop3=pop3, pop3s=pop3s)
-        return serve.run(root, overrides, hostname)
+        return serve.run(root, overrides, hostname, submission_workers)

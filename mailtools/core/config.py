@@ -65,6 +65,11 @@ SCHEMA: dict = {
         "restrict_senders": ("bool", True),  # users may only send as themselves
         "workers": ("int", 0),  # submit --listen worker processes; 0: one per CPU
     },
+    "serve": {
+        # submission worker processes beside serve's own; -1: 1 when 2+ CPUs are usable, else
+        # 0 (submission in serve's own process)
+        "submission_workers": ("int", -1),
+    },
     "imap": {
         "listen": ("list[str]", ["127.0.0.1:143"]),
         "tls_listen": ("list[str]", []),

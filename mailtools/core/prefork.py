@@ -1,6 +1,7 @@
 """Several worker processes behind one set of listening sockets, for a server that wants more
-than one core's worth of Python (one process is one GIL). Used by `submit --listen`; `relay
---listen` can take it as it is. `serve` stays one process and does not use it.
+than one core's worth of Python (one process is one GIL). Used by `submit --listen`, and by
+`serve` for its submission listeners (in a child process of its own, which it stops by closing
+the pipe given as `stop_fd`); `relay --listen` can take it as it is.
 
 The parent binds every listener, forks N workers and then only accepts: each new connection
 is handed to the worker with the fewest open connections, as a file descriptor over a
@@ -172,7 +173,7 @@ class Supervisor:
 
     def __init__(self, listeners: list[tuple[socket.socket, int]], workers: int,
                  worker_main: Callable[[Channel], int], *, log: Callable[[str], None],
-                 on_hup: Callable[[], None] | None = None):
+                 on_hup: Callable[[], None] | None = None, stop_fd: int | None = None):
         if workers < 1:
             raise ValueError("at least one worker")
         self.listeners = listeners
@@ -180,6 +181,7 @@ class Supervisor:
         self.worker_main = worker_main
         self.log = log
         self.on_hup = on_hup
+        self.stop_fd = stop_fd  # readable (its writer closed): drain, as the first SIGTERM
         self.workers: dict[int, _Worker] = {}
         self.stopping = 0  # stop signals received
         self._sel: selectors.BaseSelector | None = None
@@ -196,6 +198,8 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        if self.stop_fd is not None:
+            self._sel.register(self.stop_fd, selectors.EVENT_READ, "stop")
         old_wakeup = signal.set_wakeup_fd(self._wake_w)
         old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (*_FORWARDED, signal.SIGCHLD)}
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)  # see hold_signals()
@@ -230,6 +234,12 @@ class Supervisor:
                         pass
                 except (BlockingIOError, InterruptedError):
                     pass
+            elif key.data == "stop":
+                # The process that started us stops (or is gone): one drain, however many
+                # SIGTERMs also come (systemd signals every process of the service).
+                self._sel.unregister(self.stop_fd)
+                if not self.stopping:
+                    self._signals.append(signal.SIGTERM)
             elif isinstance(key.data, _Worker):
                 self._from_worker(key.data)
             else:
@@ -336,17 +346,7 @@ class Supervisor:
     # --- workers ---------------------------------------------------------------------------
     def _spawn(self) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # Signals wait until the child has its own handlers (a SIGTERM forwarded to a child
-        # still running the parent's handler would be lost, and the parent would wait forever).
-        signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
-        try:
-            pid = os.fork()
-            if pid == 0:
-                self._child(theirs, mine)  # never returns
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+        pid = fork_child(lambda: self._child(theirs, mine), self.log, "worker")
         theirs.close()
         mine.setblocking(False)
         w = _Worker(pid, mine)
@@ -354,39 +354,27 @@ class Supervisor:
         self._sel.register(mine, selectors.EVENT_READ, w)
         self.log(f"worker {pid} started")
 
-    def _child(self, chan: socket.socket, parent_end: socket.socket) -> None:
-        code = 70  # EX_SOFTWARE, unless worker_main says otherwise
-        try:
-            signal.set_wakeup_fd(-1)
-            for sig in (*_FORWARDED, signal.SIGCHLD):
-                signal.signal(sig, signal.SIG_IGN if sig == signal.SIGINT else signal.SIG_DFL)
-            # Nothing of the parent's: the listeners (the parent accepts), the other workers'
-            # channels, the selector and its wakeup pipe.
-            # The selector's epoll instance is shared with the parent: close it first, and
-            # never unregister from it here (that would unregister in the parent too).
-            self._sel.close()
-            parent_end.close()
-            for w in self.workers.values():
-                w.chan.close()
-            for sock, _ in self.listeners:
-                sock.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            # SIGTERM/SIGINT/SIGHUP stay blocked until worker_main has its handlers and calls
-            # Channel.attach()
-            code = self.worker_main(Channel(chan))
-        except BaseException as exc:  # noqa: BLE001 - whatever happens, the child exits here
-            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                self.log(f"warning: worker failed: {type(exc).__name__}: {exc}")
-                traceback.print_exc()
-            elif isinstance(exc, SystemExit) and isinstance(exc.code, int):
-                code = exc.code
-        finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
+    def _child(self, chan: socket.socket, parent_end: socket.socket) -> int:
+        signal.set_wakeup_fd(-1)
+        for sig in (*_FORWARDED, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_IGN if sig == signal.SIGINT else signal.SIG_DFL)
+        # Nothing of the parent's: the listeners (the parent accepts), the other workers'
+        # channels, the selector and its wakeup pipe.
+        # The selector's epoll instance is shared with the parent: close it first, and
+        # never unregister from it here (that would unregister in the parent too).
+        self._sel.close()
+        parent_end.close()
+        for w in self.workers.values():
+            w.chan.close()
+        for sock, _ in self.listeners:
+            sock.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        if self.stop_fd is not None:
+            os.close(self.stop_fd)
+        # SIGTERM/SIGINT/SIGHUP stay blocked until worker_main has its handlers and calls
+        # Channel.attach()
+        return self.worker_main(Channel(chan))
 
     def _reap(self) -> None:
         while self.workers:
@@ -422,6 +410,38 @@ class Supervisor:
             self._accepting = False
         for sock, _ in self.listeners:
             sock.close()
+
+
+def fork_child(body: Callable[[], int], log: Callable[[str], None], what: str) -> int:
+    """Fork. The child runs body() and exits with what it returns (70, EX_SOFTWARE, when it
+    raises; a SystemExit's code), its stdout and stderr flushed; the parent gets the child's
+    PID. SIGTERM, SIGINT and SIGHUP are blocked across the fork, and stay blocked in the child
+    until it unblocks them with its own handlers in place: a signal sent meanwhile waits, rather
+    than being lost to the parent's handler (and the parent waiting forever for that child)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                code = body()
+            except BaseException as exc:  # noqa: BLE001 - whatever happens, the child exits here
+                if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    log(f"warning: {what} failed: {type(exc).__name__}: {exc}")
+                    traceback.print_exc()
+                elif isinstance(exc, SystemExit) and isinstance(exc.code, int):
+                    code = exc.code
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+    return pid
 
 
 def _kill(pid: int, sig: int) -> None:

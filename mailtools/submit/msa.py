@@ -284,27 +284,47 @@ def serve(cfg, listen: list[str], tls_listen: list[str], workers: int | None = N
 def _serve_workers(cfg, listen: list[str], tls_listen: list[str], n: int) -> int:
     """The parent: bind, then hand connections to N worker processes (core/prefork)."""
     from mailtools.core import prefork
+
+    prefork.hold_signals()  # until the parent can handle them (the port answers before that)
+    socks, ctx = bind(cfg, listen, tls_listen)
+    return supervise(cfg, socks, ctx, n)
+
+
+def bind(cfg, listen: list[str], tls_listen: list[str]):
+    """Bind the listeners for worker processes: ([(socket, 1 if implicit TLS else 0)], TLS
+    context). TempFail when one cannot be bound (the others are closed), ConfigError for a bad
+    address or implicit TLS without a certificate."""
+    from mailtools.core import prefork
     from mailtools.core.exitcodes import ConfigError, TempFail
 
     ctx = _tls_context(cfg, listen, tls_listen)
     socks: list = []
-    prefork.hold_signals()  # until the parent can handle them (the port answers before that)
     try:
         for specs, implicit in ((listen, 0), (tls_listen, 1)):
             for spec in specs:
                 socks += [(sock, implicit) for sock in prefork.bind(spec)]
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    except OSError as exc:
+    except (ValueError, OSError) as exc:
         for sock, _ in socks:
             sock.close()
+        if isinstance(exc, ValueError):
+            raise ConfigError(str(exc)) from None
         raise TempFail(f"cannot listen: {exc.strerror or exc}") from None
-    from types import SimpleNamespace
+    return socks, ctx
 
-    from mailtools.core.listen import bound_addresses
 
-    for addr in bound_addresses([SimpleNamespace(sockets=[sock for sock, _ in socks])]):
-        log(f"listening on {addr}")
+def supervise(cfg, socks: list, ctx, n: int, *, stop_fd: int | None = None, announce: bool = True) -> int:
+    """Run N worker processes on bound listeners until stopped (core/prefork.Supervisor);
+    `stop_fd`: a pipe whose end (its writer closed: `serve` stopping, or gone) is one more
+    way to say "drain"."""
+    from mailtools.core import prefork
+
+    if announce:
+        from types import SimpleNamespace
+
+        from mailtools.core.listen import bound_addresses
+
+        for addr in bound_addresses([SimpleNamespace(sockets=[sock for sock, _ in socks])]):
+            log(f"listening on {addr}")
 
     # What the workers run is imported here, before the first fork: a worker started later
     # (a restart) runs the same code as the others even if the files changed on disk since,
@@ -325,7 +345,7 @@ def _serve_workers(cfg, listen: list[str], tls_listen: list[str], n: int) -> int
                 if t is not threading.current_thread() and not t.daemon:
                     t.join(60)
 
-    sup = prefork.Supervisor(socks, n, worker_main, log=log,
+    sup = prefork.Supervisor(socks, n, worker_main, log=log, stop_fd=stop_fd,
                              on_hup=lambda: reload(cfg, (), n))
     log(f"{n} worker processes")
     return sup.run()

@@ -1,0 +1,119 @@
+"""`serve` with submission in worker processes of its own (the default with two or more CPUs)
+and without (`--submission-workers 0`): the same flow works either way; the submission
+processes are restarted when they die, follow SIGHUP, drain on SIGTERM and never outlive a
+SIGKILLed serve."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import time
+
+from test_serve import add_user, serve, submit, wait_imap_message  # noqa: F401 - serve is a fixture
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of pid (from /proc)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(name))
+    return sorted(out)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(predicate, timeout=20.0, what=""):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def start_split(serve, root=None):
+    """serve with one submission worker: (Serve, the submission process, its worker)."""
+    s = serve(root=root, extra_args=["--submission-workers", "1"])
+    (sup,) = children(s.proc.pid)
+    wait_for(lambda: len(children(sup)) == 1, what="the worker")
+    (worker,) = children(sup)
+    return s, sup, worker
+
+
+def test_in_one_process_with_zero_workers(serve):
+    s = serve(extra_args=["--submission-workers", "0"])
+    assert children(s.proc.pid) == []
+    assert "worker process" not in s.output()
+    add_user(s)
+    submit(s, "me@localhost", ["me@localhost"], "one process")
+    (msg,) = wait_imap_message(s, "me@localhost")
+    assert b"Subject: one process" in msg
+    assert s.stop() == 0
+
+
+def test_two_workers_each_take_mail_and_a_killed_one_is_replaced(serve):
+    s = serve(extra_args=["--submission-workers", "2"])
+    assert "(2 worker processes)" in s.output()
+    (sup,) = children(s.proc.pid)
+    wait_for(lambda: len(children(sup)) == 2, what="two workers")
+    add_user(s)
+    first = children(sup)
+    os.kill(first[0], signal.SIGKILL)
+    wait_for(lambda: len(children(sup)) == 2 and children(sup) != first, what="a new worker")
+    for i in range(6):  # ten sessions one after the other: both workers serve some
+        submit(s, "me@localhost", ["me@localhost"], f"w{i}")
+    msgs = wait_imap_message(s, "me@localhost", count=6)
+    assert len(msgs) == 6
+    assert s.stop() == 0
+
+
+def test_a_dead_submission_process_is_started_again(serve):
+    s = serve(extra_args=["--submission-workers", "1"])
+    add_user(s)
+    (sup,) = children(s.proc.pid)
+    os.kill(sup, signal.SIGKILL)  # its worker drains and exits: its channel reached its end
+    wait_for(lambda: children(s.proc.pid) and children(s.proc.pid) != [sup], what="a new submission process")
+    assert "submission process ended" in s.output()
+    deadline = time.monotonic() + 20
+    while True:  # the listeners never closed (serve keeps them): at worst a moment without a worker
+        try:
+            submit(s, "me@localhost", ["me@localhost"], "after the restart")
+            break
+        except (OSError, smtplib.SMTPException):
+            assert time.monotonic() < deadline, s.output()
+            time.sleep(0.1)
+    (msg,) = wait_imap_message(s, "me@localhost")
+    assert b"after the restart" in msg
+    assert s.stop() == 0
+
+
+def test_sighup_reaches_the_submission_workers(serve):
+    s, sup, worker = start_split(serve)
+    s.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: f"submit[{worker}]: reloaded" in s.output(), what="the worker's reload")
+    assert f"submit[{sup}]: reloaded" in s.output()
+
+
+def test_sigterm_drains_and_a_killed_serve_leaves_no_server_behind(serve):
+    s, sup, worker = start_split(serve)
+    s.proc.send_signal(signal.SIGKILL)
+    s.proc.wait(10)
+    wait_for(lambda: not alive(sup) and not alive(worker), what="the submission processes to end")
+    # and a clean stop reaps them (exit 0, nothing left)
+    s2, sup2, worker2 = start_split(serve, root=s.root)
+    assert s2.stop() == 0
+    assert not alive(sup2) and not alive(worker2)
+    assert "stopped" in s2.output()
