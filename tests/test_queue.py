@@ -278,6 +278,10 @@ def test_concurrent_runners_never_take_the_same_entry(q, tmp_path):
         out, _ = p.communicate(timeout=60)
         taken.extend(out.split())
     assert sorted(taken) == sorted(ids)  # each exactly once
+    # and the losers of the races left no empty claim directory behind
+    active = tmp_path / "queue" / "active"
+    assert all(os.listdir(active / n) == ["entry"] for n in os.listdir(active))
+    assert sorted(n.split(".")[0] for n in os.listdir(active)) == sorted(ids)
 
 
 def test_enqueue_refuses_line_breaks_in_addresses(q):

@@ -1,79 +1,89 @@
-"""The mail queue: a Maildir-shaped spool of entries, each a directory holding the message and a
-plain-text envelope, moved between state directories by atomic rename(2).
+"""The mail queue: a Maildir-shaped spool of entries moved between state directories by
+atomic rename(2). A waiting entry is one plain file; a claimed one lives in a directory of its
+own, where its runner writes state beside it.
 
 Layout under the queue directory (cfg.queue_dir)::
 
-    tmp/QID/              an entry being written by enqueue()
-    new/QID/              queued: waiting for a runner (the only place claim() takes from)
+    tmp/QID               an entry file being written by enqueue()
+    new/QID               queued: waiting for a runner (the only place claim() takes from)
     active/QID.PID.HOST.N/  claimed by runner PID on HOST, its claim number N (the name says
-                          who, the directory's mtime says since when)
-    hold/QID/             held by the operator: no runner takes it until release_hold()
-    trash/QID.RANDOM/     being removed (delivered to every recipient, or deleted)
+                          who, the directory's mtime says since when); holds the entry
+    hold/QID              held by the operator: no runner takes it until release_hold()
+    trash/QID.RANDOM      being removed (delivered to every recipient, or deleted)
     nudge                 a FIFO: a byte written here wakes a relay daemon (see nudge())
 
-An entry directory holds its envelope (see core/envelope.py) and its message in one of two
-layouts, and readers take either:
+An entry has one of two shapes, and every reader takes either:
 
-- ``entry``: what enqueue() writes: the envelope, one empty line, then the message as
-  submitted (``cat`` shows both; the envelope never holds an empty line, so the first one
-  ends it). One file, so one creation and one flush to disk instead of two.
-- ``message`` (the bytes as submitted) and ``envelope``: entries queued before the one-file
-  layout (mailtools until 2026-11-28).
+- a plain file: what enqueue() writes, the envelope (see core/envelope.py), one empty line,
+  then the message as submitted (``cat`` shows both; the envelope never holds an empty line,
+  so the first one ends it). Never rewritten once renamed into new/.
+- a directory holding that file as ``entry`` (or, for entries queued before the one-file
+  layout, mailtools until 2026-11-28, ``message`` and ``envelope``), maybe with a separate
+  ``envelope`` that update() wrote and that wins over the head of ``entry``, and in active/
+  maybe a ``hold`` mark (the operator held it during its delivery: release() and recover()
+  then move it to hold/, not new/). Entry directories were what enqueue() wrote until
+  2026-11-29; now one appears in new/ or hold/ when a claimed entry goes back (release(),
+  recover(), a broken envelope parked in hold/).
 
-update() writes the new state to ``envelope`` beside either, and a separate ``envelope``
-always wins over the head of ``entry``: a runner never rewrites the message. In active/ an
-entry may also hold a ``hold`` mark when the operator held it during its delivery (release()
-and recover() then move it to hold/, not new/).
+claim() of a plain file makes active/NAME (or renames a spare directory there, see
+_Remover.SPARE_AGE) and renames new/QID to active/NAME/entry; claim() of a directory renames
+it to active/NAME, as before. The runner needs that directory: update() writes ``envelope``
+into it, hold() its mark, and a claim taken away by recover() shows as the unique active/NAME
+path gone (ClaimLost). An active/ directory that is still empty is a claim being made, or
+(its claimer's PID gone, or older than the timeout) one a crash cut short: recover() removes it.
 
 A queue id is 13 hex digits of microseconds since the epoch then 10 random hex digits: ids
-sort by arrival and two hosts sharing the spool never pick the same one (mkdir in tmp/ is the
-tie-breaker if they ever did).
+sort by arrival and two hosts sharing the spool never pick the same one (O_EXCL in tmp/ is
+the tie-breaker if they ever did).
 
-Durability (STYLE.md practice 8; qmail's INTERNALS is the model). enqueue() writes the
-``entry`` file into tmp/QID/ (opened O_DSYNC: the write returns with its data and the file size
-on disk), fsyncs the entry directory, renames the entry into new/ and fsyncs new/; only then
-does it return the id (and only then may SMTP say 250 or submit exit 0). The entry
-directory's own fsync is what makes the name ``entry`` durable: the rename writes new/ and
-tmp/, not the renamed directory's blocks, and POSIX gives no other promise. On ext4 (and XFS)
-the file's flush has already committed the journal transaction that created that name, so it
-costs a few hundredths of a millisecond; it stays for file systems that log per inode. Each
-file of its own costs a journal commit on ext4: the two-file layout made three per entry (two
-files, then new/), one file makes two, measured here (ext4, under the shared load) 1.2-2.0 ms
-per enqueue against 1.8-3.4 ms.
+Durability (STYLE.md practice 8; qmail's INTERNALS is the model). enqueue() creates tmp/QID
+(O_EXCL, opened O_DSYNC: the one write returns with the data and the file size on disk),
+renames it into new/ and fsyncs new/ (one fsync for the enqueues that meet there, _GroupSync);
+only then does it return the id (and only then may SMTP say 250 or submit exit 0). Nothing
+else needs to reach the disk: the name in tmp/ is never relied on, and the name in new/ is
+written by new/'s fsync. Postfix does the same (its queue file, then the directory), and it
+is one flush to disk per message fewer than the entry directory (its ``entry`` file, then an
+fsync of the entry directory for the name ``entry``, then new/): on ext4 without a journal each
+fsync is its own disk write. A rename would replace a file silently, so enqueue() checks that
+new/QID does not exist before it (an id passed in twice; made ids are unique).
 
 What a crash leaves behind, state by state:
 
-- during enqueue, before the rename: a (possibly partial) entry in tmp/. No runner ever looks
+- during enqueue, before the rename: a (possibly partial) file in tmp/. No runner ever looks
   in tmp/, the submitter was not told "accepted", so nothing is lost; recover() removes tmp/
   entries older than a day and a half.
 - after the rename, before new/ is fsynced (power loss): the entry is whole either in tmp/
-  (the submitter saw no success and retries) or in new/. Never half in new/: the files and the
-  entry directory were fsynced before the rename that makes them visible.
+  (the submitter saw no success and retries) or in new/. Never half in new/: its data and
+  size were on disk before the rename that makes it visible.
+- claiming: between the mkdir of active/NAME and the rename into it, an empty directory
+  (removed by recover(): see above) and the entry still in new/. After the rename the entry
+  is claimed. A claim of a plain file that raced another runner's claim and release (which
+  puts a directory back into new/) takes that directory in as active/NAME/entry/; the claim
+  then renames it to a claim name of its own, and recover() puts a crash's leftover of that
+  (the inner directory) back whole.
 - claimed (active/): the runner died mid-delivery. recover() renames the entry back into new/
   at once when the claimer was on this host and its PID is gone, else when the claim is older
   than the timeout. Delivery is at-least-once: a recipient may get a duplicate, none is lost.
 - update() while claimed: the new envelope is written to envelope.tmp, fsynced, renamed over
   envelope and the directory fsynced. A crash leaves the old or the new envelope, whole.
-- release() with a recipient still pending: one rename back into new/ (or hold/), not fsynced:
-  a crash that loses it leaves the entry in active/, where recover() finds it (the state is in
-  the envelope update() made durable).
+- release() with a recipient still pending: one rename of the claim directory back into new/
+  (or hold/), not fsynced: a crash that loses it leaves the entry in active/, where recover()
+  finds it (the state is in the envelope update() made durable).
 - release() when every recipient is final: no fsync and no envelope update at all (the runner
   skips update()): a rename into trash/, which takes the entry out of the queue, then a
-  background thread unlinks the two files and the directory (or, in a process that also
-  queues mail, keeps a one-file entry's directory there for a second as a spare its next
-  enqueue() renames into tmp/ and rewrites: see _Remover.SPARE_AGE). A crash that loses the rename
-  leaves the entry in active/ or new/ with its last durable envelope: it is delivered again to
-  the recipients not recorded as final there (at-least-once, as Postfix, which does not fsync
-  its unlink either). A leftover in trash/ is removed by recover().
-- hold/release_hold/delete: one rename each, fsynced (delete then empties trash/), so an entry
-  is always whole in exactly one state directory. Holding an active entry writes the ``hold``
-  mark (and fsyncs the entry directory); a crash either side of that leaves it marked or not,
-  whole.
+  background thread unlinks the file and the directory (or, in a process that also queues
+  mail, keeps them for a second as spares: see _Remover.SPARE_AGE). A crash that loses the
+  rename leaves the entry in active/ or new/ with its last durable envelope: it is delivered
+  again to the recipients not recorded as final there (at-least-once, as Postfix, which does
+  not fsync its unlink either). A leftover in trash/ is removed by recover().
+- hold/release_hold/delete: one rename each (of a file or a directory), fsynced (delete then
+  empties trash/), so an entry is always whole in exactly one state directory. Holding an
+  active entry writes the ``hold`` mark (and fsyncs the claim directory); a crash either side
+  of that leaves it marked or not, whole.
 
-Two runners (processes, or hosts on NFS) claim with rename(new/QID, active/QID.PID.HOST): the
-kernel (or NFS server) lets exactly one rename succeed; the other gets ENOENT and moves on.
-
-The envelope format is described in mailtools.core.envelope.
+Two runners (processes, or hosts on NFS) claim with rename(new/QID, active/NAME/entry) (or
+rename(new/QID, active/NAME) for a directory): the kernel (or NFS server) lets exactly one
+rename succeed; the other gets ENOENT, removes its empty claim directory and moves on.
 
 Import cost matters: submit (the sendmail path) imports this module, so only os, errno, sys,
 time and core.envelope are imported at the top; anything heavier where it is used.
