@@ -166,15 +166,18 @@ def test_a_failed_fsync_of_new_takes_the_entry_back(tmp_path, monkeypatch):
     assert len(q.ids("new")) == 1 and os.listdir(tmp_path / "q" / "tmp") == []
 
 
-def test_tmp_spreads_new_entries_on_ext4(tmp_path):
-    # chattr +T on queue/tmp/ when the queue is made (see queue._spread_subdirs); ext2/3/4 only
+def test_active_spreads_new_claim_directories_on_ext4(tmp_path):
+    # chattr +T on queue/active/, where claims make directories (see queue._spread_subdirs), also
+    # on a queue made before; ext2/3/4 only
     import shutil
     import subprocess
 
     fs = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout.strip()
     if fs not in ("ext2/ext3", "ext4") or not shutil.which("lsattr"):
         pytest.skip(f"file system {fs!r}: the flag is ext2/3/4's")
+    for sub in ("tmp", "new", "active", "hold", "trash"):
+        os.makedirs(tmp_path / "q" / sub)  # as an older version made it
     q = qmod.Queue(str(tmp_path / "q"))
-    q.enqueue("a@example.test", ["b@example.test"], b"x\r\n")
-    attrs = subprocess.run(["lsattr", "-d", str(tmp_path / "q" / "tmp")], capture_output=True, text=True).stdout.split()[0]
+    q.claim(q.enqueue("a@example.test", ["b@example.test"], b"x\r\n"))
+    attrs = subprocess.run(["lsattr", "-d", str(tmp_path / "q" / "active")], capture_output=True, text=True).stdout.split()[0]
     assert "T" in attrs, attrs

@@ -358,15 +358,17 @@ _FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS, _TOPDIR_FL = 0x80086601, 0x40086602, 0x00020
 
 
 def _spread_subdirs(path: str) -> None:
-    """Best effort: set the ext2/3/4 "top of directory hierarchy" flag (chattr +T) on tmp/, so
-    the kernel places each new entry directory (and so its two files) in a block group of its
-    own choosing instead of tmp/'s group. Why: ext4 without a journal will not reuse an inode
-    freed in the last minutes, and finds a free one by looking at every such inode of the
-    group from its start (recently_deleted() in fs/ext4/ialloc.c). In a group where thousands
-    of files were just removed (a busy /tmp, or this queue after a burst of deliveries) that
-    made each of enqueue()'s three creations cost 0.3-1.2 ms of CPU here; spread, 0.03 ms.
-    Placement only: nothing about the entry or its durability changes. Other file systems
-    refuse the ioctl or ignore the flag."""
+    """Best effort: set the ext2/3/4 "top of directory hierarchy" flag (chattr +T) on a
+    directory (the queue's active/, a Maildir tree), so the kernel places each new directory
+    made in it in a block group of its own choosing instead of the parent's group. Why: ext4
+    without a journal will not reuse an inode freed in the last minutes, and finds a free one
+    by looking at every such inode of the group from its start (recently_deleted() in
+    fs/ext4/ialloc.c). In a group where thousands of inodes were just freed (a busy /tmp, or
+    this queue after a burst of deliveries) that made each creation cost 0.3-1.2 ms of CPU
+    here; spread, 0.03 ms. In the queue the directories made per message are the claim
+    directories in active/ (entry files go where tmp/ is: the flag places directories only;
+    spares spare both, see _Remover.SPARE_AGE). Placement only: nothing about the entry or its
+    durability changes. Other file systems refuse the ioctl or ignore the flag."""
     try:
         import fcntl
         import struct
@@ -634,8 +636,10 @@ class Queue:
                 created = True
             except FileExistsError:
                 pass
+        # an attribute of active/, where claims make directories: looked at once per Queue (a
+        # queue made before claims made directories has it on tmp/ only)
+        _spread_subdirs(self._dir("active"))
         if created:
-            _spread_subdirs(self._dir("tmp"))  # an attribute of tmp/: set once, when it is made
             _fsync_dir(self.path)
             parent = os.path.dirname(os.path.abspath(self.path))
             if parent:
