@@ -397,17 +397,12 @@ class Server:
         _say("mailtools serve: configuration and users reloaded")
 
 
-# How long a thread that wants the GIL waits before it asks the holder to let go (Python's
-# default is 5 ms). The loop's thread runs Python most of the time; a thread back from one of
-# a message's blocking calls (enqueue's writes and fsyncs, a delivery's) waits for it up to
-# that long, a dozen times per message, and with a few sessions each waiting for its 250 that
-# latency, not CPU, set the rate: 0.5 ms gave the e2e bench 5 wins out of 5 alternating runs,
-# +2% to +38% (median +20%) end to end, at no measurable cost in CPU per message.
-SWITCH_INTERVAL = 0.0005
 
 
 async def _main(cfg, submission: SubmissionProcess | None = None) -> int:
-    sys.setswitchinterval(SWITCH_INTERVAL)
+    from mailtools.smtpd.server import SWITCH_INTERVAL
+
+    sys.setswitchinterval(SWITCH_INTERVAL)  # for its delivery threads too (see there)
     srv = Server(cfg, submission)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

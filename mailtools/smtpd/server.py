@@ -36,13 +36,24 @@ _READ_SIZE = 64 * 1024
 # default pool of cpu+4.
 _BLOCKING_THREADS = 32
 _executor = None
+# How long a thread that wants the GIL waits before it asks the holder to let go (Python's
+# default is 5 ms). The loop's thread runs Python most of the time; a thread back from one of
+# a message's blocking calls (enqueue's writes and fsyncs, a delivery's) waits for it up to
+# that long, a dozen times per message, and with a few sessions each waiting for its 250 that
+# latency, not CPU, set the rate. Set when the hook threads start (so in every server: submit
+# and relay --listen, their workers, serve). 0.5 ms gave serve's e2e bench 5 wins out of 5
+# alternating runs, +2% to +38% (median +20%) end to end, at no measurable cost in CPU per
+# message.
+SWITCH_INTERVAL = 0.0005
 
 
 def _blocking_pool():
     global _executor
     if _executor is None:
+        import sys
         from concurrent.futures import ThreadPoolExecutor
 
+        sys.setswitchinterval(SWITCH_INTERVAL)
         _executor = ThreadPoolExecutor(_BLOCKING_THREADS, thread_name_prefix="smtpd-hook")
     return _executor
 _ids = itertools.count(1)
