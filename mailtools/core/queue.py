@@ -340,17 +340,20 @@ def _split_entry(data: bytes, where: str) -> tuple[bytes, bytes]:
     return data[: end + 1], data[end + 2 :]
 
 
-def _read_message(path: str) -> bytes:
+def _read_message(path: str, is_dir: bool = False) -> bytes:
     """The message of an entry in any shape (see _read_envelope)."""
-    try:
-        return _split_entry(_read_file(path), path)[1]
-    except IsADirectoryError:
-        pass
+    if not is_dir:
+        try:
+            return _split_entry(_read_file(path), path)[1]
+        except IsADirectoryError:
+            pass
     where = os.path.join(path, ENTRY)
     try:
         data = _read_file(where)
     except FileNotFoundError:
         return _read_file(os.path.join(path, "message"))
+    except NotADirectoryError:  # a plain file after all
+        return _read_message(path)
     return _split_entry(data, where)[1]
 
 
@@ -864,10 +867,10 @@ class Queue:
         raise QueueError(f"no such queue entry: {qid}")
 
     def read_message(self, entry: Entry) -> bytes:
-        """The message as submitted (either layout), read from where the entry was seen."""
+        """The message as submitted (any shape of entry), read from where the entry was seen."""
         if entry.path is None:
             entry.path = self._find(entry.id)[0]
-        return _read_message(entry.path)
+        return _read_message(entry.path, entry.state_dir == "active")
 
     # claiming -------------------------------------------------------------------------
 
