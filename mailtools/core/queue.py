@@ -41,10 +41,10 @@ Durability (STYLE.md practice 8; qmail's INTERNALS is the model). enqueue() crea
 renames it into new/ and fsyncs new/ (one fsync for the enqueues that meet there, _GroupSync);
 only then does it return the id (and only then may SMTP say 250 or submit exit 0). Nothing
 else needs to reach the disk: the name in tmp/ is never relied on, and the name in new/ is
-written by new/'s fsync. Postfix does the same (its queue file, then the directory), and it
-is one flush to disk per message fewer than the entry directory (its ``entry`` file, then an
-fsync of the entry directory for the name ``entry``, then new/): on ext4 without a journal each
-fsync is its own disk write. A rename would replace a file silently, so enqueue() checks that
+written by new/'s fsync. Postfix does the same (its queue file, then the directory). It is
+one flush to disk per message fewer than when enqueue() wrote an entry directory (its
+``entry`` file, an fsync of that directory for the name ``entry``, then new/): on ext4
+without a journal each fsync is its own disk write. A rename would replace a file silently, so enqueue() checks that
 new/QID does not exist before it (an id passed in twice; made ids are unique).
 
 What a crash leaves behind, state by state:
@@ -888,10 +888,10 @@ class Queue:
 
     def claim_with_message(self, qid: str, *, want) -> tuple[Entry, bytes | None] | None:
         """claim(), and the message when it came with the claim's one read of a one-file
-        entry (else None: read_message()). That file is never rewritten, so after the rename
-        only a separate envelope, which another runner's update() would have written meanwhile,
-        is looked for: one failed open instead of reading the entry again, then once more for
-        the message."""
+        entry (else None: read_message()). A plain file in new/ is never rewritten, so after
+        the rename one failed open (through the file, ENOTDIR) shows it is still that file
+        and nothing is read again; when another runner claimed, updated and released it
+        meanwhile (a directory came back to new/), its separate envelope is read instead."""
         return self._claim(qid, want, True)
 
     def _claim(self, qid: str, want, with_message: bool) -> tuple[Entry, bytes | None] | None:
