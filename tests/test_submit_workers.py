@@ -208,6 +208,29 @@ def test_killed_worker_is_replaced_and_the_other_keeps_serving(home, servers):
     assert s.stop() == 0
 
 
+def test_a_worker_sigtermed_alone_gets_no_more_connections_and_is_replaced(home, servers):
+    s = start(servers, home, 2)
+    a, b = s.client(), s.client()
+    leaving, staying = s.owner(a), s.owner(b)
+    assert leaving != staying
+    os.kill(leaving, signal.SIGTERM)  # an admin's kill, or an OOM policy: not the parent's stop
+    log = s.wait_log(lambda log: len(s.started(log)) == 3)
+    assert f"warning: worker {leaving} is stopping on its own; starting another" in log
+    replacement = s.started(log)[-1]
+    # every new connection goes to a worker that serves it, never to the leaving one
+    for i in range(4):
+        c = s.client()
+        assert s.owner(c) in (staying, replacement)
+        send(c, f"after{i}")
+        c.quit()
+    send(b, "other")
+    s.wait_log(lambda log: f"worker {leaving} done (exit 0)" in log)
+    assert "restarting it" not in s.log()  # replaced once, when it said it was leaving
+    assert sorted(s.workers()) == sorted([staying, replacement])
+    assert sorted(queued(home).values()) == ["after0", "after1", "after2", "after3", "other"]
+    assert s.stop() == 0
+
+
 def everywhere(s: Server, password: str) -> list[smtplib.SMTP]:
     """Logged-in connections until every worker holds one (the parent balances by open
     connections, so two or three do it; a close it has not heard of yet can cost one more)."""

@@ -29,7 +29,9 @@ systemd's SIGTERM to every process of the service, reaches the workers too, and 
 count twice in every worker. SIGHUP runs the parent's `on_hup` (reload what a restarted worker
 would start with) and is forwarded. A worker that dies is restarted at once, or after a growing
 pause (1 s, doubling to 30 s) when it keeps dying within a second of its start; the others keep
-serving meanwhile. Workers are forks of the parent: import what they run before run(), so a
+serving meanwhile. A worker SIGTERMed on its own (not through the parent) says so over its
+channel before it drains: the parent gives it no more connections and starts another in its
+place at once. Workers are forks of the parent: import what they run before run(), so a
 restarted one runs the same code as its siblings even after the files changed on disk.
 
     def worker_main(channel: Channel) -> int: ...       # runs in the child, returns its exit code
@@ -53,6 +55,7 @@ from mailtools.core.listen import parse_listen
 
 BACKLOG = 256
 _CLOSED = b"c"  # worker -> parent: one connection ended
+_DRAINING = b"d"  # worker -> parent: it stops (a SIGTERM of its own): no more connections for it
 _RESTART_PAUSE_MAX = 30.0
 _ACCEPT_PAUSE = 0.1
 _QUICK_DEATH = 1.0  # a worker that dies sooner than this after its start is restarted after a pause
@@ -145,7 +148,12 @@ class Channel:
         loop.add_reader(self.sock.fileno(), readable)
 
     def detach(self) -> None:
-        """Stop taking connections (the parent gives new ones to the other workers)."""
+        """Stop taking connections: the parent is told, and gives new ones to the other workers
+        (and starts a new worker once this one has exited, unless it is stopping itself)."""
+        try:
+            self.sock.send(_DRAINING)
+        except OSError:
+            pass  # the parent is gone
         if self._loop is not None:
             self._loop.remove_reader(self.sock.fileno())
             self._loop = None
@@ -159,13 +167,14 @@ class Channel:
 
 
 class _Worker:
-    __slots__ = ("pid", "chan", "started", "conns")
+    __slots__ = ("pid", "chan", "started", "conns", "draining")
 
     def __init__(self, pid: int, chan: socket.socket):
         self.pid = pid
         self.chan = chan
         self.started = time.monotonic()
         self.conns = 0
+        self.draining = False
 
 
 class Supervisor:
@@ -285,7 +294,8 @@ class Supervisor:
     def _set_accepting(self) -> None:
         """Watch the listeners only while some worker can take a connection: otherwise new
         connections wait in the kernel's backlog."""
-        want = bool(self.workers) and not self.stopping and time.monotonic() >= self._accept_pause
+        want = (any(not w.draining for w in self.workers.values()) and not self.stopping
+                and time.monotonic() >= self._accept_pause)
         if want == self._accepting:
             return
         for sock, index in self.listeners:
@@ -314,7 +324,7 @@ class Supervisor:
                 conn.close()  # the worker has its own descriptor now
 
     def _dispatch(self, conn: socket.socket, index: int) -> None:
-        order = sorted(self.workers.values(), key=lambda w: w.conns)
+        order = sorted((w for w in self.workers.values() if not w.draining), key=lambda w: w.conns)
         if len(order) > 1 and order[0].conns == order[1].conns:  # ties: take turns
             least = [w for w in order if w.conns == order[0].conns]
             self._rr += 1
@@ -342,6 +352,11 @@ class Supervisor:
                 return
             if data == _CLOSED and w.conns > 0:
                 w.conns -= 1
+            elif data == _DRAINING and not w.draining:
+                w.draining = True
+                if not self.stopping:  # stopped on its own: a new one takes its place now
+                    self.log(f"warning: worker {w.pid} is stopping on its own; starting another")
+                    self._restart_at.append(time.monotonic())
 
     # --- workers ---------------------------------------------------------------------------
     def _spawn(self) -> None:
@@ -394,7 +409,7 @@ class Supervisor:
             w.chan.close()
             how = (f"killed by {signal.Signals(-os.waitstatus_to_exitcode(status)).name}"
                    if os.WIFSIGNALED(status) else f"exit {os.waitstatus_to_exitcode(status)}")
-            if self.stopping:
+            if self.stopping or w.draining:  # (a drained one was replaced when it said so)
                 self.log(f"worker {pid} done ({how})")
                 continue
             lived = time.monotonic() - w.started
