@@ -54,6 +54,8 @@ def test_help_of_each_command_exits_zero(run):
         r = run(name, "--help")
         assert r.returncode == 0, (name, r.stderr)
         assert f"mailtools {name}".encode() in r.stdout
+        # arguments are described by their metavar, not typer's Python type (`<list[str]>`)
+        assert not re.search(rb"<(list\[|str>|text>)", r.stdout), (name, r.stdout.decode())
 
 
 def _long_options(node):

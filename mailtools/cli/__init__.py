@@ -18,6 +18,25 @@ from mailtools.core import exitcodes
 CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
 
 
+def _argument_types_from_metavars() -> None:
+    """typer 0.2x prints an argument's Python type after its name in --help (`RECIPIENT
+    <list[str]>`); ours all have a metavar that says what goes there (`RECIPIENT`, with `...`
+    for a list), as options' help does. Arguments without one keep the type."""
+    cls = getattr(getattr(typer, "core", None), "TyperArgument", None)
+    shown = getattr(cls, "display_type_rich", None)
+    if shown is None or getattr(shown, "_mailtools", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.metavar else shown(self, ctx)
+
+    display_type_rich._mailtools = True
+    cls.display_type_rich = display_type_rich
+
+
+_argument_types_from_metavars()
+
+
 def build_app(only: str | None = None) -> typer.Typer:
     """The whole CLI (for completions, docs and tests), or just one command (to run it)."""
     app = typer.Typer(
