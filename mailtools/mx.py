@@ -245,7 +245,7 @@ async def _run_checks(names, resolver, out, checker) -> int:
     return worst
 
 
-async def _inputs(names, start: bytes = b"", eof: bool = False, stdin=None):
+async def _inputs(names, start: bytes = b"", eof: bool = False):
     """The names in order; '-' expands to stdin's lines (blank lines and # comments skipped),
     read in chunks by a thread so a slow writer never stalls the lookups in flight. `start` is
     what was already read from stdin (and `eof` whether that was all of it)."""
@@ -254,7 +254,7 @@ async def _inputs(names, start: bytes = b"", eof: bool = False, stdin=None):
             yield name
             continue
         loop = asyncio.get_running_loop()
-        stdin = stdin or sys.stdin.buffer
+        stdin = sys.stdin.buffer
         reader = getattr(stdin, "read1", stdin.read)
         rest = b""
         while True:

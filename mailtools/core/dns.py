@@ -544,11 +544,18 @@ class Resolver:
         if heap:
             self._arm(heap[0])
 
-    def _udp_answered(self, q: _Question, resp: wire.Response) -> None:
+    def _answered(self, q: _Question) -> float:
+        """An answer to q came: stop its timer, fold its round trip into the server's smoothed
+        RTT (RFC 6298's 1/8 gain); returns now."""
         now = _now()
         q.waiting = 0
-        server, srtt = q.server, q.srtt
-        self._srtt[server] = (now - q.sent) if srtt is None else 0.875 * srtt + 0.125 * (now - q.sent)
+        srtt = q.srtt
+        self._srtt[q.server] = (now - q.sent) if srtt is None else 0.875 * srtt + 0.125 * (now - q.sent)
+        return now
+
+    def _udp_answered(self, q: _Question, resp: wire.Response) -> None:
+        now = self._answered(q)
+        server = q.server
         if resp.truncated:  # RFC 7766 5: retry over TCP
             task = self._loop.create_task(self._tcp(server, q.name, q.rtype, max(0.1, q.deadline - now)))
             task.add_done_callback(functools.partial(self._tcp_done, q, server))
@@ -557,10 +564,7 @@ class Resolver:
 
     def _udp_read(self, q: _Question, usual: tuple) -> None:
         """The usual answer (wire.read_answer): no alias, nothing else to judge."""
-        now = _now()
-        q.waiting = 0
-        srtt = q.srtt
-        self._srtt[q.server] = (now - q.sent) if srtt is None else 0.875 * srtt + 0.125 * (now - q.sent)
+        self._answered(q)
         rcode, records, ttl = usual
         self._finish(q, Answer(q.name, q.rtype, rcode, [], q.name, records, ttl))
 
