@@ -210,3 +210,21 @@ def test_kill_mid_enqueue_leaves_nothing_in_new(q, tmp_path):
     assert os.listdir(tmp_path / "queue" / "tmp") == [half]  # young: it may be an enqueue at work
     q.recover(3600, tmp_older_than_s=0)
     assert os.listdir(tmp_path / "queue" / "tmp") == []
+
+
+def test_a_runner_that_queues_nothing_claims_into_the_directory_of_a_finished_entry(q, tmp_path, monkeypatch):
+    monkeypatch.setattr(qmod._Remover, "SPARE_AGE", 3600.0)  # no race with its expiry, however busy
+    first, second = (q.enqueue("a@example.test", ["b@example.net"], MSG) for _ in range(2))
+    monkeypatch.setattr(qmod._Remover, "recycle", False)  # as in `relay --once`
+    e = q.claim(first)
+    e.recipients[0].state = "sent"
+    ino = os.stat(e.path).st_ino
+    assert q.release(e)
+    deadline = time.monotonic() + 30
+    while not qmod._Remover.spares() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    (spare,) = qmod._Remover.spares()
+    assert os.listdir(spare) == []  # the delivered entry's file is gone, its directory kept
+    e = q.claim(second)
+    assert os.stat(e.path).st_ino == ino and os.listdir(e.path) == ["entry"]
+    assert q.read_message(e) == MSG and os.listdir(tmp_path / "queue" / "trash") == []

@@ -501,7 +501,9 @@ class _Remover:
     # claim directory and its ``entry`` file: its next enqueue() truncates that file and
     # renames it into tmp/ (a spare file), and its runner's next claim of a one-file entry
     # renames the emptied directory into active/ (a spare directory) instead of mkdir: two
-    # inodes less freed and allocated per message. On ext4 without a journal the allocator
+    # inodes less freed and allocated per message. A runner that queues nothing (relay
+    # --once) removes the file and keeps the directory: a claim without mkdir, a removal
+    # without rmdir. On ext4 without a journal the allocator
     # skips over every recently freed inode of a group one by one, and under a steady stream
     # that scan was a fifth of serve's CPU. A spare not taken within SPARE_AGE seconds (or
     # when the program ends) is removed as before; recover() leaves this process's spares
@@ -568,10 +570,16 @@ class _Remover:
             idle = 0
             for path in batch:
                 try:
-                    if cls.recycle and len(cls._spares) < cls.SPARE_MAX and os.listdir(path) == [ENTRY]:
-                        with cls._lock:
-                            cls._spares.append((*os.path.split(path), time.monotonic()))
-                        continue
+                    if os.listdir(path) == [ENTRY]:
+                        if cls.recycle and len(cls._spares) < cls.SPARE_MAX:
+                            with cls._lock:
+                                cls._spares.append((*os.path.split(path), time.monotonic()))
+                            continue
+                        if len(cls._dirs) < cls.SPARE_MAX:  # a runner alone: the directory
+                            os.unlink(os.path.join(path, ENTRY))
+                            with cls._lock:
+                                cls._dirs.append((*os.path.split(path), time.monotonic()))
+                            continue
                 except OSError:
                     pass  # a plain file, or gone: removed below (or already)
                 try:
