@@ -1,11 +1,11 @@
-"""`mailtools serve`: the whole mail flow in one process, on an embedded default.
+"""`mailtools serve`: the whole mail flow with one command, on an embedded default.
 
 A fresh data root gets a commented mailtools.toml, a self-signed certificate and the standard
 folders; then one asyncio loop hosts the listeners (inbound SMTP, IMAP and POP3 with and without
 TLS) and the relay queue runner. Submission (STARTTLS and implicit TLS) runs in that loop too on
 a one-CPU machine; with two or more usable CPUs it runs in worker processes of its own (the
-same parent and workers `submit --listen` runs, core/prefork, in a child forked before any
-thread starts): one Python process is one core, and taking a message in (TLS, SMTP, the MSA
+same parent and workers `submit --listen` runs, core/prefork, in a child process started with
+the listening sockets): one Python process is one core, and taking a message in (TLS, SMTP, the MSA
 fix-ups, the queue's writes) costs about half of what the whole flow costs serve. The
 submission workers queue and nudge the queue runner over the queue's FIFO, as `submit` does for
 `relay --daemon`. Each piece is the same code its own subcommand runs: this module only wires
@@ -211,6 +211,7 @@ class SubmissionProcess:
         except TempFail as exc:
             why = str(exc).removeprefix("cannot listen: ")
             raise Unavailable(f"cannot listen for submission: {why}") from None
+        self.proc = None
         self.pid = 0
         self.stop_w = -1
         self.stopping = False
@@ -218,27 +219,39 @@ class SubmissionProcess:
         self.pause = 0.0
 
     def start(self) -> None:
-        """Fork the child: msa.supervise() on our sockets, draining when stop_w is closed."""
+        """Start the child: a fresh interpreter running submission_child() on our sockets,
+        draining when stop_w is closed. Not a fork: serve has threads by the time it restarts
+        one, and a fork would carry their locks (a buffered stderr mid-write, an executor
+        whose threads are gone) into the child."""
+        import json
+        import subprocess
         import time
 
-        from mailtools.core.prefork import fork_child
-        from mailtools.submit import msa
+        from mailtools.core.prefork import _FORWARDED
 
         stop_r, stop_w = os.pipe2(os.O_CLOEXEC)
-
-        def child() -> int:
-            os.close(stop_w)
-            signal.set_wakeup_fd(-1)  # the parent's loop's, when this is a restart
-            return msa.supervise(self.cfg, self.socks, self.ctx, self.n, stop_fd=stop_r, announce=False)
-
+        fds = [sock.fileno() for sock, _ in self.socks]
+        spec = json.dumps({"config": self.cfg.source, "hostname": self.cfg.hostname, "workers": self.n,
+                           "listeners": [[sock.fileno(), implicit] for sock, implicit in self.socks],
+                           "stop_fd": stop_r})
+        # -P (3.11+): not the working directory first on sys.path, as -m would put it
+        safe = ["-P"] if sys.version_info >= (3, 11) else []
+        code = ("import sys; from mailtools.core.exitcodes import run; from mailtools.serve import "
+                "submission_child; sys.exit(run('mailtools serve', submission_child, sys.argv[1]))")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Blocked across the start, so inherited blocked: the child's signals wait until it
+        # has its handlers (prefork.Supervisor.run unblocks them), never kill it half started.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
         try:
-            pid = fork_child(child, msa.log, "submission process")
+            proc = subprocess.Popen([sys.executable, *safe, "-c", code, spec], pass_fds=[*fds, stop_r])
         except OSError:
-            os.close(stop_r)
             os.close(stop_w)
             raise
-        os.close(stop_r)
-        self.pid, self.stop_w, self.started = pid, stop_w, time.monotonic()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+            os.close(stop_r)
+        self.proc, self.pid, self.stop_w, self.started = proc, proc.pid, stop_w, time.monotonic()
 
     def stop(self) -> None:
         """Drain and exit (idempotent: the pipe closes once)."""
@@ -258,14 +271,10 @@ class SubmissionProcess:
         """The child's exit status if it has ended (reaped now), else None."""
         if not self.pid:
             return 0
-        try:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            pid, status = self.pid, 0
-        if pid == 0:
-            return None
-        self.pid = 0
-        return os.waitstatus_to_exitcode(status)
+        code = self.proc.poll()
+        if code is not None:
+            self.pid = 0
+        return code
 
     async def watch(self) -> None:
         """Start the child again when it ends while serve runs (at once, or after a pause
@@ -300,6 +309,24 @@ class SubmissionProcess:
     def close_sockets(self) -> None:
         for sock, _ in self.socks:
             sock.close()
+
+
+def submission_child(spec: str) -> int:
+    """The submission process SubmissionProcess.start() runs: the parent and workers of
+    `submit --listen` (msa.supervise) on the listening sockets serve passed down."""
+    import json
+    import socket
+
+    from mailtools.submit import msa
+
+    args = json.loads(spec)
+    cfg = cfgmod.load(args["config"], reload=True) if args["config"] else cfgmod.load()
+    cfg.hostname = args["hostname"]
+    socks = [(socket.socket(fileno=fd), implicit) for fd, implicit in args["listeners"]]
+    from mailtools.core.tls import context_from_config
+
+    ctx = context_from_config(cfg)  # (serve checked it: msa.bind)
+    return msa.supervise(cfg, socks, ctx, args["workers"], stop_fd=args["stop_fd"], announce=False)
 
 
 class Server:
