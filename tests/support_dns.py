@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -42,10 +41,12 @@ import sys
 import tempfile
 import time
 
+from support_net import Helper
+
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 
 
-class DNSServer:
+class DNSServer(Helper):
     def __init__(self, proc: subprocess.Popen, port: int, workdir: str | None = None):
         self.proc, self.port, self.workdir = proc, port, workdir
         self.pid = proc.pid
@@ -55,24 +56,6 @@ class DNSServer:
     def toml(self) -> str:
         """A [dns] table pointing at this server, for a mailtools.toml."""
         return f'[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        if self.workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 def free_udp_tcp_port() -> int:

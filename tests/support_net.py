@@ -5,6 +5,7 @@ stopping a daemon by PID or a child server."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -56,3 +57,23 @@ def stop_proc(proc, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+class Helper:
+    """A helper daemon a test started as its child (`proc`, with its files in `workdir`):
+    stop() ends it (SIGTERM, then SIGKILL after 5 s) and removes the directory; with-able."""
+
+    proc: subprocess.Popen
+    workdir: str | None = None
+
+    def stop(self) -> None:
+        stop_proc(self.proc, signal.SIGTERM, 5)
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+
+from support_net import Helper
 
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 
@@ -54,7 +55,7 @@ class SinkMessage:
     data: bytes
 
 
-class Sink:
+class Sink(Helper):
     def __init__(self, proc, port, workdir):
         self.proc, self.port, self.workdir = proc, port, workdir
         self.pid = proc.pid
@@ -113,24 +114,6 @@ class Sink:
                 os.unlink(p)
             except FileNotFoundError:
                 pass
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        if self.workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 def start_sink(port=None, *, soft=(), hard=(), disconnect=(), reply421=(), soft_reply=None,
