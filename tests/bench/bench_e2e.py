@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_submission import drive, free_port, wait_port  # noqa: E402  (same workload client)
+from support_net import bytecode_env  # noqa: E402  (bench_submission put tests/ on sys.path)
 
 USER, PASSWORD = "bench@example.test", "benchpw"
 
@@ -82,7 +83,7 @@ def run_mailtools(a, work: Path, hashed: str) -> float:
     )
     (root / "users").write_text(f"{USER}:{hashed}::::::\n")
     smtp, imap = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("MAILTOOLS_CONFIG",)}
+    env = bytecode_env({k: v for k, v in os.environ.items() if k not in ("MAILTOOLS_CONFIG",)}, work / "pycache")
     args = [sys.executable, "-m", "mailtools", "serve", "--root", str(root), "--submission", f"127.0.0.1:{smtp}",
             "--imap", f"127.0.0.1:{imap}"]
     for off in ("smtp", "submissions", "imaps", "pop3", "pop3s"):

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: shared loopback helpers
-from support_net import free_port, wait_port  # noqa: E402
+from support_net import bytecode_env, free_port, wait_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 REF = Path(os.environ.get("REFERENCE_BENCH", Path(__file__).resolve().parent / "workload"))
@@ -105,7 +105,7 @@ def start_mailtools(root: Path, hashed: str):
     cfg = WORK / "mailtools.toml"
     cfg.write_text(f'hostname = "mx.example.test"\nroot = "{root}"\nlocal_domains = ["example.test"]\n')
     port = free_port()
-    env = dict(os.environ, MAILTOOLS_CONFIG=str(cfg), PYTHONPATH=str(REPO))
+    env = bytecode_env(dict(os.environ, MAILTOOLS_CONFIG=str(cfg), PYTHONPATH=str(REPO)), WORK / "pycache")
     log = open(WORK / "imap-serve.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "mailtools", "imap-serve", "--listen", f"127.0.0.1:{port}"],
                             env=env, stdout=log, stderr=subprocess.STDOUT)

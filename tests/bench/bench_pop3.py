@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: shared loopback helpers
-from support_net import free_port, wait_port  # noqa: E402
+from support_net import bytecode_env, free_port, wait_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 REF = Path(os.environ.get("REFERENCE_BENCH", Path(__file__).resolve().parent / "workload"))
@@ -111,7 +111,7 @@ def start_mailtools(hashed: str, maildir: Path):
     cfg = WORK / "mailtools.toml"
     cfg.write_text(f'hostname = "bench.example.test"\nroot = "{root}"\nlocal_domains = ["example.test"]\n')
     port = free_port()
-    env = dict(os.environ, MAILTOOLS_CONFIG=str(cfg), PYTHONPATH=str(REPO))
+    env = bytecode_env(dict(os.environ, MAILTOOLS_CONFIG=str(cfg), PYTHONPATH=str(REPO)), WORK / "pycache")
     proc = subprocess.Popen([sys.executable, "-m", "mailtools", "pop3-serve", "--listen", f"127.0.0.1:{port}"],
                             env=env, stdout=subprocess.DEVNULL)
     wait_port(port, timeout=20)

@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
-from support_net import free_port, wait_port  # noqa: E402  (tests/: loopback helpers)
+from support_net import bytecode_env, free_port, wait_port  # noqa: E402  (tests/: loopback helpers)
 from support_reference import postfix_instance_dirs  # noqa: E402
 
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
@@ -184,7 +184,7 @@ def bench_mailtools(count: int, size: int, sink: CountingSink) -> float:
                 q.enqueue("a@example.test", ["user@remote.test"], message(i, size, "user@remote.test"))
             time.sleep(1)
             base = sink.mesg
-            env = dict(os.environ, MAILTOOLS_CONFIG=str(cfg), PYTHONPATH=str(REPO))
+            env = bytecode_env(dict(os.environ, MAILTOOLS_CONFIG=str(cfg), PYTHONPATH=str(REPO)), tmp / "pycache")
             t0 = time.monotonic()
             p = subprocess.Popen([sys.executable, "-m", "mailtools", "relay", "--once"], env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: shared loopback helpers
-from support_net import free_port, wait_port  # noqa: E402
+from support_net import bytecode_env, free_port, wait_port  # noqa: E402
 
 
 # --- the client -------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def mailtools_server(a, work: Path):
     cfg = work / "mailtools.toml"
     cfg.write_text(f'hostname = "mx.example.test"\nroot = "{root}"\nlocal_domains = ["example.test"]\n'
                    f"[submit]\nmax_connections = 200\n")
-    env = {**os.environ, "MAILTOOLS_CONFIG": str(cfg)}
+    env = bytecode_env({**os.environ, "MAILTOOLS_CONFIG": str(cfg)}, work / "pycache")
     subprocess.run([sys.executable, "-m", "mailtools", "user", "add", "--password-stdin", "bench@example.test"],
                    input=b"benchpw\n", env=env, check=True, capture_output=True)
     port = free_port()
