@@ -295,7 +295,7 @@ def test_the_banner_command_for_the_first_user_works(serve, tmp_path):
 
 
 def test_fresh_root_spreads_its_maildirs_on_ext4(tmp_path):
-    # chattr +T on the mail/ serve creates (as on queue/tmp/); ext2/3/4 only; an existing
+    # chattr +T on the mail/ serve creates (as on queue/active/); ext2/3/4 only; an existing
     # mail/ keeps its attributes
     import shutil
 
