@@ -290,3 +290,44 @@ def test_rewrite_keeps_mode_and_owner(tmp_path):
     Users(p).add("alice@example.test", "pw", "BLF-CRYPT")
     st = os.stat(p)
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (65534, 65534, 0o640)
+
+
+@pytest.mark.parametrize("kind", ["id", "i"])
+@pytest.mark.parametrize("t,m", [(1, 8), (3, 64), (4, 1024)])
+def test_argon2_one_lane_goes_through_libsodium_with_argon2_cffi_answers(kind, t, m):
+    # one-lane hashes are checked by libsodium (PyNaCl); the answer is argon2-cffi's own
+    from argon2 import PasswordHasher, Type
+
+    scheme = "ARGON2ID" if kind == "id" else "ARGON2I"
+    ph = PasswordHasher(time_cost=t, memory_cost=m, parallelism=1, type=Type.ID if kind == "id" else Type.I)
+    value = ph.hash("pässwörd")
+    stored = "{%s}%s" % (scheme, value)
+    sodium = auth._sodium_verify(scheme, value, "pässwörd".encode())
+    if kind == "i" and t < 3:
+        assert sodium is None  # libsodium's Argon2i needs 3 passes: argon2-cffi checks it
+    else:
+        assert sodium is True
+        assert auth._sodium_verify(scheme, value, b"wrong") is False
+    assert check_password(stored, "pässwörd") is True
+    assert check_password(stored, "pässwörd ") is False
+
+
+def test_argon2_more_lanes_and_other_versions_stay_with_argon2_cffi():
+    from argon2 import PasswordHasher
+
+    value = PasswordHasher(time_cost=1, memory_cost=64, parallelism=4).hash("pw")
+    assert auth._sodium_verify("ARGON2ID", value, b"pw") is None
+    assert check_password("{ARGON2ID}" + value, "pw") and not check_password("{ARGON2ID}" + value, "px")
+    v16 = value.replace("$v=19$", "$v=16$")
+    assert auth._sodium_verify("ARGON2ID", v16, b"pw") is None
+    broken = value.replace("p=4", "p=1")[:-6]  # libsodium's range, a hash that is cut short
+    assert auth._sodium_verify("ARGON2ID", broken, b"pw") is False
+    assert check_password("{ARGON2ID}" + broken, "pw") is False
+
+
+@needs_doveadm
+def test_doveadm_argon2id_hash_goes_through_libsodium():
+    stored = doveadm_pw("ARGON2ID", "benchpw")
+    scheme, value = auth.split_scheme(stored)
+    assert auth._sodium_verify(scheme, value, b"benchpw") is True
+    assert auth._sodium_verify(scheme, value, b"benchpx") is False
