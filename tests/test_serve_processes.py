@@ -10,7 +10,7 @@ import signal
 import smtplib
 import time
 
-from test_serve import add_user, serve, submit, wait_imap_message  # noqa: F401 - serve is a fixture
+from test_serve import PASSWORD, _insecure, add_user, serve, submit, wait_imap_message  # noqa: F401 - serve is a fixture
 
 
 def children(pid: int) -> list[int]:
@@ -117,3 +117,20 @@ def test_sigterm_drains_and_a_killed_serve_leaves_no_server_behind(serve):
     assert s2.stop() == 0
     assert not alive(sup2) and not alive(worker2)
     assert "stopped" in s2.output()
+
+
+def test_a_second_stop_signal_ends_serve_and_its_submission_processes_at_once(serve):
+    s, sup, worker = start_split(serve)
+    add_user(s)
+    # a session in the middle of a transaction keeps the first stop's drain waiting
+    c = smtplib.SMTP("127.0.0.1", s.ports["submission"], timeout=30)
+    c.starttls(context=_insecure())
+    c.login("me@localhost", PASSWORD)
+    c.mail("me@localhost")
+    s.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "finishing in-flight work" in s.output(), what="the first stop")
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.proc.wait(10) == 0
+    assert "second signal, exiting now" in s.output()
+    wait_for(lambda: not alive(sup) and not alive(worker), timeout=10, what="the submission processes to end")
+    c.close()
