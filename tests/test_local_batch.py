@@ -81,6 +81,35 @@ def test_runner_batch_delivers_and_a_failed_fsync_of_new_defers_it(tmp_path, mon
     assert out[1]["nobody@example.test"].state == "bounced"  # unchanged: nothing was written
 
 
+def test_a_failed_fsync_of_one_maildir_defers_only_its_deliveries(tmp_path, monkeypatch):
+    from mailtools.relay.runner import DEFERRED, SENT, EntryWork, Job
+
+    cfg, runner = _runner(tmp_path)
+    os.makedirs(cfg.maildir_for("carol@example.test"))
+    q = Queue(cfg.queue_dir)
+    jobs = []
+    for rcpts in (["bob@example.test"], ["carol@example.test", "bob+lists@example.test"], ["carol@example.test"]):
+        entry = q.claim(q.enqueue("a@example.test", rcpts, MSG))
+        jobs.append(Job(EntryWork(entry, MSG), "example.test", list(entry.recipients)))
+    carol_new = os.path.join(str(cfg.maildir_for("carol@example.test")), "new")
+    real, tried = maildir._fsync_dir, []
+
+    def fail_carol(d):
+        tried.append(d)
+        if d == carol_new:
+            raise OSError(errno.EIO, "Input/output error")
+        real(d)
+
+    monkeypatch.setattr(maildir, "_fsync_dir", fail_carol)
+    out = runner._deliver_batch(jobs)
+    assert out[0]["bob@example.test"].state == SENT
+    assert out[1]["bob+lists@example.test"].state == SENT  # bob's Maildir, fsynced
+    assert out[1]["carol@example.test"].state == DEFERRED and out[1]["carol@example.test"].status == "4.3.0"
+    assert "Input/output error" in out[1]["carol@example.test"].reply
+    assert out[2]["carol@example.test"].state == DEFERRED
+    assert sorted(tried) == sorted([carol_new, os.path.join(str(cfg.maildir_for("bob@example.test")), "new")])
+
+
 def test_runner_pass_delivers_a_burst_through_the_batches(tmp_path):
     cfg, runner = _runner(tmp_path)
     q = Queue(cfg.queue_dir)

@@ -96,8 +96,10 @@ class DirSyncBatch:
     per message (what group commit does across writers, here within one writer). Durability is
     the same at the block's end, which raises OSError when a directory's fsync fails: until
     then the caller must not report any of these messages delivered (step 3 above simply
-    happens later for all of them together). Blocks do not nest; other threads, and this
-    thread outside a block, fsync at once as before."""
+    happens later for all of them together). A failure raises DirSyncFailed naming the
+    directories whose fsync failed (each is tried), so that only their deliveries are retried.
+    Blocks do not nest; other threads, and this thread outside a block, fsync at once as
+    before."""
 
     _local = None  # threading.local(), made by the first block (never in one-thread callers)
 
@@ -111,9 +113,34 @@ class DirSyncBatch:
         return self
 
     def __exit__(self, *exc) -> None:
-        type(self)._local.dirs = None
-        for d in self.dirs:
-            _fsync_dir(d)
+        local = type(self)._local
+        local.dirs = local.last = None
+        failed = {}
+        for d in self.dirs:  # every one, even after a failure: the others' deliveries stand
+            try:
+                _fsync_dir(d)
+            except OSError as err:
+                failed[d] = err
+        if failed:
+            raise DirSyncFailed(failed)
+
+    def take_last(self) -> str | None:
+        """The directory whose fsync this block owes the last delivery made in it (None when
+        none was made since the last call): a caller that tells deliveries apart asks after
+        each, to know which ones a DirSyncFailed concerns."""
+        local = type(self)._local
+        d, local.last = getattr(local, "last", None), None
+        return d
+
+
+class DirSyncFailed(OSError):
+    """The fsync at the end of a DirSyncBatch failed for `failed` (directory -> OSError): the
+    deliveries into those directories are not durable; the others are."""
+
+    def __init__(self, failed: dict):
+        first = next(iter(failed.values()))
+        super().__init__(first.errno, f"fsync of {', '.join(failed)}: {first.strerror or first}")
+        self.failed = failed
 
 
 def _fsync_new_dir(d: str) -> None:
@@ -124,6 +151,7 @@ def _fsync_new_dir(d: str) -> None:
         _fsync_dir(d)
     else:
         pending[d] = True
+        local.last = d
 
 
 def make_dirs(path: str, folder_marker: bool = False) -> None:

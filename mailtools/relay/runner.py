@@ -443,25 +443,39 @@ class Runner:
         self._drain_local()
 
     def _deliver_batch(self, batch: list) -> list:
-        """In a delivery thread: every job of the batch, then one fsync per Maildir new/ (a
-        failed one defers the batch's deliveries: not durable, so not delivered; the retry
-        may duplicate, never lose)."""
-        from mailtools.core.maildir import DirSyncBatch
+        """In a delivery thread: every job of the batch, then one fsync per Maildir new/. The
+        deliveries into a Maildir whose fsync failed are deferred (not durable, so not
+        delivered: the retry may duplicate, never lose); the rest of the batch stands."""
+        from mailtools.core.maildir import DirSyncBatch, DirSyncFailed
 
-        results = []
+        results, where = [], []
         try:
-            with DirSyncBatch():
+            with DirSyncBatch() as sync:
                 for job in batch:
+                    dirs: dict = {}
                     try:
-                        results.append(self._deliver_local(job))
+                        results.append(self._deliver_local(job, sync, dirs))
                     except Exception as exc:  # noqa: BLE001
                         results.append(_local_failure(job, exc))
+                    where.append(dirs)
         except OSError as exc:
-            failed = Outcome(DEFERRED, f"local delivery failed: {exc}", "4.3.0", "local")
-            return [{a: failed if o.state == SENT else o for a, o in out.items()} for out in results]
+            failed = exc.failed if isinstance(exc, DirSyncFailed) else None
+            out = []
+            for result, dirs in zip(results, where):
+                done = {}
+                for a, o in result.items():
+                    d = dirs.get(a)
+                    if o.state == SENT and (failed is None or d is None or d in failed):
+                        why = failed[d] if failed and d in failed else exc
+                        o = Outcome(DEFERRED, f"local delivery failed: {why}", "4.3.0", "local")
+                    done[a] = o
+                out.append(done)
+            return out
         return results
 
-    def _deliver_local(self, job: Job) -> dict:
+    def _deliver_local(self, job: Job, sync=None, dirs: dict | None = None) -> dict:
+        """Deliver one job's recipients; with a DirSyncBatch `sync`, `dirs` gets each
+        recipient's Maildir directory whose fsync the batch owes."""
         from mailtools.core.local import deliver_local
 
         entry = job.work.entry
@@ -470,6 +484,8 @@ class Runner:
             state, status, text = deliver_local(self.cfg, entry.sender, r.address, job.work.data,
                                                 received=self._received(entry, r.address, job.work.data))
             out[r.address] = Outcome(state, text, status, "local")
+            if sync is not None:
+                dirs[r.address] = sync.take_last()
         return out
 
     # -- remote destinations ----------------------------------------------------------------------
