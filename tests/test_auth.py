@@ -331,3 +331,16 @@ def test_doveadm_argon2id_hash_goes_through_libsodium():
     scheme, value = auth.split_scheme(stored)
     assert auth._sodium_verify(scheme, value, b"benchpw") is True
     assert auth._sodium_verify(scheme, value, b"benchpx") is False
+
+
+@pytest.mark.parametrize("hash_len,salt_len", [(64, 16), (12, 16), (32, 48), (4, 8)])
+def test_argon2_hash_and_salt_lengths_libsodium_refuses_stay_with_argon2_cffi(hash_len, salt_len):
+    # Argon2 strings libsodium does not take (longer than 127 characters, a hash under 16
+    # bytes) were answered False for the right password through the libsodium path
+    from argon2 import PasswordHasher, Type
+
+    ph = PasswordHasher(time_cost=1, memory_cost=64, parallelism=1, type=Type.ID,
+                        hash_len=hash_len, salt_len=salt_len)
+    stored = "{ARGON2ID}" + ph.hash("pässwörd")
+    assert auth.check_password(stored, "pässwörd") is True
+    assert auth.check_password(stored, "pässwörx") is False

@@ -216,6 +216,12 @@ def _sodium_verify(scheme: str, value: str, secret: bytes) -> bool | None:
     parts = value.split("$")  # ['', 'argon2id', 'v=19', 'm=65536,t=3,p=1', salt, hash]
     if len(parts) != 6 or parts[2] != "v=19":
         return None
+    # libsodium takes a string of at most 127 characters (PyNaCl raises ValueError for more)
+    # and a hash of 16 bytes or more (22 base64 characters); Argon2 allows longer strings
+    # (a 64-byte hash, a 48-byte salt) and hashes down to 4 bytes, which it would refuse as
+    # a wrong password: argon2-cffi checks those
+    if len(value) > 127 or len(parts[5]) < 22:
+        return None
     try:
         params = dict(kv.split("=", 1) for kv in parts[3].split(","))
         if set(params) != {"m", "t", "p"} or params["p"] != "1" or int(params["t"]) < (3 if scheme == "ARGON2I" else 1):
