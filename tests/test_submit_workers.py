@@ -366,3 +366,43 @@ def test_a_port_in_use_is_exit_75_and_no_worker_starts(home, run):
         r = run("submit", "--listen", f"127.0.0.1:{taken.getsockname()[1]}", "--workers", "2")
     assert r.returncode == 75 and b"cannot listen" in r.stderr
     assert b"worker" not in r.stderr
+
+
+def test_a_connection_waiting_when_a_worker_says_it_leaves_goes_to_another(home, servers):
+    # The parent sees a new connection and a worker's "I am leaving" in one wake-up (here: the
+    # parent is stopped while both happen): the connection must go to a worker that serves
+    # it, not to the leaving one, where it waited unread until that worker exited
+    import base64
+
+    import bcrypt
+
+    s = start(servers, home, 2)
+    slow = bcrypt.hashpw(b"slowpw", bcrypt.gensalt(15, b"2b")).decode()  # a login of seconds
+    with open(home / "users", "a") as f:
+        f.write("slow@example.test:{BLF-CRYPT}$2y$" + slow[4:] + "::::::\n")
+    clients = []
+    for _ in range(3):  # two on one worker, one on the other
+        c = smtplib.SMTP("127.0.0.1", s.port, timeout=10)
+        c.ehlo("client.example.test")
+        clients.append(c)
+    owners = [s.owner(c) for c in clients]
+    light = min(set(owners), key=owners.count)
+    held = clients[owners.index(light)]
+    os.kill(s.proc.pid, signal.SIGSTOP)
+    try:
+        waiting = socket.create_connection(("127.0.0.1", s.port), timeout=10)  # in the backlog
+        # the leaving worker busy with a login: its drain waits for it
+        held.sock.sendall(b"AUTH PLAIN " + base64.b64encode(b"\0slow@example.test\0slowpw") + b"\r\n")
+        time.sleep(0.3)
+        os.kill(light, signal.SIGTERM)
+        time.sleep(0.5)  # it has told the parent (which reads nothing yet) and drains
+    finally:
+        os.kill(s.proc.pid, signal.SIGCONT)
+    try:
+        greeting = waiting.recv(100)
+    except socket.timeout:
+        greeting = b"(none within 10 s)"
+    waiting.close()
+    assert greeting.startswith(b"220"), greeting
+    s.wait_log(lambda log: f"worker {light} done (exit 0)" in log, timeout=60)
+    assert s.stop() == 0

@@ -236,6 +236,7 @@ class Supervisor:
         if not self._accepting and self._accept_pause > time.monotonic():
             due.append(self._accept_pause)
         timeout = max(0.0, min(due) - time.monotonic()) if due else None
+        ready = []  # listeners: accepted last, once every worker's news is in
         for key, _ in self._sel.select(timeout):
             if key.data == "wake":
                 try:
@@ -252,7 +253,7 @@ class Supervisor:
             elif isinstance(key.data, _Worker):
                 self._from_worker(key.data)
             else:
-                self._accept(key.fileobj, key.data)
+                ready.append(key)
         signals, self._signals = self._signals, []
         for sig in signals:
             self._handle_signal(sig)
@@ -262,6 +263,12 @@ class Supervisor:
             self._restart_at.remove(min(self._restart_at))
             self._spawn()
         self._set_accepting()
+        # Connections after the rest: a worker that said it is leaving in this same wake-up
+        # gets none (one sent to it would wait unread in its channel until it exited), its
+        # replacement is started, and after a stop they stay for the listeners' close.
+        if self._accepting:
+            for key in ready:
+                self._accept(key.fileobj, key.data)
 
     def _on_signal(self, sig, frame) -> None:
         self._signals.append(sig)  # handled by the loop (the wakeup fd ends its select)
