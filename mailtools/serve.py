@@ -293,8 +293,14 @@ class SubmissionProcess:
             if self.pause:
                 await asyncio.sleep(self.pause)
             if not self.stopping:
-                os.close(self.stop_w)
-                self.start()
+                if self.stop_w >= 0:
+                    os.close(self.stop_w)
+                    self.stop_w = -1
+                try:
+                    self.start()
+                except OSError as exc:  # no fork now (a process limit, memory): try again
+                    _say(f"mailtools serve: warning: cannot start the submission process: {exc}")
+                    self.started = time.monotonic()  # as a quick death: the pause grows
 
     async def wait(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for the child to end; whether it did."""

@@ -134,3 +134,57 @@ def test_a_second_stop_signal_ends_serve_and_its_submission_processes_at_once(se
     assert "second signal, exiting now" in s.output()
     wait_for(lambda: not alive(sup) and not alive(worker), timeout=10, what="the submission processes to end")
     c.close()
+
+
+def test_a_submission_process_that_cannot_be_started_again_is_retried(home, monkeypatch):
+    # A restart whose fork fails (EAGAIN: a process limit) once: serve warns and tries again
+    # after a pause, and the stop pipe it had closed is not closed a second time (another
+    # descriptor may have its number by then)
+    import asyncio
+    import errno
+    import subprocess
+
+    from conftest import free_port, wait_port
+    from mailtools import serve as servemod
+    from mailtools.core import config as cfgmod
+
+    cfg = cfgmod.load(reload=True)
+    port = free_port()
+    cfg.submit.listen, cfg.submit.tls_listen = [f"127.0.0.1:{port}"], []
+    sub = servemod.SubmissionProcess(cfg, 1)
+    sub.start()
+    first = sub.pid
+    real_popen, calls = subprocess.Popen, []
+
+    def popen(*args, **kw):
+        calls.append(args)
+        if len(calls) == 1:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        return real_popen(*args, **kw)
+
+    async def scenario() -> None:
+        watch = asyncio.create_task(sub.watch())
+        wait_for(lambda: len(children(first)) == 1, what="the first worker")
+        monkeypatch.setattr(subprocess, "Popen", popen)
+        os.kill(first, signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while len(calls) < 2 or not sub.pid:
+            assert not watch.done(), watch.exception()
+            assert loop.time() < deadline, "never started again"
+            await asyncio.sleep(0.1)
+        bystander = os.open(os.devnull, os.O_RDONLY)  # takes the lowest free number
+        try:
+            sub.stop()
+            os.fstat(bystander)  # still open
+        finally:
+            os.close(bystander)
+        assert await sub.wait(20)
+        watch.cancel()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sub.stop()
+        sub.signal(signal.SIGKILL)
+        sub.close_sockets()
