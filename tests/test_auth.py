@@ -344,3 +344,22 @@ def test_argon2_hash_and_salt_lengths_libsodium_refuses_stay_with_argon2_cffi(ha
     stored = "{ARGON2ID}" + ph.hash("pässwörd")
     assert auth.check_password(stored, "pässwörd") is True
     assert auth.check_password(stored, "pässwörx") is False
+
+
+def test_unknown_users_dummy_takes_the_library_path_of_the_files_hashes(tmp_path):
+    # a file whose Argon2 hashes libsodium does not take (64-byte hashes: argon2-cffi, ~1.5
+    # times the CPU) must get a dummy that does not either, or an unknown user answers faster
+    from argon2 import PasswordHasher, Type
+
+    for hash_len, salt_len in ((64, 16), (32, 16), (12, 8)):
+        ph = PasswordHasher(time_cost=1, memory_cost=64, parallelism=1, type=Type.ID,
+                            hash_len=hash_len, salt_len=salt_len)
+        good = "{ARGON2ID}" + ph.hash("pw")
+        p = tmp_path / f"users{hash_len}"
+        p.write_text(f"alice@example.test:{good}::::::\n")
+        users = Users(p)
+        dummy = auth._make_dummy(auth._cost_key(users.typical))
+        value, dvalue = auth.split_scheme(good)[1], auth.split_scheme(dummy)[1]
+        assert (auth._sodium_verify("ARGON2ID", dvalue, b"x") is None) == \
+            (auth._sodium_verify("ARGON2ID", value, b"x") is None), (good, dummy)
+        assert dvalue.split("$")[3] == value.split("$")[3]

@@ -250,7 +250,11 @@ def _cost_key(stored: str) -> str:
     scheme, value = split_scheme(stored)
     parts = value.split("$")
     if scheme in ("ARGON2ID", "ARGON2I") and len(parts) > 3:
-        return "{%s}%s" % (scheme, "$".join(parts[:4]))
+        # and the salt's and the hash's lengths (base64 characters) when not the usual 22
+        # and 43: they decide which library verifies it (see _sodium_verify), at its cost
+        sizes = [len(p) for p in parts[4:6]]
+        tail = "$%d$%d" % tuple(sizes) if len(sizes) == 2 and sizes != [22, 43] else ""
+        return "{%s}%s%s" % (scheme, "$".join(parts[:4]), tail)
     if scheme == "BLF-CRYPT" and len(parts) > 2 and parts[2].isdigit():
         return "{BLF-CRYPT}$2y$%02d" % min(max(int(parts[2]), 4), 31)
     if scheme in ("SHA512-CRYPT", "SHA256-CRYPT") and len(parts) > 2:
@@ -266,10 +270,12 @@ def _make_dummy(key: str) -> str:
         from argon2 import PasswordHasher, Type
 
         try:
-            params = dict(kv.split("=") for kv in value.split("$")[3].split(","))
+            parts = value.split("$")
+            params = dict(kv.split("=") for kv in parts[3].split(","))
+            salt, out = (int(n) * 3 // 4 for n in parts[4:6]) if len(parts) == 6 else (16, 32)
             ph = PasswordHasher(time_cost=min(int(params["t"]), 100), memory_cost=min(int(params["m"]), 4 << 20),
-                                parallelism=min(int(params["p"]), 64),
-                                type=Type.ID if scheme == "ARGON2ID" else Type.I)
+                                parallelism=min(int(params["p"]), 64), salt_len=min(max(salt, 8), 1024),
+                                hash_len=min(max(out, 4), 1024), type=Type.ID if scheme == "ARGON2ID" else Type.I)
             return "{%s}%s" % (scheme, ph.hash(secret))
         except (KeyError, ValueError, IndexError):
             return hash_password(secret)
