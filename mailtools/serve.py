@@ -392,6 +392,10 @@ class Server:
         waits = [s.wait_closed() for s in self.servers]
         if self.submission is not None:
             self.submission.stop()
+            # its listeners too: the submission process closes its copies as it drains, and
+            # ours would take new connections that nobody accepts any more (they hung
+            # unanswered until serve exited)
+            self.submission.close_sockets()
             waits.append(self.submission.wait(grace))
         if self.runner_task is not None:
             waits.append(self.runner_task)

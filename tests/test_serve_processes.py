@@ -188,3 +188,41 @@ def test_a_submission_process_that_cannot_be_started_again_is_retried(home, monk
         sub.stop()
         sub.signal(signal.SIGKILL)
         sub.close_sockets()
+
+
+def test_after_a_stop_signal_the_submission_port_refuses_while_serve_drains(serve):
+    # serve's other listeners close at the first stop; the submission ones (serve holds them
+    # for the submission process) must too, not take connections into a backlog nobody
+    # accepts from any more, where they hung unanswered until serve exited
+    import base64
+    import socket
+
+    import bcrypt
+
+    s, sup, worker = start_split(serve)
+    slow = bcrypt.hashpw(b"slowpw", bcrypt.gensalt(15, b"2b")).decode()  # a login of seconds
+    with open(s.root / "users", "a") as f:
+        f.write("slow@localhost:{BLF-CRYPT}$2y$" + slow[4:] + "::::::\n")
+    c = smtplib.SMTP("127.0.0.1", s.ports["submission"], timeout=30)
+    c.starttls(context=_insecure())
+    c.ehlo("client.example.test")
+    # the worker busy with this login: its drain, and so serve's stop, wait for it
+    c.sock.sendall(b"AUTH PLAIN " + base64.b64encode(b"\0slow@localhost\0slowpw") + b"\r\n")
+    time.sleep(0.3)
+    s.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "finishing in-flight work" in s.output(), what="the first stop")
+    time.sleep(0.3)
+    assert s.proc.poll() is None and alive(worker)  # still draining
+    try:
+        late = socket.create_connection(("127.0.0.1", s.ports["submission"]), timeout=10)
+    except ConnectionRefusedError:
+        got = b"refused"
+    else:
+        try:
+            got = late.recv(100) or b"(closed)"
+        except OSError as exc:
+            got = repr(exc).encode()
+        late.close()
+    assert got == b"refused" or got.startswith(b"220"), got
+    assert s.proc.wait(30) == 0
+    c.close()
