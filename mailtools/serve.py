@@ -327,7 +327,7 @@ def submission_child(spec: str) -> int:
 
     args = json.loads(spec)
     cfg = cfgmod.load(args["config"], reload=True) if args["config"] else cfgmod.load()
-    cfg.hostname = args["hostname"]
+    cfgmod.pin(cfg, "hostname", args["hostname"])
     socks = [(socket.socket(fileno=fd), implicit) for fd, implicit in args["listeners"]]
     from mailtools.core.tls import context_from_config
 
@@ -456,7 +456,7 @@ def run(root: str | None = None, overrides: dict[str, str] | None = None, hostna
         workers: int | None = None) -> int:
     cfg = resolve_config(root)
     if hostname:
-        cfg.hostname = hostname
+        cfgmod.pin(cfg, "hostname", hostname)
     for name, addr in (overrides or {}).items():
         if not addr:
             continue

@@ -185,3 +185,17 @@ def test_a_private_cache_directory_anyone_else_could_write_is_never_used(tmp_pat
             os.chown(private, 65534, 65534)
     assert config._parse_toml("/etc/x.toml", raw) == {"hostname": "mx.example.test"}
     assert config._cache_file() is None
+
+
+def test_a_pinned_value_survives_a_reload(tmp_path):
+    from mailtools.core import config as cfgmod
+
+    path = tmp_path / "m.toml"
+    path.write_text('hostname = "file.example.test"\nlocal_domains = ["a.example.test"]\n')
+    cfg = cfgmod.load(str(path), reload=True)
+    cfgmod.pin(cfg, "hostname", "cli.example.test")
+    path.write_text('hostname = "file2.example.test"\nlocal_domains = ["b.example.test"]\n')
+    cfgmod.reload_into(cfg)
+    assert cfg.hostname == "cli.example.test"  # what the command line said
+    assert cfg.local_domains == ["b.example.test"]  # the rest from the file
+    assert "_pinned" not in cfg.as_dict()

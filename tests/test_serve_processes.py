@@ -226,3 +226,18 @@ def test_after_a_stop_signal_the_submission_port_refuses_while_serve_drains(serv
     assert got == b"refused" or got.startswith(b"220"), got
     assert s.proc.wait(30) == 0
     c.close()
+
+
+def test_sighup_keeps_the_command_line_hostname(serve):
+    # the root's mailtools.toml names this machine; --hostname mx.example.test must survive a reload
+    s, sup, worker = start_split(serve)
+    assert 'hostname = "mx.example.test"' not in (s.root / "mailtools.toml").read_text()
+    add_user(s)
+    s.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: f"submit[{worker}]: reloaded" in s.output(), what="the worker's reload")
+    wait_for(lambda: "configuration and users reloaded" in s.output(), what="serve's reload")
+    submit(s, "me@localhost", ["me@localhost"], "after the reload")
+    (msg,) = wait_imap_message(s, "me@localhost")
+    head = msg.split(b"\r\n\r\n", 1)[0].decode()
+    received = [h for h in head.replace("\r\n\t", " ").splitlines() if h.startswith("Received:")]
+    assert len(received) == 2 and all("by mx.example.test" in h for h in received), received

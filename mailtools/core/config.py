@@ -242,7 +242,7 @@ class Config(Section):
 
     def as_dict(self) -> dict[str, object]:
         self.root  # noqa: B018 - materialise the lazy root so it is listed
-        return {k: v for k, v in super().as_dict().items() if k != "_root_str"}
+        return {k: v for k, v in super().as_dict().items() if k not in ("_root_str", "_pinned")}
 
     @property
     def queue_dir(self) -> os.PathLike:
@@ -413,7 +413,15 @@ def reload_into(cfg: Config) -> None:
     (the caller keeps serving with what it has)."""
     source = cfg.source if cfg.source and os.path.isfile(cfg.source) else None
     new = load(source, reload=True)
-    cfg.__dict__.update({k: v for k, v in new.__dict__.items() if k != "root"})
+    pinned = cfg.__dict__.get("_pinned", {})
+    cfg.__dict__.update({k: v for k, v in new.__dict__.items() if k != "root" and k not in pinned})
+
+
+def pin(cfg: Config, key: str, value) -> None:
+    """Set a top-level value that the command line gave (serve --hostname): a reload keeps it
+    rather than taking the file's."""
+    setattr(cfg, key, value)
+    cfg.__dict__.setdefault("_pinned", {})[key] = value
 
 
 def load(path: str | None = None, *, reload: bool = False) -> Config:
