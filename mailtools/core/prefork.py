@@ -30,8 +30,10 @@ count twice in every worker. SIGHUP runs the parent's `on_hup` (reload what a re
 would start with) and is forwarded. A worker that dies is restarted at once, or after a growing
 pause (1 s, doubling to 30 s) when it keeps dying within a second of its start; the others keep
 serving meanwhile. A worker SIGTERMed on its own (not through the parent) says so over its
-channel before it drains: the parent gives it no more connections and starts another in its
-place at once. Workers are forks of the parent: import what they run before run(), so a
+channel before it drains: once the parent has read that, it gives it no more connections and
+starts another in its place at once (a connection handed over in the instant between the
+worker's last read of its channel and the parent's reading of its message is still closed
+unserved: the client sees the connection close and tries again). Workers are forks of the parent: import what they run before run(), so a
 restarted one runs the same code as its siblings even after the files changed on disk.
 
     def worker_main(channel: Channel) -> int: ...       # runs in the child, returns its exit code
