@@ -591,11 +591,7 @@ class _Remover:
     def take(cls, trash: str) -> str | None:
         """A spare directory in `trash` holding only an old ``entry`` file, for enqueue() to
         take the file from (then hand the directory back with emptied()), or None."""
-        with cls._lock:
-            for i in range(len(cls._spares) - 1, -1, -1):
-                if cls._spares[i][0] == trash:
-                    return os.path.join(trash, cls._spares.pop(i)[1])
-        return None
+        return cls._pop(cls._spares, trash)
 
     @classmethod
     def emptied(cls, path: str) -> None:
@@ -607,10 +603,15 @@ class _Remover:
     @classmethod
     def take_dir(cls, trash: str) -> str | None:
         """An empty spare directory in `trash` for claim() to rename into active/, or None."""
+        return cls._pop(cls._dirs, trash)
+
+    @classmethod
+    def _pop(cls, spares: list, trash: str) -> str | None:
+        """The newest of `spares` ((trash dir, name, time) tuples) in `trash`, taken out."""
         with cls._lock:
-            for i in range(len(cls._dirs) - 1, -1, -1):
-                if cls._dirs[i][0] == trash:
-                    return os.path.join(trash, cls._dirs.pop(i)[1])
+            for i in range(len(spares) - 1, -1, -1):
+                if spares[i][0] == trash:
+                    return os.path.join(trash, spares.pop(i)[1])
         return None
 
     @classmethod
