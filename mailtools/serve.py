@@ -207,7 +207,7 @@ class SubmissionProcess:
 
         self.cfg, self.n = cfg, n
         try:
-            self.socks, self.ctx = msa.bind(cfg, list(cfg.submit.listen), list(cfg.submit.tls_listen))
+            self.socks = msa.bind(cfg, list(cfg.submit.listen), list(cfg.submit.tls_listen))[0]
         except TempFail as exc:
             why = str(exc).removeprefix("cannot listen: ")
             raise Unavailable(f"cannot listen for submission: {why}") from None
@@ -231,11 +231,9 @@ class SubmissionProcess:
 
         stop_r, stop_w = os.pipe2(os.O_CLOEXEC)
         fds = [sock.fileno() for sock, _ in self.socks]
-        spec = json.dumps({"config": self.cfg.source, "hostname": self.cfg.hostname, "workers": self.n,
-                           "listeners": [[sock.fileno(), implicit] for sock, implicit in self.socks],
-                           "stop_fd": stop_r})
-        # -P (3.11+): not the working directory first on sys.path, as -m would put it
-        safe = ["-P"] if sys.version_info >= (3, 11) else []
+        spec = json.dumps({"config": self.cfg.source, "pinned": self.cfg.__dict__.get("_pinned", {}),
+                           "workers": self.n, "stop_fd": stop_r,
+                           "listeners": [[fd, implicit] for fd, (_, implicit) in zip(fds, self.socks)]})
         code = ("import sys; from mailtools.core.exitcodes import run; from mailtools.serve import "
                 "submission_child; sys.exit(run('mailtools serve', submission_child, sys.argv[1]))")
         sys.stdout.flush()
@@ -244,7 +242,8 @@ class SubmissionProcess:
         # has its handlers (prefork.Supervisor.run unblocks them), never kill it half started.
         signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
         try:
-            proc = subprocess.Popen([sys.executable, *safe, "-c", code, spec], pass_fds=[*fds, stop_r])
+            # -P: not the working directory first on sys.path (as -c or -m would put it)
+            proc = subprocess.Popen([sys.executable, "-P", "-c", code, spec], pass_fds=[*fds, stop_r])
         except OSError:
             os.close(stop_w)
             raise
@@ -327,7 +326,8 @@ def submission_child(spec: str) -> int:
 
     args = json.loads(spec)
     cfg = cfgmod.load(args["config"], reload=True) if args["config"] else cfgmod.load()
-    cfgmod.pin(cfg, "hostname", args["hostname"])
+    for key, value in args["pinned"].items():  # what serve's command line said (--hostname)
+        cfgmod.pin(cfg, key, value)
     socks = [(socket.socket(fileno=fd), implicit) for fd, implicit in args["listeners"]]
     from mailtools.core.tls import context_from_config
 
