@@ -64,6 +64,9 @@ def read_back(port: int, count: int, timeout: float = 300) -> int:
 
 
 def measure(label: str, smtp_port: int, imap_port: int, a) -> float:
+    # the other side's last run (and this side's setup) left dirty pages: written back now, not
+    # under this run's fsyncs
+    os.sync()
     t0 = time.monotonic()
     login, accept = asyncio.run(drive("127.0.0.1", smtp_port, USER, PASSWORD, a.count, a.sessions, a.size, USER, USER))
     nbytes = read_back(imap_port, a.count)
