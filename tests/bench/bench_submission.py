@@ -151,7 +151,10 @@ def tree_cpu(roots: list[int]) -> float:
 
 
 def measure_once(port, user, password, a, roots=lambda: []) -> tuple[float, float, float]:
-    """(messages per second, seconds the logins took, server CPU ms per message) of one run."""
+    """(messages per second, seconds the logins took, server CPU ms per message) of one run.
+    Dirty pages of earlier runs (the kernel writes them back up to 30 s later, into whichever
+    run is going on then) are flushed first."""
+    os.sync()
     marks = {}
     login_s, dt = asyncio.run(drive("127.0.0.1", port, user, password, a.count, a.sessions, a.size,
                                     user, "someone@remote.test",
@@ -355,11 +358,9 @@ def main() -> None:
             # postfix, mailtools, ...), so a change in the machine's load meets both sides alike
             # and neither always runs right after the other's disk writes.
             results: dict[str, list] = {label: [] for label, _, _, _ in sides}
-            # Setting up both servers (and whatever ran before) left dirty pages that the kernel
-            # writes back over the next seconds, under the first run's fsyncs: that run was the
-            # slowest of mailtools' four in most runs (0.67x of the median once). Flush them, then
-            # a short round per side that is not counted (first connections, first queue files).
-            os.sync()
+            # A short round per side that is not counted (first connections, first queue files):
+            # mailtools' first run was the slowest of its four in most benches (0.67x of the
+            # median once).
             warm = argparse.Namespace(**{**vars(a), "count": max(a.sessions, a.count // 10)})
             for label, port, _, roots in sides:
                 measure_once(port, "bench@example.test", "benchpw", warm, roots)
