@@ -158,6 +158,13 @@ def make_dirs(path: str, folder_marker: bool = False) -> None:
     """Create path with cur/ new/ tmp/ (mode 0700, like every MDA) and, for a Maildir++
     folder, the empty `maildirfolder` file. Existing directories are left as they are."""
     os.makedirs(path, mode=0o700, exist_ok=True)
+    if not all(os.path.isdir(os.path.join(path, sub)) for sub in ("cur", "new", "tmp")):
+        # cur/ new/ tmp/ each in a block group of the kernel's choosing (chattr +T on the
+        # Maildir, as on the queue directory: see core.queue.Queue._ensure): a delivery's new
+        # inode (tmp/'s group) and new/'s fsync then do not wait on each other's metadata
+        from mailtools.core.queue import _spread_subdirs
+
+        _spread_subdirs(path)
     for sub in ("cur", "new", "tmp"):
         try:
             os.mkdir(os.path.join(path, sub), 0o700)
