@@ -359,11 +359,9 @@ def main() -> None:
             # and neither always runs right after the other's disk writes.
             results: dict[str, list] = {label: [] for label, _, _, _ in sides}
             # One round per side that is not counted, printed apart: what is compared is the
-            # steady state of a queue in use. The first 5,000 messages into a brand-new spool are
-            # slower for mailtools (~0.55-0.65x of its later runs here; Postfix's 0.9-1.0x). A
-            # fresh mailtools server on a spool already in use runs its first round as fast as
-            # the rest, and a thread-only enqueue loop on a new spool shows nothing: the cause
-            # is not known yet.
+            # steady state of a queue in use. (The first round into a brand-new mailtools spool
+            # ran at ~0.55-0.65x of the later ones until its state directories were spread over
+            # block groups: see core.queue.Queue._ensure.)
             warm = argparse.Namespace(**{**vars(a), "count": a.count})
             for label, port, _, roots in sides:
                 rate = measure_once(port, "bench@example.test", "benchpw", warm, roots)[0]
