@@ -181,3 +181,32 @@ def test_active_spreads_new_claim_directories_on_ext4(tmp_path):
     q.claim(q.enqueue("a@example.test", ["b@example.test"], b"x\r\n"))
     attrs = subprocess.run(["lsattr", "-d", str(tmp_path / "q" / "active")], capture_output=True, text=True).stdout.split()[0]
     assert "T" in attrs, attrs
+
+
+def test_a_new_queue_and_a_new_maildir_spread_their_subdirectories_on_ext4(tmp_path):
+    # chattr +T on the queue directory and on a Maildir before their subdirectories are made
+    # (see Queue._ensure), so tmp/ and new/ land in block groups of their own; ext2/3/4 only
+    import shutil
+    import subprocess
+
+    from mailtools.core import maildir
+
+    fs = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout.strip()
+    if fs not in ("ext2/ext3", "ext4") or not shutil.which("lsattr"):
+        pytest.skip(f"file system {fs!r}: the flag is ext2/3/4's")
+
+    def attrs(path) -> str:
+        return subprocess.run(["lsattr", "-d", str(path)], capture_output=True, text=True).stdout.split()[0]
+
+    q = qmod.Queue(str(tmp_path / "spool" / "q"))
+    q.enqueue("a@example.test", ["b@example.test"], b"x\r\n")
+    assert "T" in attrs(tmp_path / "spool" / "q")
+    assert "T" not in attrs(tmp_path / "spool")  # only what the queue made
+    maildir.deliver_path(tmp_path / "mail" / "bob", b"x\r\n")
+    assert "T" in attrs(tmp_path / "mail" / "bob")
+    # on an existing Maildir nothing is changed
+    os.makedirs(tmp_path / "old" / "cur")
+    os.makedirs(tmp_path / "old" / "new")
+    os.makedirs(tmp_path / "old" / "tmp")
+    maildir.deliver_path(tmp_path / "old", b"x\r\n")
+    assert "T" not in attrs(tmp_path / "old")
