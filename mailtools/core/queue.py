@@ -370,7 +370,9 @@ def _spread_subdirs(path: str) -> None:
     this queue after a burst of deliveries) that made each creation cost 0.3-1.2 ms of CPU
     here; spread, 0.03 ms. In the queue the directories made per message are the claim
     directories in active/ (entry files go where tmp/ is: the flag places directories only;
-    spares spare both, see _Remover.SPARE_AGE). Placement only: nothing about the entry or its
+    spares spare both, see _Remover.SPARE_AGE); the queue directory itself gets it before its
+    state directories are made (and a Maildir before its cur/ new/ tmp/), so that tmp/ and new/
+    do not share a group (see _ensure). Placement only: nothing about the entry or its
     durability changes. Other file systems refuse the ioctl or ignore the flag."""
     try:
         import fcntl
