@@ -102,9 +102,9 @@ def init_root(root: Path, hostname: str | None = None) -> Path:
             # the kernel's choosing instead of the data root's, whose recently deleted inodes
             # (on ext4 without a journal) make every file creation there scan (a root in a
             # busy /tmp: ~0.3 ms of CPU per delivered message, 0.04 ms elsewhere)
-            from mailtools.core.queue import _spread_subdirs
+            from mailtools.core.queue import spread_subdirs
 
-            _spread_subdirs(str(root / sub))
+            spread_subdirs(str(root / sub))
     hostname = hostname or cfgmod.default_hostname()
     conf = root / "mailtools.toml"
     if not conf.exists():
@@ -202,15 +202,13 @@ class SubmissionProcess:
     RESTART_PAUSE_MAX = 30.0
 
     def __init__(self, cfg, n: int):
-        from mailtools.core.exitcodes import TempFail
         from mailtools.submit import msa
 
         self.cfg, self.n = cfg, n
         try:
             self.socks = msa.bind(cfg, list(cfg.submit.listen), list(cfg.submit.tls_listen))[0]
-        except TempFail as exc:
-            why = str(exc).removeprefix("cannot listen: ")
-            raise Unavailable(f"cannot listen for submission: {why}") from None
+        except OSError as exc:
+            raise Unavailable(f"cannot listen for submission: {exc.strerror or exc}") from None
         self.proc = None
         self.pid = 0
         self.stop_w = -1
@@ -480,7 +478,8 @@ def run(root: str | None = None, overrides: dict[str, str] | None = None, hostna
     n = submission_workers(cfg, workers)
     submission = None
     if n and (cfg.submit.listen or cfg.submit.tls_listen):
-        # Forked now, before the loop and its threads exist (see the module docstring).
+        # Bound and started before the banner (an address in use is exit 69 here, as for the
+        # listeners the loop opens)
         submission = SubmissionProcess(cfg, n)
         submission.start()
     try:

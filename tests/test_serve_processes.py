@@ -241,3 +241,23 @@ def test_sighup_keeps_the_command_line_hostname(serve):
     head = msg.split(b"\r\n\r\n", 1)[0].decode()
     received = [h for h in head.replace("\r\n\t", " ").splitlines() if h.startswith("Received:")]
     assert len(received) == 2 and all("by mx.example.test" in h for h in received), received
+
+
+def test_a_submission_port_in_use_is_exit_69_with_worker_processes(tmp_path):
+    import socket
+    import subprocess
+
+    from conftest import free_port, mailtools_cmd
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k not in ("MAILTOOLS_CONFIG", "MAILTOOLS_HOME")}
+        args = [*mailtools_cmd(), "serve", "--root", str(tmp_path / "r"), "--submission-workers", "1",
+                "--submission", f"127.0.0.1:{port}"]
+        for k in ("smtp", "submissions", "imap", "imaps", "pop3", "pop3s"):
+            args += [f"--{k}", f"127.0.0.1:{free_port()}"]
+        r = subprocess.run(args, capture_output=True, env=env, timeout=60)
+    assert r.returncode == 69, r.stderr
+    assert b"cannot listen for submission: Address already in use" in r.stderr, r.stderr

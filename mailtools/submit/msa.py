@@ -285,17 +285,22 @@ def _serve_workers(cfg, listen: list[str], tls_listen: list[str], n: int) -> int
     """The parent: bind, then hand connections to N worker processes (core/prefork)."""
     from mailtools.core import prefork
 
+    from mailtools.core.exitcodes import TempFail
+
     prefork.hold_signals()  # until the parent can handle them (the port answers before that)
-    socks, ctx = bind(cfg, listen, tls_listen)
+    try:
+        socks, ctx = bind(cfg, listen, tls_listen)
+    except OSError as exc:
+        raise TempFail(f"cannot listen: {exc.strerror or exc}") from None
     return supervise(cfg, socks, ctx, n)
 
 
 def bind(cfg, listen: list[str], tls_listen: list[str]):
     """Bind the listeners for worker processes: ([(socket, 1 if implicit TLS else 0)], TLS
-    context). TempFail when one cannot be bound (the others are closed), ConfigError for a bad
-    address or implicit TLS without a certificate."""
+    context). OSError when one cannot be bound (the others are closed: the caller says which
+    exit status that is), ConfigError for a bad address or implicit TLS without a certificate."""
     from mailtools.core import prefork
-    from mailtools.core.exitcodes import ConfigError, TempFail
+    from mailtools.core.exitcodes import ConfigError
 
     ctx = _tls_context(cfg, listen, tls_listen)
     socks: list = []
@@ -308,7 +313,7 @@ def bind(cfg, listen: list[str], tls_listen: list[str]):
             sock.close()
         if isinstance(exc, ValueError):
             raise ConfigError(str(exc)) from None
-        raise TempFail(f"cannot listen: {exc.strerror or exc}") from None
+        raise
     return socks, ctx
 
 
