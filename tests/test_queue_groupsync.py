@@ -167,7 +167,7 @@ def test_a_failed_fsync_of_new_takes_the_entry_back(tmp_path, monkeypatch):
 
 
 def test_active_spreads_new_claim_directories_on_ext4(tmp_path):
-    # chattr +T on queue/active/, where claims make directories (see queue._spread_subdirs), also
+    # chattr +T on queue/active/, where claims make directories (see queue.spread_subdirs), also
     # on a queue made before; ext2/3/4 only
     import shutil
     import subprocess

@@ -162,9 +162,9 @@ def make_dirs(path: str, folder_marker: bool = False) -> None:
         # cur/ new/ tmp/ each in a block group of the kernel's choosing (chattr +T on the
         # Maildir, as on the queue directory: see core.queue.Queue._ensure): a delivery's new
         # inode (tmp/'s group) and new/'s fsync then do not wait on each other's metadata
-        from mailtools.core.queue import _spread_subdirs
+        from mailtools.core.queue import spread_subdirs
 
-        _spread_subdirs(path)
+        spread_subdirs(path)
     for sub in ("cur", "new", "tmp"):
         try:
             os.mkdir(os.path.join(path, sub), 0o700)

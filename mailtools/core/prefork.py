@@ -33,8 +33,9 @@ serving meanwhile. A worker SIGTERMed on its own (not through the parent) says s
 channel before it drains: once the parent has read that, it gives it no more connections and
 starts another in its place at once (a connection handed over in the instant between the
 worker's last read of its channel and the parent's reading of its message is still closed
-unserved: the client sees the connection close and tries again). Workers are forks of the parent: import what they run before run(), so a
-restarted one runs the same code as its siblings even after the files changed on disk.
+unserved: the client sees the connection close and tries again). Workers are forks of the
+parent: import what they run before run(), so a restarted one runs the same code as its
+siblings even after the files changed on disk.
 
     def worker_main(channel: Channel) -> int: ...       # runs in the child, returns its exit code
     sup = Supervisor([(sock, 0), (tls_sock, 1)], 4, worker_main, log=print)

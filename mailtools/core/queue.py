@@ -360,7 +360,7 @@ def _read_message(path: str, is_dir: bool = False) -> bytes:
 _FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS, _TOPDIR_FL = 0x80086601, 0x40086602, 0x00020000
 
 
-def _spread_subdirs(path: str) -> None:
+def spread_subdirs(path: str) -> None:
     """Best effort: set the ext2/3/4 "top of directory hierarchy" flag (chattr +T) on a
     directory (the queue's active/, a Maildir tree), so the kernel places each new directory
     made in it in a block group of its own choosing instead of the parent's group. Why: ext4
@@ -651,7 +651,7 @@ class Queue:
             # other's write had in flight: a fresh spool took ~400 submissions/s and reached
             # ~900 only once some 8,000 entries had pushed new inodes out of that group; spread,
             # ~900 from the first message (ext4 without a journal, 10 sessions).
-            _spread_subdirs(self.path)
+            spread_subdirs(self.path)
         for sub in _SUBDIRS:
             d = self._dir(sub)
             try:
@@ -661,7 +661,7 @@ class Queue:
                 pass
         # an attribute of active/, where claims make directories: looked at once per Queue (a
         # queue made before claims made directories has it on tmp/ only)
-        _spread_subdirs(self._dir("active"))
+        spread_subdirs(self._dir("active"))
         if created:
             _fsync_dir(self.path)
             parent = os.path.dirname(os.path.abspath(self.path))
