@@ -30,10 +30,11 @@ count twice in every worker. SIGHUP runs the parent's `on_hup` (reload what a re
 would start with) and is forwarded. A worker that dies is restarted at once, or after a growing
 pause (1 s, doubling to 30 s) when it keeps dying within a second of its start; the others keep
 serving meanwhile. A worker SIGTERMed on its own (not through the parent) says so over its
-channel before it drains: once the parent has read that, it gives it no more connections and
-starts another in its place at once (a connection handed over in the instant between the
-worker's last read of its channel and the parent's reading of its message is still closed
-unserved: the client sees the connection close and tries again). Workers are forks of the
+channel before it drains: once the parent has read that, it gives it no more connections,
+starts another in its place at once and acknowledges. A connection the parent handed over in
+the instant between (sent before it read the worker's message) comes back to it with its
+descriptor and goes to another worker; the leaving one exits only after the acknowledgement, so
+nothing sent to it is left unread. Workers are forks of the
 parent: import what they run before run(), so a restarted one runs the same code as its
 siblings even after the files changed on disk.
 
@@ -59,6 +60,8 @@ from mailtools.core.listen import parse_listen
 BACKLOG = 256
 _CLOSED = b"c"  # worker -> parent: one connection ended
 _DRAINING = b"d"  # worker -> parent: it stops (a SIGTERM of its own): no more connections for it
+_RETURNED = b"r"  # worker -> parent, + listener index and the descriptor: one it got after "d"
+_ACK = b"a"  # parent -> worker: "d" read, nothing more comes
 _RESTART_PAUSE_MAX = 30.0
 _ACCEPT_PAUSE = 0.1
 _QUICK_DEATH = 1.0  # a worker that dies sooner than this after its start is restarted after a pause
@@ -116,6 +119,8 @@ class Channel:
         self.sock = sock
         sock.setblocking(False)
         self._loop = None
+        self._returning = False  # after detach(): hand every connection back to the parent
+        self._released = None  # set when the parent has read detach()'s message (or is gone)
 
     def attach(self, loop, on_connection: Callable[[socket.socket, int], None],
                on_parent_gone: Callable[[], None]) -> None:
@@ -124,7 +129,10 @@ class Channel:
         the loop has its SIGTERM and SIGHUP handlers: it unblocks the signals the worker was
         started with blocked (one sent meanwhile is delivered now, not lost). SIGINT is
         ignored in workers (the parent turns it into SIGTERM)."""
+        import asyncio
+
         self._loop = loop
+        self._released = asyncio.Event()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
 
         def readable() -> None:
@@ -136,30 +144,66 @@ class Channel:
                 except OSError:
                     data, fds = b"", []
                 if not data and not fds:
-                    self.detach()
-                    on_parent_gone()
+                    self._stop_reading()
+                    if not self._returning:
+                        on_parent_gone()
                     return
+                if data == _ACK and not fds:
+                    if self._returning:
+                        self._stop_reading()
+                        return
+                    continue
                 for k, fd in enumerate(fds):
                     conn = socket.socket(fileno=fd)
                     if k or not data:  # never more than one per message; refuse extras
                         conn.close()
                         self.closed()
-                        continue
-                    conn.setblocking(False)
-                    on_connection(conn, data[0])
+                    elif self._returning:
+                        self._hand_back(conn, data[0])
+                    else:
+                        conn.setblocking(False)
+                        on_connection(conn, data[0])
 
         loop.add_reader(self.sock.fileno(), readable)
 
     def detach(self) -> None:
         """Stop taking connections: the parent is told, and gives new ones to the other workers
-        (and starts a new worker once this one has exited, unless it is stopping itself)."""
+        (and starts a new worker once this one has exited, unless it is stopping itself).
+        A connection the parent sent before it read that comes back to it unserved, to go to
+        another worker: await released() before exiting."""
         try:
             self.sock.send(_DRAINING)
         except OSError:
-            pass  # the parent is gone
+            self._stop_reading()  # the parent is gone
+            return
+        self._returning = True
+
+    async def released(self, timeout: float = 30.0) -> None:
+        """Wait until the parent has read detach()'s message (or is gone), handing back what it
+        sent meanwhile: after this, nothing more comes down the channel."""
+        import asyncio
+
+        if self._released is None or self._released.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._released.wait(), timeout)
+        except asyncio.TimeoutError:
+            self._stop_reading()
+
+    def _hand_back(self, conn: socket.socket, index: int) -> None:
+        try:
+            socket.send_fds(self.sock, [_RETURNED + bytes((index,))], [conn.fileno()])
+        except OSError:
+            self.closed()  # the parent is gone or its end is full: the client sees a close
+        finally:
+            conn.close()
+
+    def _stop_reading(self) -> None:
         if self._loop is not None:
             self._loop.remove_reader(self.sock.fileno())
             self._loop = None
+        if self._released is not None:
+            self._released.set()
 
     def closed(self) -> None:
         """One connection this worker was given has ended."""
@@ -204,6 +248,7 @@ class Supervisor:
         self._pause = 0.0  # the current restart pause after quick deaths
         self._restart_at: list[float] = []  # when the missing workers are due
         self._accept_pause = 0.0  # after EMFILE and the like: no accept() before this time
+        self._returned: list[tuple[socket.socket, int]] = []  # handed back by leaving workers
 
     # --- the parent's loop -------------------------------------------------------------------
     def run(self) -> int:
@@ -230,6 +275,8 @@ class Supervisor:
             for w in self.workers.values():  # only when the loop itself failed
                 _kill(w.pid, signal.SIGTERM)
             self._close_listeners()
+            for conn, _ in self._returned:
+                conn.close()
             self._sel.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -266,6 +313,8 @@ class Supervisor:
             self._restart_at.remove(min(self._restart_at))
             self._spawn()
         self._set_accepting()
+        if self._returned:
+            self._redispatch()
         # Connections after the rest: a worker that said it is leaving in this same wake-up
         # gets none (one sent to it would wait unread in its channel until it exited), its
         # replacement is started, and after a stop they stay for the listeners' close.
@@ -352,21 +401,49 @@ class Supervisor:
     def _from_worker(self, w: _Worker) -> None:
         while True:
             try:
-                data = w.chan.recv(16)
+                data, fds, _flags, _addr = socket.recv_fds(w.chan, 16, 1)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                data = b""
-            if not data:  # the worker is gone; _reap() restarts it
-                self._sel.unregister(w.chan)
+                data, fds = b"", []
+            if not data and not fds:  # the worker is gone; _reap() restarts it
+                try:
+                    self._sel.unregister(w.chan)
+                except (KeyError, ValueError):
+                    pass  # seen already
                 return
-            if data == _CLOSED and w.conns > 0:
+            if data[:1] == _RETURNED and fds:  # sent before it said it leaves: to another one
+                if w.conns > 0:
+                    w.conns -= 1
+                conn = socket.socket(fileno=fds.pop())
+                if len(data) == 2:
+                    self._returned.append((conn, data[1]))
+                else:
+                    conn.close()
+            elif data == _CLOSED and w.conns > 0:
                 w.conns -= 1
             elif data == _DRAINING and not w.draining:
                 w.draining = True
+                try:
+                    w.chan.send(_ACK)  # after every connection sent to it: they come back
+                except OSError:
+                    pass  # gone: _reap() sees it
                 if not self.stopping:  # stopped on its own: a new one takes its place now
                     self.log(f"warning: worker {w.pid} is stopping on its own; starting another")
                     self._restart_at.append(time.monotonic())
+            for fd in fds:
+                os.close(fd)
+
+    def _redispatch(self) -> None:
+        """Connections a leaving worker handed back: to the others (its replacement is started
+        by now), or closed when none is left (stopping)."""
+        returned, self._returned = self._returned, []
+        for conn, index in returned:
+            try:
+                if not self.stopping:
+                    self._dispatch(conn, index)
+            finally:
+                conn.close()
 
     # --- workers ---------------------------------------------------------------------------
     def _spawn(self) -> None:
@@ -412,6 +489,7 @@ class Supervisor:
             w = self.workers.pop(pid, None)
             if w is None:
                 continue
+            self._from_worker(w)  # what it sent last (a connection handed back) is still read
             try:
                 self._sel.unregister(w.chan)
             except (KeyError, ValueError):

@@ -384,6 +384,7 @@ async def _worker(cfg, ctx, channel, n: int) -> int:
     for task in list(pending):
         task.cancel()
     await drain([listener])
+    await channel.released()  # what the parent sent before it read detach() went back to it
     nudger.close()
     return 0
 
