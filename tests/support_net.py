@@ -1,6 +1,7 @@
 """Loopback helpers shared by the tests, the reference servers (support_*.py) and the
 benchmarks in tests/bench/ (which put tests/ on sys.path): a free port, waiting for a listener,
-stopping a daemon by PID or a child server."""
+stopping a daemon by PID or a child server, and polling for a state another process must
+reach (never a fixed sleep: a loaded machine is slow by any amount)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0, proc=None) -> None:
-    """Wait until something accepts connections on host:port (or the process died)."""
+def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 30.0, proc=None) -> None:
+    """Wait until something accepts connections on host:port (or the process died). The
+    generous default is for a process starting on a loaded machine; a dead one fails at once."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -31,6 +33,19 @@ def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0, proc=No
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "", interval: float = 0.05):
+    """Poll predicate() until it returns something true, and return that; fail the test after
+    timeout seconds (generous: a state another process must reach can take long under load;
+    a test that waits here only costs that time when it fails)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what or predicate}"
+        time.sleep(interval)
 
 
 def stop_pid(pid: int | None, timeout: float = 10.0) -> None:
