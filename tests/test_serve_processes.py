@@ -10,6 +10,7 @@ import signal
 import smtplib
 import time
 
+from support_net import wait_for
 from test_serve import PASSWORD, _insecure, add_user, serve, submit, wait_imap_message  # noqa: F401 - serve is a fixture
 
 
@@ -37,11 +38,11 @@ def alive(pid: int) -> bool:
         return False
 
 
-def wait_for(predicate, timeout=20.0, what=""):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (from /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_split(serve, root=None):
@@ -87,7 +88,7 @@ def test_a_dead_submission_process_is_started_again(serve):
     os.kill(sup, signal.SIGKILL)  # its worker drains and exits: its channel reached its end
     wait_for(lambda: children(s.proc.pid) and children(s.proc.pid) != [sup], what="a new submission process")
     assert "submission process ended" in s.output()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     while True:  # the listeners never closed (serve keeps them): at worst a moment without a worker
         try:
             submit(s, "me@localhost", ["me@localhost"], "after the restart")
@@ -110,7 +111,7 @@ def test_sighup_reaches_the_submission_workers(serve):
 def test_sigterm_drains_and_a_killed_serve_leaves_no_server_behind(serve):
     s, sup, worker = start_split(serve)
     s.proc.send_signal(signal.SIGKILL)
-    s.proc.wait(10)
+    s.proc.wait(30)
     wait_for(lambda: not alive(sup) and not alive(worker), what="the submission processes to end")
     # and a clean stop reaps them (exit 0, nothing left)
     s2, sup2, worker2 = start_split(serve, root=s.root)
@@ -130,9 +131,11 @@ def test_a_second_stop_signal_ends_serve_and_its_submission_processes_at_once(se
     s.proc.send_signal(signal.SIGTERM)
     wait_for(lambda: "finishing in-flight work" in s.output(), what="the first stop")
     s.proc.send_signal(signal.SIGTERM)
-    assert s.proc.wait(10) == 0
+    # (without the second signal serve would wait out its grace; the line below tells them apart)
+    assert s.proc.wait(30) == 0
     assert "second signal, exiting now" in s.output()
-    wait_for(lambda: not alive(sup) and not alive(worker), timeout=10, what="the submission processes to end")
+    # without it, the submission processes would drain, waiting for c's transaction until c closes
+    wait_for(lambda: not alive(sup) and not alive(worker), what="the submission processes to end")
     c.close()
 
 
@@ -206,15 +209,18 @@ def test_after_a_stop_signal_the_submission_port_refuses_while_serve_drains(serv
     c = smtplib.SMTP("127.0.0.1", s.ports["submission"], timeout=30)
     c.starttls(context=_insecure())
     c.ehlo("client.example.test")
-    # the worker busy with this login: its drain, and so serve's stop, wait for it
+    # the worker busy with this login: its drain, and so serve's stop, wait for it. The stop
+    # comes once the worker is in the hash (its CPU time grows; idle, it uses none): sent
+    # sooner, the AUTH could still be unread and the worker would drain at once
+    idle_cpu = cpu_seconds(worker)
     c.sock.sendall(b"AUTH PLAIN " + base64.b64encode(b"\0slow@localhost\0slowpw") + b"\r\n")
-    time.sleep(0.3)
+    wait_for(lambda: cpu_seconds(worker) - idle_cpu >= 0.2, what="the worker to be in the slow login")
     s.proc.send_signal(signal.SIGTERM)
     wait_for(lambda: "finishing in-flight work" in s.output(), what="the first stop")
     time.sleep(0.3)
     assert s.proc.poll() is None and alive(worker)  # still draining
     try:
-        late = socket.create_connection(("127.0.0.1", s.ports["submission"]), timeout=10)
+        late = socket.create_connection(("127.0.0.1", s.ports["submission"]), timeout=30)
     except ConnectionRefusedError:
         got = b"refused"
     else:
