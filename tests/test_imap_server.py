@@ -16,12 +16,13 @@ import time
 import pytest
 
 from conftest import free_port
+from support_net import wait_for
 from imap_helpers import PASSWORD, deliver, make_root, message
 from mailtools.imap import server
 
 
 @pytest.fixture
-def inproc(tmp_path, tls_ca, monkeypatch):
+def inproc(tmp_path, tls_ca):
     from mailtools.core import config
 
     root = make_root(tmp_path, extra=f'[tls]\ncert = "{tls_ca.cert_file}"\nkey = "{tls_ca.key_file}"\n'
@@ -30,7 +31,6 @@ def inproc(tmp_path, tls_ca, monkeypatch):
     for i in range(30):
         deliver(root, message(i + 1, body=body))
     cfg = config.load(str(tmp_path / "mailtools.toml"), reload=True)
-    monkeypatch.setattr(server, "COMMAND_TIMEOUT", 0.5)
     plain, tls = free_port(), free_port()
     loop = asyncio.new_event_loop()
     servers = loop.run_until_complete(server.start(cfg, [f"127.0.0.1:{plain}"], [f"127.0.0.1:{tls}"]))
@@ -55,23 +55,53 @@ def inproc(tmp_path, tls_ca, monkeypatch):
     t.join(10)
 
 
-def test_silent_client_is_logged_out_and_limit_holds(inproc):
-    conns = [socket.create_connection(("127.0.0.1", inproc.port), timeout=10) for _ in range(3)]
-    files = [c.makefile("rb") for c in conns]
-    for f in files:
-        assert f.readline().startswith(b"* OK")
+def _take(port: int):
+    """A new connection (socket, its file) once the server has a free slot for it: a closed
+    connection's slot is free when the server has noticed the close, soon but not at once."""
+
+    def attempt():
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        f = s.makefile("rb")
+        line = f.readline()
+        if line.startswith(b"* OK"):
+            return s, f
+        assert line.startswith(b"* BYE [UNAVAILABLE]"), line
+        f.close()
+        s.close()
+        return None
+
+    return wait_for(attempt, what="a free connection slot")
+
+
+def test_silent_client_is_logged_out_and_limit_holds(inproc, monkeypatch):
+    # The limit, with logged-in clients: silent ones could be logged out before the extra
+    # connection arrives on a slow machine, and a short COMMAND_TIMEOUT could log out a client
+    # still on its way to LOGIN.
+    clients = [imaplib.IMAP4("127.0.0.1", inproc.port, timeout=30) for _ in range(3)]
+    for c in clients:
+        assert c.login("alice@example.test", PASSWORD)[0] == "OK"
     extra = socket.create_connection(("127.0.0.1", inproc.port), timeout=10)
     assert extra.makefile("rb").readline().startswith(b"* BYE [UNAVAILABLE]")
     extra.close()
+    clients.pop().logout()
     # never logging in: BYE once COMMAND_TIMEOUT has passed, then the connection is closed
-    assert files[0].readline() == b"* BYE Autologout; idle for too long\r\n"
-    assert files[0].readline() == b""
-    for c in conns:
-        c.close()
-    time.sleep(0.2)  # the server notices the closed connections: a new one is taken
-    c = imaplib.IMAP4("127.0.0.1", inproc.port)
-    assert c.login("alice@example.test", PASSWORD)[0] == "OK"
-    c.logout()
+    monkeypatch.setattr(server, "COMMAND_TIMEOUT", 0.5)
+    silent, f = _take(inproc.port)
+    assert f.readline() == b"* BYE Autologout; idle for too long\r\n"
+    assert f.readline() == b""
+    silent.close()
+    monkeypatch.setattr(server, "COMMAND_TIMEOUT", 300.0)
+    for c in clients:
+        c.logout()
+    # the closed connections' slots are taken again
+    conns = [_take(inproc.port) for _ in range(3)]
+    s, f = conns[0]
+    s.sendall(f'a LOGIN alice@example.test "{PASSWORD}"\r\n'.encode())
+    while not (line := f.readline()).startswith(b"a "):
+        assert line.startswith(b"* "), line
+    assert line.startswith(b"a OK"), line
+    for s, f in conns:
+        s.close()
 
 
 def test_big_fetch_to_a_slow_tls_reader(inproc):
