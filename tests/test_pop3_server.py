@@ -12,6 +12,7 @@ import pytest
 from mailtools.core import maildir
 from conftest import tls_first_command_with_finished
 from pop3_support import PASSWORD, Server, add_user, write_config
+from support_net import wait_for
 
 USER = "alice@example.test"
 MESSAGES = [
@@ -143,8 +144,19 @@ def test_rset_and_drop_without_quit_delete_nothing(pop):
     p.dele(2)
     p.sock.shutdown(socket.SHUT_RDWR)  # connection dropped, no QUIT
     p.close()
-    time.sleep(0.3)
-    p = connect(pop)  # the lock was released with the connection
+
+    def login():  # the lock is released once the server has noticed the drop: soon, not at once
+        c = poplib.POP3("127.0.0.1", pop.port, timeout=10)
+        c.user(USER)
+        try:
+            c.pass_(PASSWORD)
+        except poplib.error_proto as exc:
+            c.close()
+            assert b"[IN-USE]" in exc.args[0], exc
+            return None
+        return c
+
+    p = wait_for(login, what="the lock to be released with the dropped connection")
     assert p.stat()[0] == 4
     p.quit()
     assert len(maildir.Maildir(pop.maildir).scan()) == 4
@@ -321,24 +333,56 @@ def test_log_lines(pop):
     assert "Aborted login (auth failed, 1 attempts): rip=127.0.0.1" in log
 
 
-def test_idle_timeout_and_connection_limit(home):
-    write_config(home, extra='[pop3]\nidle_timeout = "1s"\nmax_connections = 2\n')
+TOO_MANY = b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n"
+
+
+def _open(port: int):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return s, s.makefile("rb")
+
+
+def test_connection_limit(home):
+    # (a server of its own, without a short idle timeout: the two clients that fill the limit
+    # must not be logged out before the third arrives, however slow the machine)
+    write_config(home, extra="[pop3]\nmax_connections = 2\n")
     add_user(home)
     srv = Server(home)
-    time.sleep(0.5)  # the probe connection of wait_port is gone
     try:
-        a = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
-        b = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
-        fa, fb = a.makefile("rb"), b.makefile("rb")
-        assert fa.readline().startswith(b"+OK") and fb.readline().startswith(b"+OK")
-        c = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
-        assert c.makefile("rb").readline() == b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n"
-        t = time.monotonic()
-        assert fa.readline() == b"-ERR Disconnected for inactivity.\r\n"
-        assert fa.readline() == b""
-        assert 0.8 < time.monotonic() - t < 5
+        a, fa = _open(srv.port)
+        assert fa.readline().startswith(b"+OK")
+
+        def second():  # its slot is free once the server has noticed that wait_port's probe left
+            b, fb = _open(srv.port)
+            line = fb.readline()
+            if line.startswith(b"+OK"):
+                return b, fb
+            assert line == TOO_MANY, line
+            b.close()
+            return None
+
+        b, fb = wait_for(second, what="the probe connection's slot")
+        c, fc = _open(srv.port)
+        assert fc.readline() == TOO_MANY
         for s in (a, b, c):
             s.close()
+    finally:
+        srv.stop()
+
+
+def test_idle_timeout(home):
+    write_config(home, extra='[pop3]\nidle_timeout = "1s"\n')
+    add_user(home)
+    srv = Server(home)
+    try:
+        t0 = time.monotonic()
+        a, fa = _open(srv.port)
+        assert fa.readline().startswith(b"+OK")
+        # after the second of silence, never before it; and long before the default 10
+        # minutes, which the socket's 10 s timeout stands for
+        assert fa.readline() == b"-ERR Disconnected for inactivity.\r\n"
+        assert time.monotonic() - t0 > 0.9
+        assert fa.readline() == b""
+        a.close()
     finally:
         srv.stop()
 
