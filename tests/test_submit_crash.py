@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import mailtools_cmd
+from support_net import wait_for
 from mailtools.core.queue import Queue
 from test_submit_server import MSA
 
@@ -69,7 +70,7 @@ def test_sigkill_server_mid_stream(home, tls_ca):
 
     def client():
         try:
-            with smtplib.SMTP_SSL("127.0.0.1", m.tls_port, context=m.ctx, timeout=10) as c:
+            with smtplib.SMTP_SSL("127.0.0.1", m.tls_port, context=m.ctx, timeout=30) as c:
                 c.login("alice@example.test", "secret")
                 while not stop.is_set():
                     c.mail("alice@example.test")
@@ -83,12 +84,16 @@ def test_sigkill_server_mid_stream(home, tls_ca):
     threads = [threading.Thread(target=client) for _ in range(3)]
     for t in threads:
         t.start()
-    time.sleep(random.uniform(1.0, 2.0))
+    # the kill comes at a random point once the clients are sending: after the first 250 (on
+    # a slow machine the logins and the first message can take longer than any fixed pause)
+    wait_for(lambda: accepted or not any(t.is_alive() for t in threads), timeout=60,
+             what="a first accepted message")
+    time.sleep(random.uniform(0.0, 1.0))
     m.proc.send_signal(signal.SIGKILL)
-    m.proc.wait(10)
+    m.proc.wait(30)
     stop.set()
     for t in threads:
-        t.join(15)
+        t.join(60)
     m.stderr.close()
     entries = check_queue(home)
     ids = {e.id for e in entries}
