@@ -302,7 +302,7 @@ def test_stored_body_is_the_same(servers):
     pf_new, mt_new = pf.maildir("alice") / "new", mt.root / "mail" / "example.test" / "alice" / "new"
     assert shape(converse(pf.port, steps)[-1]) == "2xx"
     assert shape(converse(mt.port, steps)[-1]) == "2xx"
-    deadline = time.monotonic() + 20  # Postfix delivers after its 250, through its queue
+    deadline = time.monotonic() + 60  # Postfix delivers after its 250, through its queue
     while _stored_body(pf_new, marker) is None and time.monotonic() < deadline:
         time.sleep(0.1)
     want = _stored_body(pf_new, marker)

@@ -252,7 +252,7 @@ def test_partial_failure_queues_the_rest(mx):
 
     # The daemon may be trying carol's copy (claim, defer, release) while we list: a listing
     # made in that instant misses an entry that moves, as Postfix's mailq can. Look again.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while not (found := Queue(mx.root / "queue").entries()) and time.monotonic() < deadline:
         time.sleep(0.05)
     (e,) = found

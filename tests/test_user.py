@@ -229,7 +229,7 @@ userdb {{
     subprocess.run(["dovecot", "-c", conf], check=True, timeout=30)
     pid = None
     try:
-        for _ in range(200):
+        for _ in range(600):  # up to 30 s: Dovecot starting on a loaded machine
             if os.path.exists(f"{d}/run/master.pid") and os.path.exists(f"{d}/run/auth-client"):
                 break
             time.sleep(0.05)
