@@ -96,7 +96,7 @@ def test_a_finished_plain_file_entry_leaves_nothing(q, tmp_path, monkeypatch):
     assert os.listdir(e.path) == ["entry"]
     e.recipients[0].state = "sent"
     assert q.release(e)
-    deadline = time.monotonic() + 10  # trash/ is emptied by a background thread
+    deadline = time.monotonic() + 30  # trash/ is emptied by a background thread (spares after 1 s)
     while os.listdir(tmp_path / "queue" / "trash") and time.monotonic() < deadline:
         time.sleep(0.01)
     for sub in ("tmp", "new", "active", "hold", "trash"):

@@ -390,7 +390,7 @@ def test_a_connection_waiting_when_a_worker_says_it_leaves_goes_to_another(home,
     held = clients[owners.index(light)]
     os.kill(s.proc.pid, signal.SIGSTOP)
     try:
-        waiting = socket.create_connection(("127.0.0.1", s.port), timeout=10)  # in the backlog
+        waiting = socket.create_connection(("127.0.0.1", s.port), timeout=30)  # in the backlog
         # the leaving worker busy with a login: its drain waits for it
         held.sock.sendall(b"AUTH PLAIN " + base64.b64encode(b"\0slow@example.test\0slowpw") + b"\r\n")
         time.sleep(0.3)
@@ -401,7 +401,7 @@ def test_a_connection_waiting_when_a_worker_says_it_leaves_goes_to_another(home,
     try:
         greeting = waiting.recv(100)
     except socket.timeout:
-        greeting = b"(none within 10 s)"
+        greeting = b"(none within 30 s)"
     waiting.close()
     assert greeting.startswith(b"220"), greeting
     s.wait_log(lambda log: f"worker {light} done (exit 0)" in log, timeout=60)
