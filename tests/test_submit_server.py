@@ -50,7 +50,7 @@ class MSA:
         return Queue(self.home / "queue").read_message(entry)
 
     def stop(self):
-        stop_proc(self.proc, timeout=10)
+        stop_proc(self.proc, timeout=30)  # (a stop that is not clean within it: SIGKILL, rc -9)
         self.stderr.close()
 
     def client(self) -> smtplib.SMTP:
@@ -255,7 +255,7 @@ def test_bd_uses_the_configured_listeners(home, tls_ca):
             assert c.ehlo("c.example.test")[0] == 250 and not c.has_extn("starttls")
     finally:
         proc.send_signal(signal.SIGTERM)
-        err = proc.communicate(timeout=10)[1].decode()
+        err = proc.communicate(timeout=30)[1].decode()
     assert proc.returncode == 0 and f"listening on 127.0.0.1:{port}" in err
     assert "warning: no [tls] cert" in err
 

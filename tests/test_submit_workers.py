@@ -40,7 +40,7 @@ class Server:
     def log(self) -> str:
         return (self.home / "msa.log").read_text()
 
-    def wait_log(self, ready, timeout: float = 20.0) -> str:
+    def wait_log(self, ready, timeout: float = 30.0) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             log = self.log()
