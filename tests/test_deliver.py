@@ -360,15 +360,32 @@ def test_sigkill_at_random_points_never_leaves_a_partial_message(tmp_path):
     md = tmp_path / "M"
     rng = random.Random(1234)
     big = MSG + os.urandom(2_000_000).hex().encode()  # 4 MB: writing it takes a while
-    killed_mid_write = delivered = 0
-    for i in range(25):
-        data = big + b"%d\n" % i
-        p = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(md)], stdin=subprocess.PIPE,
+
+    def start(data: bytes, maildir: Path) -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(maildir)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, cwd=REPO)
         p.stdin.write(data)
         p.stdin.close()
         p.stdout.readline()  # the child has the message and is about to deliver
-        time.sleep(rng.uniform(0, 0.08))
+        return p
+
+    # How long a whole delivery takes on this machine now (a loaded one is many times slower):
+    # the kills are spread over 1.5 times that, so some land mid-write and some after delivery.
+    took = []
+    for _ in range(2):
+        p = start(big, tmp_path / "unkilled")
+        t = time.monotonic()
+        assert p.wait(60) == 0
+        took.append(time.monotonic() - t)
+        p.stdout.close()
+    window = 1.5 * max(took)
+    killed_mid_write = delivered = 0
+    i = 0
+    while i < 25 or not (killed_mid_write and delivered):
+        assert i < 100, ("kills never landed both mid-write and after delivery", killed_mid_write, delivered)
+        data = big + b"%d\n" % i
+        p = start(data, md)
+        time.sleep(rng.uniform(0, window))
         p.send_signal(signal.SIGKILL)
         p.wait()
         p.stdout.close()
@@ -376,6 +393,7 @@ def test_sigkill_at_random_points_never_leaves_a_partial_message(tmp_path):
         delivered = _check_no_partial(md, {big + b"%d\n" % k for k in range(i + 1)})
         if delivered == before and any(os.path.getsize(t) for t in (md / "tmp").iterdir()):
             killed_mid_write += 1
+        i += 1
     # the test means something only if some kills landed mid-write and some after delivery
     assert killed_mid_write > 0 and delivered > 0, (killed_mid_write, delivered)
 
