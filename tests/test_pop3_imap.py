@@ -37,7 +37,7 @@ def both(home):
     yield pop, port
     pop.stop()
     imap.terminate()
-    imap.wait(10)
+    imap.wait(30)
 
 
 def test_pop3_deletion_is_an_imap_expunge(both):
