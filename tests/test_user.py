@@ -169,22 +169,42 @@ def test_ctrl_c_at_the_prompt_ends_the_line_and_exits_130(home):
     import sys
     import time
 
+    import select
+    import signal
+
     pid, fd = pty.fork()
     if pid == 0:
+        # as from a shell: a test run in the background (SIGINT ignored, which Python then
+        # leaves ignored) would otherwise never see the Ctrl-C and wait at the prompt forever
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execvp(sys.executable, [sys.executable, "-m", "mailtools", "user", "add", "hal@example.test"])
+
+    def read_some(deadline):
+        """What the program wrote next; b"" once it closed the terminal, None at the deadline."""
+        if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            return None
+        try:
+            return os.read(fd, 1024)
+        except OSError:  # EIO: the program has ended
+            return b""
+
     out = b""
     deadline = time.monotonic() + 30
-    while b"assword" not in out and time.monotonic() < deadline:
-        out += os.read(fd, 1024)
+    while b"assword" not in out:
+        chunk = read_some(deadline)
+        if not chunk:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"no password prompt: {out!r}")
+        out += chunk
     os.write(fd, b"\x03")  # the terminal turns it into SIGINT
-    try:
-        while True:
-            chunk = os.read(fd, 1024)
-            if not chunk:
-                break
-            out += chunk
-    except OSError:
-        pass
+    deadline = time.monotonic() + 30
+    while chunk := read_some(deadline):
+        out += chunk
+    if chunk is None:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail(f"still running 30 s after Ctrl-C: {out!r}")
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 130
     assert out.endswith(b"\n"), out  # the prompt's line is ended
     assert not users_file(home).exists() or "hal" not in users_file(home).read_text()
