@@ -74,7 +74,7 @@ def plain_server():
 
 @pytest.fixture
 def check(run, dns, home, tls_ca):
-    def _check(domain, port, *extra, ca=tls_ca.ca_file, timeout="2"):
+    def _check(domain, port, *extra, ca=tls_ca.ca_file, timeout="10"):  # per step: a loaded machine
         r = run("mx-lookup", "--nameserver", dns.nameserver, "--timeout", timeout, "--check", "--port", port, *extra, domain,
                 env={"SSL_CERT_FILE": ca, "SSL_CERT_DIR": "/nonexistent"})
         return r
@@ -185,7 +185,7 @@ def test_dead_exchanger_never_hangs_the_report(check, plain_server):
     assert bad["steps"][0]["step"] == "connect" and bad["steps"][0]["ok"]
     assert bad["steps"][1]["step"] == "banner" and "timed out" in bad["steps"][1]["detail"]
     assert any("dead.dead.test [127.0.0.2]" in f and "timed out" in f for f in doc["checks"]["faults"])
-    assert elapsed < 6
+    assert elapsed < 15  # the 1 s timeout, not a hang (a loaded machine starts the program slowly)
 
 
 def test_refused_port_reported(check):
