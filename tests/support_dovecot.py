@@ -63,7 +63,7 @@ protocol lda {{
         self.conf.write_text(self.config())
         subprocess.run(["dovecot", "-c", str(self.conf)], check=True, timeout=30)
         pidfile = self.dir / "run" / "master.pid"
-        for _ in range(200):
+        for _ in range(600):  # up to 30 s: Dovecot starting on a loaded machine
             if pidfile.exists() and (self.dir / "run" / "auth-userdb").exists():
                 break
             time.sleep(0.05)

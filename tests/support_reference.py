@@ -164,9 +164,9 @@ class Postfix:
         if _quiet(["postfix", "-c", str(self.etc), "start"], self.log) != 0:
             raise RuntimeError(f"private Postfix would not start: {self.log.read_text()[-800:]}")
         self.running = True
-        wait_port(self.port, timeout=20)
+        wait_port(self.port)
         if self.submission_port:
-            wait_port(self.submission_port, timeout=20)
+            wait_port(self.submission_port)
         return self
 
     def stop(self) -> None:
@@ -267,7 +267,7 @@ service pop3-login {{
         if _quiet(["dovecot", "-c", str(self.conf)], self.log, timeout=30) != 0:
             raise RuntimeError(f"private Dovecot would not start: {self.log.read_text()[-800:]}")
         pidfile = self.dir / "run" / "master.pid"
-        for _ in range(200):  # the file may exist a moment before its PID is in it
+        for _ in range(600):  # the file may exist a moment before its PID is in it (30 s)
             try:
                 self.pid = int(pidfile.read_text().split()[0])
                 break
@@ -275,8 +275,8 @@ service pop3-login {{
                 time.sleep(0.05)
         else:
             raise RuntimeError(f"private Dovecot wrote no PID: {self.log.read_text()[-800:]}")
-        wait_port(self.imap_port, timeout=20)
-        wait_port(self.pop3_port, timeout=20)
+        wait_port(self.imap_port)
+        wait_port(self.pop3_port)
         return self
 
     def stop(self) -> None:
@@ -314,8 +314,8 @@ class Mailtools:
                                       f"127.0.0.1:{self.port}"], env=env, cwd=str(REPO),
                                      stdout=self.log, stderr=subprocess.STDOUT)
         try:
-            wait_port(self.port, timeout=20)
-        except TimeoutError:
+            wait_port(self.port, proc=self.proc)
+        except (TimeoutError, RuntimeError):
             self.stop()
             raise
         return self

@@ -164,7 +164,7 @@ class Dovecot:
             rc = subprocess.call([DOVECOT, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=e, timeout=30)
         if rc != 0:
             pytest.fail(f"dovecot did not start: {err.read_text()[:300]}")
-        wait_port(self.port, timeout=15)
+        wait_port(self.port)
 
     def stop(self):
         subprocess.run(["doveadm", "-c", str(self.conf), "stop"], capture_output=True, timeout=30)
