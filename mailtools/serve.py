@@ -384,10 +384,21 @@ class Server:
         _say("\n".join(lines))
 
     async def close(self, grace: float = 10.0) -> None:
-        for s in self.servers:
-            s.close()
+        from mailtools.smtpd.server import shutdown
+        from mailtools.submit.msa import drain
+
+        # Every server stops listening; an SMTP session (inbound, and submission in this loop)
+        # finishes the step under way (a login's hash, a message's fsync: its reply goes out)
+        # and gets 421, as under `submit --listen`. (wait_closed() does not wait for sessions
+        # in Python 3.11, and once the loop ends a reply still due is never sent: a client
+        # that never saw its 250 sends the queued message again.)
+        shutdown(self.servers)
         self.stop_event.set()
+        listeners = list({id(lst): lst for lst in (getattr(s, "_mailtools_listener", None)
+                                                    for s in self.servers) if lst}.values())
         waits = [s.wait_closed() for s in self.servers]
+        if listeners:
+            waits.append(drain(listeners, grace))
         if self.submission is not None:
             self.submission.stop()
             # its listeners too: the submission process closes its copies as it drains, and
