@@ -384,8 +384,7 @@ class Server:
         _say("\n".join(lines))
 
     async def close(self, grace: float = 10.0) -> None:
-        from mailtools.smtpd.server import shutdown
-        from mailtools.submit.msa import drain
+        from mailtools.smtpd.server import drain, listeners_of, shutdown
 
         # Every server stops listening; an SMTP session (inbound, and submission in this loop)
         # finishes the step under way (a login's hash, a message's fsync: its reply goes out)
@@ -394,8 +393,7 @@ class Server:
         # that never saw its 250 sends the queued message again.)
         shutdown(self.servers)
         self.stop_event.set()
-        listeners = list({id(lst): lst for lst in (getattr(s, "_mailtools_listener", None)
-                                                    for s in self.servers) if lst}.values())
+        listeners = listeners_of(self.servers)
         waits = [s.wait_closed() for s in self.servers]
         if listeners:
             waits.append(drain(listeners, grace))

@@ -85,7 +85,7 @@ def _operator(cfg, hold: Optional[str], release: Optional[str], delete: Optional
 async def _serve(cfg, listen, smarthost) -> int:
     from mailtools.relay import inbound, runner
     from mailtools.core.listen import bound_addresses
-    from mailtools.smtpd.server import shutdown
+    from mailtools.smtpd.server import drain, listeners_of, shutdown
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -111,6 +111,7 @@ async def _serve(cfg, listen, smarthost) -> int:
     task = asyncio.ensure_future(runner.daemon(cfg, stop, smarthost=smarthost))
     await stop.wait()
     shutdown(servers)
+    await drain(listeners_of(servers))  # a DATA step under way finishes and is answered
     try:
         await asyncio.wait_for(task, 30)
     except asyncio.TimeoutError:

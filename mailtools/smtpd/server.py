@@ -344,3 +344,27 @@ def shutdown(servers) -> None:
         if listener is not None:
             for proto in list(listener.active):
                 proto.shutdown()
+
+
+def listeners_of(servers) -> list:
+    """The connection sets of servers made by start_server() (one per call), for drain()."""
+    out: list = []
+    for server in servers:
+        listener = getattr(server, "_mailtools_listener", None)
+        if listener is not None and all(listener is not seen for seen in out):
+            out.append(listener)
+    return out
+
+
+async def drain(listeners, timeout: float = 30.0) -> None:
+    """Stop gently, after shutdown(): a session that is idle (or becomes idle: a hook such as
+    the queue's fsync finishes and its 250 goes out first) gets 421 4.3.2 and is closed (RFC
+    5321 3.8). Await it before the loop ends: a reply still due then is never sent, and a
+    client that never saw the 250 of a message taken in sends it again."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while any(lst.active for lst in listeners) and loop.time() < deadline:
+        for lst in listeners:
+            for proto in list(lst.active):
+                proto.shutdown()
+        await asyncio.sleep(0.05)

@@ -260,7 +260,7 @@ def serve(cfg, listen: list[str], tls_listen: list[str], workers: int | None = N
 
     from mailtools.core.exitcodes import TempFail
     from mailtools.core.listen import bound_addresses
-    from mailtools.smtpd.server import shutdown
+    from mailtools.smtpd.server import drain, shutdown
 
     async def main() -> None:
         try:
@@ -361,7 +361,7 @@ async def _worker(cfg, ctx, channel, n: int) -> int:
     import asyncio
 
     from mailtools.core.queue import Nudger, Queue
-    from mailtools.smtpd.server import adopt, make_listener
+    from mailtools.smtpd.server import adopt, drain, make_listener
 
     loop = asyncio.get_running_loop()
     queue = Queue(cfg.queue_dir)
@@ -430,20 +430,6 @@ def reload(cfg, listeners, n: int) -> None:
         listener.limits = limits_from(cfg)
         listener.max_connections = _share(cfg, n)
     log("reloaded the configuration and the users file")
-
-
-async def drain(listeners, timeout: float = 30.0) -> None:
-    """Stop gently: a session that is idle (or becomes idle: a hook such as the queue's fsync
-    finishes and its 250 goes out first) gets 421 4.3.2 and is closed (RFC 5321 3.8)."""
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while any(lst.active for lst in listeners) and loop.time() < deadline:
-        for lst in listeners:
-            for proto in list(lst.active):
-                proto.shutdown()
-        await asyncio.sleep(0.05)
 
 
 def stdio(cfg, verbose: bool = False) -> int:
