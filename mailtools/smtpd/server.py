@@ -97,6 +97,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self._closed = False
         self._paused = False
         self._early: bytearray | None = None  # bytes that came over TLS during the handshake
+        self._eof = False  # the client half-closed while a blocking step held its input back
 
     # --- asyncio callbacks -----------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -147,7 +148,16 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self._handle(events)
 
     def eof_received(self):
-        return False  # close our side too
+        # A client that sent everything and then half-closed (a script piping its pipelined
+        # commands into nc; RFC 2920 lets it send them all at once) is still answered when a
+        # blocking step (AUTH's hash, DATA's fsync) held the rest of its input back, as Postfix
+        # answers it; then the connection closes. Else close our side too. (TLS cannot
+        # half-close: asyncio closes it whatever this returns.)
+        if (self._busy and not self._closed and self.transport is not None
+                and self.transport.get_extra_info("ssl_object") is None):
+            self._eof = True
+            return True
+        return False
 
     def connection_lost(self, exc) -> None:
         self._closed = True
@@ -204,6 +214,8 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             self.transport.resume_reading()
         self._last = self.loop.time()
         self._handle(self.session.resume(result))
+        if self._eof and not self._busy:
+            self._close()  # what the client sent before its half-close is answered
 
     def _start_call(self, fn: Callable) -> None:
         # The pool's own future and one call_soon_threadsafe back: no asyncio future chained to
