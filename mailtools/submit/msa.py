@@ -171,8 +171,12 @@ class SubmitHandler(Handler):
             dsn["body"] = tx.body
         if tx.smtputf8:
             dsn["smtputf8"] = True
+        # RFC 5321 4.5.1: a bare "postmaster" (the only recipient the session takes without a
+        # domain) is ours, qualified as the command line qualifies bare names; left bare it
+        # went to the relay as a domain named "postmaster" and bounced
+        rcpts = [r if "@" in r else f"{r}@{cfg.hostname}" for r in tx.recipients]
         try:
-            self.queue.enqueue(sender, list(tx.recipients), data, dsn=dsn or None, qid=qid)
+            self.queue.enqueue(sender, rcpts, data, dsn=dsn or None, qid=qid)
         except OSError as exc:
             self.log(f"warning: {_client(info)}: queue write failed: {exc}")
             return R.QUEUE_FAILED  # 451: the client keeps the message and retries
