@@ -589,7 +589,7 @@ class Session:
             key = key.upper()
             tx.mail_params[key] = value
             if key == "SIZE":  # RFC 1870
-                if not value.isdigit():
+                if not (value.isascii() and value.isdigit()):  # ('²' is a digit to isdigit(), not to int())
                     self._error(R.SYNTAX.with_text("Bad SIZE parameter"))
                     return
                 tx.size = int(value)

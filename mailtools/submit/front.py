@@ -81,7 +81,7 @@ def parse(argv: list[str]) -> Options:
                 if name == "--install-sendmail":
                     o.install = value
                 elif name == "--workers":
-                    if not value.isdigit() or not 0 < int(value) <= 256:
+                    if not (value.isascii() and value.isdigit()) or not 0 < int(value) <= 256:
                         raise UsageError(f"--workers takes a number of processes (1-256), not {value!r}")
                     o.workers = int(value)
                 else:
