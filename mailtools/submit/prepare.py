@@ -134,7 +134,10 @@ def remove_fields(header: bytes, names: tuple[str, ...]) -> bytes:
     lines = header.splitlines(keepends=True)
     out, dropping = [], False
     for line in lines:
-        if line[:1] in (b" ", b"\t") and line.strip():
+        # A line starting with white space continues the field above, even one that holds
+        # nothing else (obs-FWS): taken for a field of its own, it ended a dropped Bcc early
+        # and the rest of the Bcc list stayed in the message under the field before it.
+        if line[:1] in (b" ", b"\t"):
             if not dropping:
                 out.append(line)
             continue
