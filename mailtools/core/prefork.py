@@ -461,7 +461,7 @@ class Supervisor:
         for sig in (*_FORWARDED, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_IGN if sig == signal.SIGINT else signal.SIG_DFL)
         # Nothing of the parent's: the listeners (the parent accepts), the other workers'
-        # channels, the selector and its wakeup pipe.
+        # channels, connections handed back, the selector and its wakeup pipe.
         # The selector's epoll instance is shared with the parent: close it first, and
         # never unregister from it here (that would unregister in the parent too).
         self._sel.close()
@@ -470,6 +470,10 @@ class Supervisor:
             w.chan.close()
         for sock, _ in self.listeners:
             sock.close()
+        # connections a leaving worker handed back, read in the wake-up that starts this one:
+        # a copy kept here would hold each open (no end for its client) after it was served
+        for conn, _ in self._returned:
+            conn.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
         if self.stop_fd is not None:
