@@ -77,12 +77,17 @@ def test_a_connection_handed_back_is_closed_for_the_client_once_served(tmp_path)
     clients = []
     try:
         lines = []
-        while "listening" not in lines:
-            lines.append(proc.stdout.readline().strip())
+
+        def read_until(pred):
+            while not any(pred(line) for line in lines):
+                line = proc.stdout.readline()
+                assert line, f"the parent ended: {lines}"
+                lines.append(line.strip())
+
+        read_until(lambda line: line == "listening")
         # one connection per worker (the least busy one takes the next)
         clients = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(2)]
-        while not any(line.startswith("waiting ") for line in lines):
-            lines.append(proc.stdout.readline().strip())
+        read_until(lambda line: line.startswith("waiting "))
         greeted = []
         for c in clients:  # the other worker's client is greeted; the leaving one's is not yet
             c.setblocking(False)
@@ -91,8 +96,7 @@ def test_a_connection_handed_back_is_closed_for_the_client_once_served(tmp_path)
         os.kill(proc.pid, signal.SIGSTOP)
         try:
             go.touch()
-            while "handed back" not in lines:
-                lines.append(proc.stdout.readline().strip())
+            read_until(lambda line: line == "handed back")
         finally:
             os.kill(proc.pid, signal.SIGCONT)
         waiting.setblocking(True)
