@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 
 from support_net import free_port, wait_for
 
@@ -76,13 +77,12 @@ def test_a_connection_handed_back_is_closed_for_the_client_once_served(tmp_path)
                             stdout=subprocess.PIPE, text=True)
     clients = []
     try:
-        lines = []
+        lines = []  # the parent's and workers' output, read by a thread (a wait can end)
+        threading.Thread(target=lambda: lines.extend(line.strip() for line in proc.stdout),
+                         daemon=True).start()
 
         def read_until(pred):
-            while not any(pred(line) for line in lines):
-                line = proc.stdout.readline()
-                assert line, f"the parent ended: {lines}"
-                lines.append(line.strip())
+            wait_for(lambda: any(pred(line) for line in lines), what=f"a line in {lines}")
 
         read_until(lambda line: line == "listening")
         # one connection per worker (the least busy one takes the next)
