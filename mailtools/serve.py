@@ -185,6 +185,8 @@ def submission_workers(cfg, workers: int | None = None) -> int:
     processes run beside serve's own (0: submission in serve's own loop); -1, the default,
     means 1 when this process may use two or more CPUs, else 0."""
     n = int(cfg.serve.submission_workers) if workers is None else workers
+    if n < -1 and workers is not None:  # the command line's: a usage error (64), not the file's (78)
+        raise UsageError(f"--submission-workers must be -1 (automatic), 0 or more, not {n}")
     if n < -1:
         raise ConfigError(f"[serve] submission_workers must be -1 (automatic), 0 or more, not {n}")
     if n == -1:
