@@ -49,7 +49,7 @@ async def _reply(reader: asyncio.StreamReader) -> tuple[int, list[str]]:
         if not raw:
             raise ConnectionError("connection closed by the server")
         text = raw.decode("utf-8", "replace").rstrip("\r\n")
-        if len(text) < 3 or not text[:3].isdigit() or (len(text) > 3 and text[3] not in " -"):
+        if len(text) < 3 or not (text[:3].isascii() and text[:3].isdigit()) or (len(text) > 3 and text[3] not in " -"):
             raise ConnectionError(f"not an SMTP reply: {text[:80]!r}")
         lines.append(text[4:])
         if len(text) == 3 or text[3] == " ":

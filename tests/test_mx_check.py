@@ -252,3 +252,19 @@ def test_a_failed_spf_lookup_is_not_also_a_missing_record():
 
     records, faults = asyncio.run(Checker(Empty()).records("example.test"))
     assert "no SPF record" in faults
+
+
+@pytest.mark.parametrize("line", ["\u00b250 hi", "\u0662\u0665\u0660 hi"])  # '²50', Arabic-Indic 250
+def test_mx_check_takes_only_ascii_digits_as_a_reply_code(line):
+    import asyncio
+
+    from mailtools import mxcheck
+
+    async def go():
+        reader = asyncio.StreamReader()
+        reader.feed_data(line.encode() + b"\r\n")
+        reader.feed_eof()
+        with pytest.raises(ConnectionError, match="not an SMTP reply"):
+            await mxcheck._reply(reader)
+
+    asyncio.run(go())

@@ -143,6 +143,17 @@ def test_helo_fallback_and_endless_reply_capped():
     asyncio.run(go())
 
 
+@pytest.mark.parametrize("code", ["\u00b250", "\u0662\u0665\u0660"])  # '²50', Arabic-Indic 250
+def test_a_reply_code_of_non_ascii_digits_is_malformed(code):
+    # str.isdigit() takes them: '²50' then raised ValueError out of int(), and Arabic-Indic
+    # digits were read as the code 250
+    async def go():
+        with pytest.raises(client.ConnectionLost, match="malformed reply"):
+            await _open(FakeServer(code.encode() + b" hello\r\n", {}))
+
+    asyncio.run(go())
+
+
 def test_greeting_554_is_permanent_and_timeout_is_connection_lost():
     async def go():
         with pytest.raises(client.SMTPClientError) as exc:

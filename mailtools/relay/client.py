@@ -297,7 +297,7 @@ class SMTPConnection:
             except (ConnectionError, OSError, ssl.SSLError) as exc:
                 raise ConnectionLost(f"lost connection: {exc}") from None
             line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
-            if len(line) < 3 or not line[:3].isdigit() or (len(line) > 3 and line[3] not in " -"):
+            if len(line) < 3 or not (line[:3].isascii() and line[:3].isdigit()) or (len(line) > 3 and line[3] not in " -"):
                 raise ConnectionLost(f"malformed reply: {line[:100]!r}")
             this = int(line[:3])
             if code is not None and this != code:
