@@ -267,15 +267,17 @@ def serve(cfg, listen: list[str], tls_listen: list[str], workers: int | None = N
     from mailtools.smtpd.server import drain, shutdown
 
     async def main() -> None:
+        # The handlers first: a SIGTERM sent as soon as the port answers is a stop, not death
+        stop = asyncio.Event()
+        listeners: list = []
+        _signals(asyncio.get_running_loop(), stop, lambda: reload(cfg, listeners, 1))
         try:
             servers = await start(cfg, listen, tls_listen)
         except OSError as exc:
             raise TempFail(f"cannot listen: {exc.strerror or exc}") from None
         for addr in bound_addresses(servers):
             log(f"listening on {addr}")
-        stop = asyncio.Event()
-        listeners = [s._mailtools_listener for s in servers[:1]]  # one per start_server call
-        _signals(asyncio.get_running_loop(), stop, lambda: reload(cfg, listeners, 1))
+        listeners += [s._mailtools_listener for s in servers[:1]]  # one per start_server call
         await stop.wait()
         shutdown(servers)
         await drain(listeners)
