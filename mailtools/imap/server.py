@@ -313,6 +313,11 @@ def run(cfg, listen=None, tls_listen=None, announce=print) -> int:
     async def main():
         from mailtools.core.exitcodes import Unavailable
 
+        # The handlers first: a SIGTERM sent as soon as the port answers is a stop, not death
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         try:
             servers = await start(cfg, listen, tls_listen)
         except OSError as exc:
@@ -321,10 +326,6 @@ def run(cfg, listen=None, tls_listen=None, announce=print) -> int:
             for sock in s.sockets:
                 host, port = sock.getsockname()[:2]
                 announce(f"imap-serve: listening on {host}:{port}")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         for s in servers:
             s.close()

@@ -316,6 +316,11 @@ def run(cfg, listen=None, tls_listen=None) -> int:
     from mailtools.core.exitcodes import Unavailable
 
     async def main() -> int:
+        # The handlers first: a SIGTERM sent as soon as the port answers is a stop, not death
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         try:
             servers = await start(cfg, listen, tls_listen)
         except OSError as exc:
@@ -327,10 +332,6 @@ def run(cfg, listen=None, tls_listen=None) -> int:
             for addr in bound_addresses([server]):
                 sys.stdout.write(f"mailtools pop3-serve: listening on {addr} ({kind})\n")
         sys.stdout.flush()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         shutdown(servers)
         await asyncio.sleep(0.05)  # let the goodbye lines go out
