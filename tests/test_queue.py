@@ -567,3 +567,29 @@ def test_a_days_old_spare_taken_by_enqueue_is_not_swept_by_another_recover(q, tm
     qid = q.enqueue("c@example.test", ["d@example.test"], MSG)
     monkeypatch.setattr(qmod, "_write_entry", real_write)
     assert q.read_message(q.get(qid)) == MSG
+
+
+def test_a_live_runner_of_this_host_keeps_its_claim_however_long_it_takes(q):
+    # A delivery stuck longer than claim_timeout (slow MX hosts, one after another) stays with
+    # its runner: taking it back would deliver it a second time. A PID that is alive but
+    # belongs to a process started after the claim (the runner died, its PID was reused) is
+    # no runner: that claim comes back at once.
+    from mailtools.core import queue as queuemod
+
+    qid = q.enqueue("a@example.test", ["b@example.net"], MSG)
+    e = q.claim(qid)
+    runner = subprocess.Popen(["sleep", "60"])
+    try:
+        time.sleep(0.05)
+        claim = os.path.join(q.path, "active", f"{qid}.{runner.pid}.{queuemod._HOST}.1")
+        os.rename(e.path, claim)  # (made after the runner started)
+        time.sleep(0.3)
+        other = Queue(q.path)
+        assert other.recover(0.1) == []  # older than claim_timeout, but its runner lives
+        an_hour_ago = time.time() - 3600
+        os.utime(claim, (an_hour_ago, an_hour_ago))  # before the process of that PID started
+        assert other.recover(3600 * 24) == [qid]
+    finally:
+        runner.kill()
+        runner.wait()
+    assert q.get(qid).state_dir == "new"

@@ -44,7 +44,7 @@ SCHEMA: dict = {
         "connect_timeout": ("duration", "30s"),
         "command_timeout": ("duration", "5m"),
         "data_timeout": ("duration", "10m"),
-        "claim_timeout": ("duration", "1h"),  # an entry claimed longer than this is recovered
+        "claim_timeout": ("duration", "1h"),  # another host's claim older than this is recovered
         "max_message_size": ("int", 50 * 1024 * 1024),
         "max_recipients": ("int", 1000),
         "max_connections": ("int", 100),

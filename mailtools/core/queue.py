@@ -1109,8 +1109,10 @@ class Queue:
     def recover(self, older_than_s: float, tmp_older_than_s: float = TMP_MAX_AGE) -> list[str]:
         """Put entries claimed by dead runners back into new/; clean tmp/ and trash/.
 
-        A claim from this host whose PID is gone is recovered at once; any other claim when
-        its directory's mtime is older than `older_than_s`. Returns the recovered ids."""
+        A claim from this host is recovered at once when its PID is gone (or now belongs to a
+        process started after the claim was made), and never while its runner lives, however
+        long a delivery takes; a claim from another host when its directory's mtime is older
+        than `older_than_s`. Returns the recovered ids."""
         self._ensure()
         now = time.time()
         recovered = []
@@ -1119,14 +1121,14 @@ class Queue:
             qid, pid_s, host = (name.split(".") + ["", ""])[:3]
             p = os.path.join(active, name)
             try:
-                age = now - os.stat(p).st_mtime
+                mtime = os.stat(p).st_mtime
             except FileNotFoundError:
                 continue
             mine = host == _HOST and pid_s.isdigit()
             if mine and int(pid_s) == os.getpid():
                 continue
-            dead = mine and not _pid_alive(int(pid_s))
-            if not (dead or age > older_than_s):
+            alive = _claimer_alive(int(pid_s), mtime) if mine else None
+            if alive or (alive is None and now - mtime <= older_than_s):
                 continue
             src = p
             try:
@@ -1230,6 +1232,37 @@ def _holds_something(path: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def _claimer_alive(pid: int, claimed_at: float) -> bool | None:
+    """Whether the process of this host that made a claim (its directory's mtime, which is
+    never older than the claim) still runs: False when the PID is gone or now belongs to a
+    process started after the claim; None when that cannot be told (no /proc: the caller
+    goes by the claim's age)."""
+    if not _pid_alive(pid):
+        return False
+    started = _process_start(pid)
+    if started is None:
+        return None
+    return started <= claimed_at + 1.0  # (start times have clock-tick resolution)
+
+
+def _process_start(pid: int) -> float | None:
+    """When a process started (seconds since the epoch), from Linux's /proc; None elsewhere."""
+    global _BOOT_TIME
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        ticks = int(stat[stat.rindex(b")") + 2:].split()[19])  # field 22: starttime
+        if _BOOT_TIME is None:
+            with open("/proc/stat", "rb") as f:
+                _BOOT_TIME = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+        return _BOOT_TIME + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+_BOOT_TIME: int | None = None
 
 
 def _pid_alive(pid: int) -> bool:

@@ -17,7 +17,7 @@ Python process is one core's worth of work (the GIL), and the claim rename keeps
 from ever delivering one recipient, however the queue is split.
 
 Crash safety (what a SIGKILL at any point leaves): the entry stays claimed; `Queue.recover()` puts
-it back after `relay.claim_timeout`; recipients whose 250 we had not yet written down are tried
+it back (at once when the runner was of this host, else after `relay.claim_timeout`); recipients whose 250 we had not yet written down are tried
 once more (at most one duplicate, never a loss). A DSN is queued (fsynced) before the entry that
 caused it is updated, so a crash between the two can duplicate a bounce but never lose one.
 
