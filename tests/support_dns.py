@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 
-from support_net import Helper
+from support_net import Helper, free_port
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 
@@ -61,15 +61,13 @@ class DNSServer(Helper):
 def free_udp_tcp_port() -> int:
     """A port free for both UDP and TCP on 127.0.0.1."""
     for _ in range(50):
+        port = free_port()  # TCP, outside the ephemeral range (see support_net)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
+            try:
+                u.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     raise RuntimeError("no free UDP+TCP port")
 
 

@@ -14,10 +14,41 @@ import sys
 import time
 
 
+def _port_range() -> range:
+    """Ports for test servers: outside the kernel's ephemeral range, from which every client
+    connection takes its local port (a port that bind(0) found free could be some test's
+    client end by the time the server binds it: 'address already in use')."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = map(int, f.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(10000, low) if low - 10000 >= 2000 else range(high + 1, 65536)
+
+
+_handed_out: set[int] = set()
+_next = [0]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, never one handed out before in this process, and outside the
+    ephemeral range (see _port_range)."""
+    ports = _port_range()
+    if not _next[0]:
+        _next[0] = ports.start + (os.getpid() * 7919) % len(ports)  # processes start apart
+    for _ in range(len(ports)):
+        port = _next[0]
+        _next[0] = port + 1 if port + 1 < ports.stop else ports.start
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port for a test server")
 
 
 def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 30.0, proc=None) -> None:

@@ -31,19 +31,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from support_net import Helper
+from support_net import Helper, free_port
 
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 
 
 def available() -> bool:
     return os.access(SMTP_SINK, os.X_OK)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -119,7 +113,7 @@ class Sink(Helper):
 def start_sink(port=None, *, soft=(), hard=(), disconnect=(), reply421=(), soft_reply=None,
                hard_reply=None, no_pipelining=False, no_8bitmime=False, no_esmtp=False,
                hostname="sink.remote.test", dump=True, extra=()) -> Sink:
-    port = port or _free_port()
+    port = port or free_port()
     workdir = tempfile.mkdtemp(prefix="mt-sink-")
     dump_dir = os.path.join(workdir, "dump")
     os.mkdir(dump_dir)
