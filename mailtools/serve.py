@@ -388,11 +388,12 @@ class Server:
     async def close(self, grace: float = 10.0) -> None:
         from mailtools.smtpd.server import drain, listeners_of, shutdown
 
-        # Every server stops listening; an SMTP session (inbound, and submission in this loop;
-        # POP3's too, same shape) finishes the step under way (a login's hash, a message's
-        # fsync: its reply goes out) and gets 421 (POP3: -ERR), as under `submit --listen`. (wait_closed() does not wait for sessions
-        # in Python 3.11, and once the loop ends a reply still due is never sent: a client
-        # that never saw its 250 sends the queued message again.)
+        # Every server stops listening; an SMTP session (inbound, and submission in this loop)
+        # finishes the step under way (a login's hash, a message's fsync: its reply goes out)
+        # and gets 421, as under `submit --listen`; POP3 and IMAP sessions, same shape, get
+        # -ERR and BYE. (wait_closed() does not wait for sessions in Python 3.11, and once the
+        # loop ends a reply still due is never sent: a client that never saw its 250 sends
+        # the queued message again.)
         shutdown(self.servers)
         self.stop_event.set()
         listeners = listeners_of(self.servers)

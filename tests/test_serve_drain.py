@@ -44,3 +44,19 @@ def test_a_login_under_way_at_sigterm_is_answered_before_serve_exits(serve):
     assert s.proc.wait(60) == 0
     assert replies.startswith(b"235 "), (replies, s.output())
     assert b"421 4.3.2" in replies, replies  # then the drain's goodbye
+
+
+def test_imap_sessions_get_bye_when_serve_stops(serve):
+    import imaplib
+
+    s = serve()
+    c = imaplib.IMAP4("127.0.0.1", s.ports["imap"], timeout=30)  # (greeting read)
+    s.proc.send_signal(signal.SIGTERM)
+    lines = []
+    while True:
+        line = c.readline()
+        if not line:
+            break
+        lines.append(line)
+    assert s.proc.wait(60) == 0
+    assert lines[-1:] == [b"* BYE Server shutting down.\r\n"], lines

@@ -29,7 +29,7 @@ class _Shared:
     def __init__(self, cfg, ssl_context):
         self.cfg = cfg
         self.ssl_context = ssl_context
-        self.active = 0
+        self.active: set[_Connection] = set()  # for the limit, and shutdown() on stop
 
 
 class _Connection(asyncio.Protocol):
@@ -57,11 +57,11 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         cfg = self.shared.cfg
-        if self.shared.active >= cfg.imap.max_connections:
+        if len(self.shared.active) >= cfg.imap.max_connections:
             transport.write(b"* BYE [UNAVAILABLE] Too many connections\r\n")
             transport.close()
             return
-        self.shared.active += 1
+        self.shared.active.add(self)
         self.sess = Session(
             cfg,
             secure=self.implicit_tls,
@@ -109,12 +109,19 @@ class _Connection(asyncio.Protocol):
         sess, self.sess = self.sess, None
         if sess is None:
             return
-        self.shared.active -= 1
+        self.shared.active.discard(self)
         if sess.folder is not None:
             try:
                 sess.folder.flush(background=True)
             except Exception:
                 pass
+
+    def shutdown(self) -> None:
+        """Server going down (smtpd.server's shutdown() and drain() call it, again and again):
+        a session between commands gets an untagged BYE (RFC 3501 7.1.5, as Dovecot says it)
+        and is closed; one carrying out a command finishes it first."""
+        if self.task is None and self.sess is not None and not self.sess.closed:
+            self._close(b"* BYE Server shutting down.\r\n")
 
     # -- output and actions ---------------------------------------------------------------
     def _guard(self, fn) -> None:
@@ -299,10 +306,12 @@ async def start(cfg, listen=None, tls_listen=None) -> list:
             except ValueError as exc:
                 raise ConfigError(f"imap: {exc}") from None
 
-            servers.append(await loop.create_server(
+            server = await loop.create_server(
                 lambda tls=tls: _Connection(shared, tls), host, port, ssl=ctx if tls else None,
                 reuse_address=True, ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls else None,
-            ))
+            )
+            server._mailtools_listener = shared  # its sessions, for shutdown() and drain()
+            servers.append(server)
     return servers
 
 
@@ -327,8 +336,10 @@ def run(cfg, listen=None, tls_listen=None, announce=print) -> int:
                 host, port = sock.getsockname()[:2]
                 announce(f"imap-serve: listening on {host}:{port}")
         await stop.wait()
-        for s in servers:
-            s.close()
+        from mailtools.smtpd.server import drain, listeners_of, shutdown
+
+        shutdown(servers)  # sessions between commands: BYE; the others after their command
+        await drain(listeners_of(servers), 10.0)
 
     asyncio.run(main())
     return 0
