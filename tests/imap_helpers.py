@@ -66,3 +66,13 @@ def message(n: int, subject: str | None = None, body: str = "hello world\n") -> 
         f"From: Bob <bob@example.test>\nTo: alice@example.test\nSubject: {subject}\n"
         f"Date: Mon, 2 Nov 2026 10:00:{n % 60:02d} +0000\nMessage-ID: <{n}@example.test>\n\n{body}"
     ).encode()
+
+
+def lines_to_eof(client) -> list[bytes]:
+    """Every line an imaplib client still gets until the server closes the connection."""
+    lines = []
+    while True:
+        line = client.readline()
+        if not line:
+            return lines
+        lines.append(line)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import imaplib
 import signal
 
-from imap_helpers import PASSWORD, Server, deliver, make_root, message
+from imap_helpers import PASSWORD, Server, deliver, lines_to_eof, make_root, message
 
 
 def test_sigterm_says_bye_to_every_session_and_exits_0(tmp_path):
@@ -25,12 +25,7 @@ def test_sigterm_says_bye_to_every_session_and_exits_0(tmp_path):
         fresh = imaplib.IMAP4("127.0.0.1", s.port, timeout=30)  # not logged in
         s.proc.send_signal(signal.SIGTERM)
         for c in (selected, idling, fresh):
-            lines = []
-            while True:
-                line = c.readline()
-                if not line:
-                    break
-                lines.append(line)
+            lines = lines_to_eof(c)
             assert lines[-1:] == [b"* BYE Server shutting down.\r\n"], lines
         assert s.proc.wait(30) == 0
     finally:

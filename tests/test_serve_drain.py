@@ -49,14 +49,11 @@ def test_a_login_under_way_at_sigterm_is_answered_before_serve_exits(serve):
 def test_imap_sessions_get_bye_when_serve_stops(serve):
     import imaplib
 
+    from imap_helpers import lines_to_eof
+
     s = serve()
     c = imaplib.IMAP4("127.0.0.1", s.ports["imap"], timeout=30)  # (greeting read)
     s.proc.send_signal(signal.SIGTERM)
-    lines = []
-    while True:
-        line = c.readline()
-        if not line:
-            break
-        lines.append(line)
+    lines = lines_to_eof(c)
     assert s.proc.wait(60) == 0
     assert lines[-1:] == [b"* BYE Server shutting down.\r\n"], lines
