@@ -1,6 +1,6 @@
 """Every server installs its SIGTERM handler before it binds: a stop sent the moment the port
 answers (a service manager stopping a service it has just started) is a clean exit 0, never
-death by the signal. submit --listen has its own test in test_submit_server."""
+death by the signal."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import pytest
 from conftest import free_port, mailtools_cmd
 
 
-@pytest.mark.parametrize("command", ["imap-serve", "pop3-serve", "relay"])
+@pytest.mark.parametrize("command", [["imap-serve"], ["pop3-serve"], ["relay"],
+                                     ["submit", "--workers", "1"], ["submit", "--workers", "2"]])
 def test_sigterm_as_soon_as_the_port_answers_is_a_clean_stop(home, command):
     port = free_port()
-    proc = subprocess.Popen([*mailtools_cmd(), command, "--listen", f"127.0.0.1:{port}"],
+    proc = subprocess.Popen([*mailtools_cmd(), *command, "--listen", f"127.0.0.1:{port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30

@@ -289,29 +289,3 @@ _PIECES = [b"From", b"from", b"FROM ", b"From\t", b"Fr om", b"To", b"X", b"", b"
 def test_from_values_equals_get_header(pieces):
     header, _ = split_header(b"".join(pieces))
     assert from_values(header) == get_header(header, "From")
-
-
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_sigterm_as_soon_as_the_port_answers_is_a_clean_stop(home, workers):
-    # The signal handlers are in place before the port is bound: a SIGTERM sent the moment a
-    # connection is accepted (a service manager's stop right after start) stops the server
-    # with exit 0. With --workers 1 the handlers came after the bind: death by SIGTERM (-15).
-    port = free_port()
-    proc = subprocess.Popen([*mailtools_cmd(), "submit", "--listen", f"127.0.0.1:{port}",
-                             "--workers", workers], stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "the server never listened"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.0005)
-        proc.send_signal(signal.SIGTERM)
-        err = proc.communicate(timeout=30)[1].decode()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
