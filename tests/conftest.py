@@ -19,6 +19,29 @@ def mailtools_cmd() -> list[str]:
     return [sys.executable, "-m", "mailtools"]
 
 
+def submit_pipelined(home: Path, commands: bytes) -> bytes:
+    """Everything `submit --listen --workers 1` answers to EHLO, AUTH PLAIN as alice (added to
+    the users file) and then `commands`, all sent at once; the server stopped afterwards."""
+    import base64
+    import socket
+
+    from mailtools.core.auth import Users
+
+    Users(home / "users").add("alice@example.test", "secret", scheme="BLF-CRYPT")
+    port = free_port()
+    proc = subprocess.Popen([*mailtools_cmd(), "submit", "--listen", f"127.0.0.1:{port}",
+                             "--workers", "1"], stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc=proc)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            f = s.makefile("rb")
+            s.sendall(b"EHLO client.example.test\r\nAUTH PLAIN "
+                      + base64.b64encode(b"\0alice@example.test\0secret") + b"\r\n" + commands)
+            return f.read()
+    finally:
+        stop_proc(proc, timeout=30)
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """A fresh data root and config file; MAILTOOLS_CONFIG points at it for subprocesses."""

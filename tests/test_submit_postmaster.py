@@ -5,12 +5,7 @@ as the sendmail command line qualifies `root`. Before, the queue entry named the
 
 from __future__ import annotations
 
-import base64
-import socket
-import subprocess
-
-from conftest import free_port, mailtools_cmd, stop_proc, wait_port
-from mailtools.core.auth import Users
+from conftest import submit_pipelined
 from mailtools.core.queue import Queue
 
 SESSION = (b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<postmaster>\r\nDATA\r\n"
@@ -22,19 +17,7 @@ def _recipients(home) -> list[str]:
 
 
 def test_submission_server_qualifies_bare_postmaster(home):
-    Users(home / "users").add("alice@example.test", "secret", scheme="BLF-CRYPT")
-    port = free_port()
-    proc = subprocess.Popen([*mailtools_cmd(), "submit", "--listen", f"127.0.0.1:{port}",
-                             "--workers", "1"], stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port, proc=proc)
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-            f = s.makefile("rb")
-            s.sendall(b"EHLO client.example.test\r\nAUTH PLAIN "
-                      + base64.b64encode(b"\0alice@example.test\0secret") + b"\r\n" + SESSION)
-            out = f.read()
-    finally:
-        stop_proc(proc, timeout=30)
+    out = submit_pipelined(home, SESSION)
     assert b"250 2.0.0 Ok: queued as" in out, out
     assert _recipients(home) == ["postmaster@mx.example.test"]
 

@@ -5,12 +5,7 @@ was an internal error (70) instead of a usage error (64)."""
 
 from __future__ import annotations
 
-import base64
-import socket
-import subprocess
-
-from conftest import free_port, mailtools_cmd, stop_proc, wait_port
-from mailtools.core.auth import Users
+from conftest import submit_pipelined
 
 SESSION = "EHLO localhost\r\nMAIL FROM:<alice@example.test> SIZE=\u00b2\r\nNOOP\r\nQUIT\r\n".encode()
 
@@ -23,19 +18,7 @@ def test_sendmail_bs_answers_a_size_in_other_digits_with_501(home, run):
 
 
 def test_submission_server_answers_a_size_in_other_digits_with_501(home):
-    Users(home / "users").add("alice@example.test", "secret", scheme="BLF-CRYPT")
-    port = free_port()
-    proc = subprocess.Popen([*mailtools_cmd(), "submit", "--listen", f"127.0.0.1:{port}",
-                             "--workers", "1"], stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port, proc=proc)
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-            f = s.makefile("rb")
-            s.sendall(SESSION.replace(b"\r\nMAIL", b"\r\nAUTH PLAIN "
-                      + base64.b64encode(b"\0alice@example.test\0secret") + b"\r\nMAIL", 1))
-            out = f.read()
-    finally:
-        stop_proc(proc, timeout=30)
+    out = submit_pipelined(home, SESSION.split(b"\r\n", 1)[1])  # (its own EHLO, then AUTH)
     codes = [line[:4] for line in out.split(b"\r\n") if line[3:4] == b" "]
     assert codes == [b"220 ", b"250 ", b"235 ", b"501 ", b"250 ", b"221 "], out
 
