@@ -19,6 +19,19 @@ def mailtools_cmd() -> list[str]:
     return [sys.executable, "-m", "mailtools"]
 
 
+def slow_login(users_file: Path, user: str) -> bytes:
+    """Add `user` with a bcrypt hash of cost 15 (a login takes seconds: long enough to stop a
+    server in the middle of it) and return the AUTH PLAIN command line that logs it in."""
+    import base64
+
+    import bcrypt
+
+    slow = bcrypt.hashpw(b"slowpw", bcrypt.gensalt(15, b"2b")).decode()
+    with open(users_file, "a") as f:
+        f.write(f"{user}:{{BLF-CRYPT}}$2y${slow[4:]}::::::\n")
+    return b"AUTH PLAIN " + base64.b64encode(b"\0" + user.encode() + b"\0slowpw") + b"\r\n"
+
+
 def submit_pipelined(home: Path, commands: bytes) -> bytes:
     """Everything `submit --listen --workers 1` answers to EHLO, AUTH PLAIN as alice (added to
     the users file) and then `commands`, all sent at once; the server stopped afterwards."""

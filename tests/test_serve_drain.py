@@ -7,27 +7,23 @@ client that never saw its 250 (a duplicate)."""
 
 from __future__ import annotations
 
-import base64
 import signal
 import smtplib
 
 from support_net import wait_for
+from conftest import slow_login
 from test_serve import _insecure, serve  # noqa: F401 - serve is a fixture
 from test_serve_processes import cpu_seconds
 
 
 def test_a_login_under_way_at_sigterm_is_answered_before_serve_exits(serve):
-    import bcrypt
-
     s = serve(extra_args=["--submission-workers", "0"])
-    slow = bcrypt.hashpw(b"slowpw", bcrypt.gensalt(15, b"2b")).decode()  # a login of seconds
-    with open(s.root / "users", "a") as f:
-        f.write("slow@localhost:{BLF-CRYPT}$2y$" + slow[4:] + "::::::\n")
+    auth = slow_login(s.root / "users", "slow@localhost")  # a login of seconds
     c = smtplib.SMTP("127.0.0.1", s.ports["submission"], timeout=60)
     c.starttls(context=_insecure())
     c.ehlo("client.example.test")
     idle_cpu = cpu_seconds(s.proc.pid)
-    c.sock.sendall(b"AUTH PLAIN " + base64.b64encode(b"\0slow@localhost\0slowpw") + b"\r\n")
+    c.sock.sendall(auth)
     # the stop comes once serve is in the hash (its CPU time grows)
     wait_for(lambda: cpu_seconds(s.proc.pid) - idle_cpu >= 0.2, what="serve to be in the slow login")
     s.proc.send_signal(signal.SIGTERM)

@@ -11,6 +11,7 @@ import smtplib
 import time
 
 from support_net import wait_for
+from conftest import slow_login
 from test_serve import PASSWORD, _insecure, add_user, serve, submit, wait_imap_message  # noqa: F401 - serve is a fixture
 
 
@@ -197,15 +198,10 @@ def test_after_a_stop_signal_the_submission_port_refuses_while_serve_drains(serv
     # serve's other listeners close at the first stop; the submission ones (serve holds them
     # for the submission process) must too, not take connections into a backlog nobody
     # accepts from any more, where they hung unanswered until serve exited
-    import base64
     import socket
 
-    import bcrypt
-
     s, sup, worker = start_split(serve)
-    slow = bcrypt.hashpw(b"slowpw", bcrypt.gensalt(15, b"2b")).decode()  # a login of seconds
-    with open(s.root / "users", "a") as f:
-        f.write("slow@localhost:{BLF-CRYPT}$2y$" + slow[4:] + "::::::\n")
+    auth = slow_login(s.root / "users", "slow@localhost")  # a login of seconds
     c = smtplib.SMTP("127.0.0.1", s.ports["submission"], timeout=30)
     c.starttls(context=_insecure())
     c.ehlo("client.example.test")
@@ -213,7 +209,7 @@ def test_after_a_stop_signal_the_submission_port_refuses_while_serve_drains(serv
     # comes once the worker is in the hash (its CPU time grows; idle, it uses none): sent
     # sooner, the AUTH could still be unread and the worker would drain at once
     idle_cpu = cpu_seconds(worker)
-    c.sock.sendall(b"AUTH PLAIN " + base64.b64encode(b"\0slow@localhost\0slowpw") + b"\r\n")
+    c.sock.sendall(auth)
     wait_for(lambda: cpu_seconds(worker) - idle_cpu >= 0.2, what="the worker to be in the slow login")
     s.proc.send_signal(signal.SIGTERM)
     wait_for(lambda: "finishing in-flight work" in s.output(), what="the first stop")

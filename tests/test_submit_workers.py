@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, mailtools_cmd, stop_proc, wait_port
+from conftest import free_port, mailtools_cmd, slow_login, stop_proc, wait_port
 from mailtools.core.auth import Users, hash_password
 from mailtools.core.queue import Queue
 
@@ -372,14 +372,8 @@ def test_a_connection_waiting_when_a_worker_says_it_leaves_goes_to_another(home,
     # The parent sees a new connection and a worker's "I am leaving" in one wake-up (here: the
     # parent is stopped while both happen): the connection must go to a worker that serves
     # it, not to the leaving one, where it waited unread until that worker exited
-    import base64
-
-    import bcrypt
-
     s = start(servers, home, 2)
-    slow = bcrypt.hashpw(b"slowpw", bcrypt.gensalt(15, b"2b")).decode()  # a login of seconds
-    with open(home / "users", "a") as f:
-        f.write("slow@example.test:{BLF-CRYPT}$2y$" + slow[4:] + "::::::\n")
+    auth = slow_login(home / "users", "slow@example.test")  # a login of seconds
     clients = []
     for _ in range(3):  # two on one worker, one on the other
         c = smtplib.SMTP("127.0.0.1", s.port, timeout=10)
@@ -392,7 +386,7 @@ def test_a_connection_waiting_when_a_worker_says_it_leaves_goes_to_another(home,
     try:
         waiting = socket.create_connection(("127.0.0.1", s.port), timeout=30)  # in the backlog
         # the leaving worker busy with a login: its drain waits for it
-        held.sock.sendall(b"AUTH PLAIN " + base64.b64encode(b"\0slow@example.test\0slowpw") + b"\r\n")
+        held.sock.sendall(auth)
         time.sleep(0.3)
         os.kill(light, signal.SIGTERM)
         time.sleep(0.5)  # it has told the parent (which reads nothing yet) and drains
