@@ -1116,6 +1116,7 @@ class Queue:
         self._ensure()
         now = time.time()
         recovered = []
+        starts: dict = {}  # PID -> its start time, False when gone, None when unknown
         active = self._dir("active")
         for name in os.listdir(active):
             qid, pid_s, host = (name.split(".") + ["", ""])[:3]
@@ -1127,7 +1128,7 @@ class Queue:
             mine = host == _HOST and pid_s.isdigit()
             if mine and int(pid_s) == os.getpid():
                 continue
-            alive = _claimer_alive(int(pid_s), mtime) if mine else None
+            alive = _claimer_alive(int(pid_s), mtime, starts) if mine else None
             if alive or (alive is None and now - mtime <= older_than_s):
                 continue
             src = p
@@ -1234,16 +1235,17 @@ def _holds_something(path: str) -> bool:
         return False
 
 
-def _claimer_alive(pid: int, claimed_at: float) -> bool | None:
+def _claimer_alive(pid: int, claimed_at: float, starts: dict) -> bool | None:
     """Whether the process of this host that made a claim (its directory's mtime, which is
     never older than the claim) still runs: False when the PID is gone or now belongs to a
     process started after the claim; None when that cannot be told (no /proc: the caller
-    goes by the claim's age)."""
-    if not _pid_alive(pid):
-        return False
-    started = _process_start(pid)
-    if started is None:
-        return None
+    goes by the claim's age). `starts` keeps what was learnt of each PID for one pass over
+    active/ (a runner holds many claims: one look at its process, not one per claim)."""
+    if pid not in starts:
+        starts[pid] = _process_start(pid) if _pid_alive(pid) else False
+    started = starts[pid]
+    if started is None or started is False:
+        return started
     return started <= claimed_at + 1.0  # (start times have clock-tick resolution)
 
 
